@@ -1,0 +1,335 @@
+"""Dataclass configs: one per pipeline, parsed from a YAML file plus CLI overrides.
+
+A pipeline config is a flat dataclass built from the mixins below (``TrainConfig`` for the loop,
+``ModelConfig`` for the policy and LoRA, and the algorithm's own fields), so YAML files and the command
+line use the same flat names: ``--config recipes/configs/grpo/smollm2.yaml --learning_rate 1e-6``.
+
+The documentation of a field is the docstring written under it. ``field_docs`` reads those docstrings
+with ``ast`` and hands them to argparse as help text, so ``--help`` and the source never disagree
+(one source of truth, as CleanRL does with its comments).
+
+Parsing is TRL's ``TrlParser`` (a ``transformers.HfArgumentParser``): we do not write a parser. We only
+add what it lacks: errors that name the YAML file and the unknown key, and ``validate()`` hooks that
+name the field and its allowed range.
+"""
+
+import ast
+import dataclasses
+import inspect
+import sys
+import textwrap
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names the field (and file) and what is expected."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation helpers: each names the field and the allowed range, so users can fix their YAML at once.
+# --------------------------------------------------------------------------------------------------
+
+
+def check_range(
+    name: str,
+    value: float | int | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    allow_none: bool = False,
+) -> None:
+    """Raise ``ConfigError`` naming ``name`` unless ``low <= value <= high`` (bounds optional)."""
+    if value is None:
+        if allow_none:
+            return
+        raise ConfigError(f"{name} must be set (got None)")
+    lo_ok = low is None or (value >= low if low_inclusive else value > low)
+    hi_ok = high is None or (value <= high if high_inclusive else value < high)
+    if not (lo_ok and hi_ok):
+        lb = "-inf" if low is None else f"{low}"
+        hb = "inf" if high is None else f"{high}"
+        rng = f"{'[' if low_inclusive and low is not None else '('}{lb}, {hb}{']' if high_inclusive and high is not None else ')'}"
+        raise ConfigError(f"{name} must be in {rng}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise ``ConfigError`` naming ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Mixins. Every field has a default, so dataclass inheritance composes them in any order.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """The loop: outputs, optimisation, logging, checkpoints. Shared by every trainer."""
+
+    output_dir: str = "outputs/run"
+    """Where metrics.jsonl, config.yaml, checkpoints/ and the final model go."""
+    overwrite_output_dir: bool = False
+    """Allow reusing an output_dir that holds a previous run (its align files are replaced)."""
+    resume_from_checkpoint: str | None = None
+    """Resume exactly from a checkpoint: a path to output_dir/checkpoints/step-N, or 'latest'."""
+    seed: int = 42
+    """Seed for torch, numpy and random (model init, data order, sampling)."""
+    max_steps: int = 100
+    """Number of optimizer steps (for RL trainers: training iterations)."""
+    per_device_train_batch_size: int = 8
+    """Micro-batch size on each process."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; the global batch is this x batch size x processes."""
+    learning_rate: float = 1e-5
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    lr_scheduler_type: str = "constant_with_warmup"
+    """A transformers scheduler name: constant_with_warmup, linear, cosine, constant, ..."""
+    warmup_steps: int = 0
+    """Linear warm-up steps (overrides warmup_ratio when > 0)."""
+    warmup_ratio: float = 0.0
+    """Warm-up as a fraction of max_steps."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast mode: 'auto' is bf16 on a GPU that supports it and fp32 ('no') on CPU."""
+    logging_steps: int = 1
+    """Write averaged metrics every N steps to metrics.jsonl, trackers and the progress bar."""
+    report_to: list[str] = field(default_factory=list)
+    """accelerate trackers to log to as well: tensorboard, wandb, trackio, ... (empty = only JSONL)."""
+    run_name: str | None = None
+    """Tracker run / project name (default: the output_dir's name)."""
+    save_steps: int = 0
+    """Save a resumable checkpoint every N steps (0 = only at the end)."""
+    save_total_limit: int = 2
+    """Keep at most this many checkpoints (oldest deleted first); 0 keeps all."""
+    eval_steps: int = 0
+    """Run evaluate() every N steps (0 = never during training)."""
+    max_consecutive_nonfinite: int = 5
+    """Stop with an error after this many optimizer steps in a row with a non-finite loss or gradient."""
+    disable_progress_bar: bool = False
+    """Turn off the progress bar (logs still go to metrics.jsonl)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; subclasses extend this and call ``super().validate()``."""
+        check_range("max_steps", self.max_steps, 1)
+        check_range("per_device_train_batch_size", self.per_device_train_batch_size, 1)
+        check_range("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        check_range("learning_rate", self.learning_rate, 0.0)
+        check_range("weight_decay", self.weight_decay, 0.0)
+        check_range("adam_beta1", self.adam_beta1, 0.0, 1.0, high_inclusive=False)
+        check_range("adam_beta2", self.adam_beta2, 0.0, 1.0, high_inclusive=False)
+        check_range("adam_epsilon", self.adam_epsilon, 0.0, low_inclusive=False)
+        check_range("warmup_steps", self.warmup_steps, 0)
+        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        check_range("max_grad_norm", self.max_grad_norm, 0.0)
+        check_range("logging_steps", self.logging_steps, 1)
+        check_range("save_steps", self.save_steps, 0)
+        check_range("save_total_limit", self.save_total_limit, 0)
+        check_range("eval_steps", self.eval_steps, 0)
+        check_range("max_consecutive_nonfinite", self.max_consecutive_nonfinite, 1)
+        check_choice("mixed_precision", self.mixed_precision, ["auto", "no", "bf16", "fp16"])
+        from transformers import SchedulerType
+
+        allowed = [s.value for s in SchedulerType]
+        check_choice("lr_scheduler_type", self.lr_scheduler_type, allowed)
+        if isinstance(self.report_to, str):
+            self.report_to = [] if self.report_to in ("", "none") else [self.report_to]
+        self.report_to = [r for r in self.report_to if r != "none"]
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train and how: dtype, LoRA adapters, memory options."""
+
+    model_name_or_path: str | None = None
+    """Hub id or local path; empty = the embedded SmolLM2-135M-Instruct (no download needed)."""
+    dtype: str = "auto"
+    """Weights dtype: auto (bf16 on a GPU with bf16 support, fp32 on CPU), float32, bfloat16, float16."""
+    trust_remote_code: bool = False
+    """Allow model repos to run their own Python code. Off unless you trust the repo."""
+    attn_implementation: str | None = None
+    """Attention kernel: eager, sdpa, flash_attention_2 (default: transformers' choice)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more compute."""
+    use_lora: bool = False
+    """Train a LoRA adapter instead of all weights (the reference policy is the adapter disabled)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters: names such as q_proj v_proj, or all-linear."""
+    merge_lora_on_save: bool = False
+    """Save merged full weights at the end instead of the adapter alone."""
+
+    def validate(self) -> None:
+        # Cooperative: a pipeline config mixes ModelConfig with TrainConfig and its own fields.
+        parent = getattr(super(), "validate", None)
+        if parent is not None:
+            parent()
+        check_choice("dtype", self.dtype, ["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"])
+        check_range("lora_r", self.lora_r, 1)
+        check_range("lora_alpha", self.lora_alpha, 0, low_inclusive=False)
+        check_range("lora_dropout", self.lora_dropout, 0.0, 1.0, high_inclusive=False)
+        if self.model_name_or_path == "":
+            self.model_name_or_path = None
+
+    def lora_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``align.models.apply_lora``."""
+        targets: Any = self.lora_target_modules
+        if list(targets) == ["all-linear"]:
+            targets = "all-linear"
+        return {
+            "r": self.lora_r,
+            "alpha": self.lora_alpha,
+            "dropout": self.lora_dropout,
+            "target_modules": targets,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Field documentation from docstrings.
+# --------------------------------------------------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Map each dataclass field of ``cls`` (and its bases) to the docstring written under it."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or klass is object:
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        tree = ast.parse(source)
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, nxt in zip(body, body[1:] + [None]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _attach_help(cls: type) -> None:
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in docs and "help" not in f.metadata:
+            f.metadata = types.MappingProxyType({**f.metadata, "help": docs[f.name]})
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing and saving.
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: file {path!r} does not exist")
+    with open(p) as f:
+        data = yaml.safe_load(f)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path}: expected a YAML mapping of field: value, got {type(data).__name__}"
+        )
+    return data
+
+
+def parse_config(cls: type[C], args: Sequence[str] | None = None) -> C:
+    """Parse ``cls`` from ``--config FILE.yaml`` (optional) and CLI overrides; CLI wins over YAML.
+
+    Unknown keys in the YAML file and unknown flags are errors that name the key; invalid values raise
+    ``ConfigError`` from the config's ``validate()``, naming the field and the allowed range.
+    """
+    from trl import TrlParser
+
+    _attach_help(cls)
+    argv = list(sys.argv[1:] if args is None else args)
+    known = {f.name for f in dataclasses.fields(cls)}
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError("--config needs a path to a YAML file")
+        config_path = argv[i + 1]
+        data = _read_yaml(config_path)
+        unknown = sorted(k for k in data if k not in known and k != "env")
+        if unknown:
+            close = {k: _close_match(k, known) for k in unknown}
+            hints = ", ".join(f"{k!r}" + (f" (did you mean {v!r}?)" if v else "") for k, v in close.items())
+            raise ConfigError(f"config file {config_path}: unknown key(s) {hints} for {cls.__name__}")
+    parser = TrlParser(dataclass_types=[cls])
+    try:
+        (config,) = parser.parse_args_and_config(args=argv)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        where = f" (config file {config_path})" if config_path else ""
+        raise ConfigError(f"{e}{where}") from e
+    return config  # type: ignore[return-value]
+
+
+def _close_match(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    m = difflib.get_close_matches(key, sorted(known), n=1)
+    return m[0] if m else None
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain dict of the config's fields (YAML-safe types)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if isinstance(v, Path):
+            v = str(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def save_config(config: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (the file reloads with ``--config``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
+    return path
+
+
+def load_config(cls: type[C], path: str | Path) -> C:
+    """Rebuild a config from a saved ``config.yaml`` (unknown keys are errors)."""
+    return parse_config(cls, ["--config", str(path)])
