@@ -120,7 +120,11 @@ class Trainer:
     """
 
     #: Metric keys shown on the progress bar when present.
-    progress_keys: tuple[str, ...] = ("loss", "reward", "episode/return")
+    progress_keys: tuple[str, ...] = ("loss", "reward/mean", "episode/return")
+    #: "mean": compute_loss returns a micro-batch mean (weighted by ``num_items`` when given).
+    #: "share": compute_loss returns the micro-batch's share of this process's step loss, already
+    #: normalised over the whole step (RL trainers that precompute token or sequence normalisers).
+    loss_scaling: str = "mean"
 
     def __init__(
         self,
@@ -327,6 +331,8 @@ class Trainer:
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         out = {k: s[0] / max(s[1], 1) for k, s in sums.items()}
+        if self.loss_scaling == "share":
+            out["loss"] = sums["loss"][0]  # shares add up to the step's loss
         if finite_all and math.isfinite(grad_norm):
             self.optimizer.step()
             self.lr_scheduler.step()
@@ -340,6 +346,9 @@ class Trainer:
         return out
 
     def _micro_weights(self, micro: list[Any]) -> list[float]:
+        if self.loss_scaling == "share":
+            # accelerate divides each backward by the accumulation count; undo it for summed shares.
+            return [float(self.config.gradient_accumulation_steps)] * len(micro)
         counts = [self.num_items(b) for b in micro]
         if any(c is None for c in counts):
             return [1.0] * len(micro)

@@ -1,0 +1,88 @@
+"""The ``align`` command: thin over the recipes and library functions.
+
+    align train grpo_math --config recipes/configs/grpo/smollm2_cpu.yaml --max_steps 20
+    align recipes                 # list the launchable recipes
+    align info                    # versions, devices, the embedded model's cache
+    align prepare-embedded        # convert the embedded SmolLM2 GGUF to safetensors once
+
+``align train NAME`` runs ``recipes/NAME.py`` in this process, so ``accelerate launch`` works on the
+recipe file itself for multi-process runs.
+"""
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipe scripts next to the package (a source checkout or editable install)."""
+    if not RECIPES_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _train(name: str, rest: list[str]) -> int:
+    recipes = available_recipes()
+    if name not in recipes:
+        known = ", ".join(recipes) or f"none found under {RECIPES_DIR}"
+        print(f"align train: unknown recipe {name!r}; available: {known}", file=sys.stderr)
+        return 2
+    path = RECIPES_DIR / f"{name}.py"
+    sys.argv = [str(path), *rest]
+    runpy.run_path(str(path), run_name="__main__")
+    return 0
+
+
+def _info() -> int:
+    import accelerate
+    import torch
+    import transformers
+
+    import align
+
+    print(f"align {align.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"accelerate {accelerate.__version__}")  # fmt: skip
+    print(f"cuda available: {torch.cuda.is_available()} ({torch.cuda.device_count()} devices)")
+    try:
+        from align.models import embedded_model_dir
+
+        print(f"embedded model cache: {embedded_model_dir()}")
+    except Exception as e:  # the info command reports, it does not fail
+        print(f"embedded model: not available ({e})")
+    return 0
+
+
+def _prepare_embedded() -> int:
+    from align.models import embedded_model_dir
+
+    print(embedded_model_dir())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="align", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="run a recipe: align train NAME [recipe options]")
+    p_train.add_argument("name")
+    sub.add_parser("recipes", help="list recipes")
+    sub.add_parser("info", help="versions, devices and the embedded model")
+    sub.add_parser("prepare-embedded", help="convert the embedded model once and print its cache path")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        return _train(args.name, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "recipes":
+        print("\n".join(available_recipes()))
+        return 0
+    if args.command == "info":
+        return _info()
+    return _prepare_embedded()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

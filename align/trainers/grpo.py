@@ -1,0 +1,482 @@
+r"""GRPO: PPO whose baseline is the mean reward of a group of completions for the same prompt.
+
+Shao et al. (2024), DeepSeekMath, eq. 3, with the variants used since:
+
+    J(theta) = E_q E_{o_1..o_G ~ pi_old(.|q)} [ agg_{i,t} min(r_{i,t} A_i, clip(r_{i,t}, 1-eps, 1+eps_high) A_i)
+                                               - beta * KL_k3(pi_theta || pi_ref)_{i,t} ]
+    r_{i,t} = pi_theta(o_{i,t} | q, o_{i,<t}) / pi_old(o_{i,t} | q, o_{i,<t})
+    A_i     = (R_i - mean_j R_j) / (std_j R_j + eps)          ("group"; Dr. GRPO drops the std: "none")
+
+``agg`` is the loss aggregation: "token" (DAPO: mean over every counted token of the batch),
+"sequence" (the original: mean per completion, then over completions), "dr_grpo" (sum / (N * max_len)).
+
+Everything algorithmic is a call into ``align.losses`` and ``align.advantages``: the same
+``ppo_clip_loss`` trains CartPole in ``align.rl``. This file only arranges the data:
+
+1. ``get_batch`` refills a queue when it is empty: the next prompts from the dataset, G completions each
+   (``align.generation``), rewards (``align.rewards``), group advantages, reference log-probs when
+   beta > 0, and old log-probs when mu > 1. The generation batch is then cut into the step's
+   ``gradient_accumulation_steps`` micro-batches, queued ``num_iterations`` (mu) times.
+2. Groups whose rewards are all equal have zero advantage, so with beta = 0 they carry no gradient at all:
+   we drop them before the policy forward pass (they still count in the loss normaliser, so the update
+   is exactly the one computed with them).
+3. ``compute_loss`` returns each micro-batch's share of the step loss, normalised over the whole
+   generation batch (across processes), so accumulation and process count do not change the update.
+"""
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from align.advantages import group_advantages, group_std
+from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
+from align.generation import Rollout, SamplingParams, make_generator
+from align.losses import (
+    aggregate,
+    entropy_from_logits,
+    kl_estimate,
+    masked_mean,
+    ppo_clip_loss,
+    selective_log_softmax,
+)
+from align.models import make_reference, reference_model
+from align.rewards import CombinedReward
+from align.trainer import Trainer
+
+
+@dataclass
+class GRPOConfig(ModelConfig, TrainConfig):
+    """GRPO with verifiable or rubric rewards. Batch sizes count completions, as in TRL."""
+
+    output_dir: str = "outputs/grpo"
+    """Where metrics.jsonl, config.yaml, completions.jsonl, checkpoints/ and the final model go."""
+    dataset_name: str | None = None
+    """Prompts: a local JSONL/Parquet file or folder, or a hub dataset (MATH-500 or GSM8K schema); empty =
+    the shipped data/math."""
+    dataset_split: str = "train"
+    """Split of dataset_name to train on."""
+    eval_dataset_name: str | None = None
+    """Held-out problems for evaluation (default: dataset_name)."""
+    eval_split: str = "test"
+    """Split of the evaluation dataset."""
+    eval_limit: int = 100
+    """Evaluate on the first N held-out problems (0 = all)."""
+    reward_funcs: list[str] = field(default_factory=lambda: ["math"])
+    """Reward names: math, choice, boxed_format, tags_format, length, rubric:PATH (see align.rewards)."""
+    reward_weights: list[float] | None = None
+    """One weight per reward function (default all 1)."""
+    num_generations: int = 8
+    """G: completions sampled per prompt; the group whose mean reward is the baseline."""
+    max_new_tokens: int = 256
+    """Most tokens per completion; longer ones are cut (and can be masked, mask_truncated_completions)."""
+    temperature: float = 1.0
+    """Sampling temperature (also used to scale logits in the loss, so ratios are of the sampled policy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    beta: float = 0.0
+    """KL coefficient to the reference policy (k3 estimator); 0 skips the reference forward pass."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator in the penalty (Schulman 2020): k3 is GRPO's unbiased, low-variance choice."""
+    num_iterations: int = 1
+    """mu: optimisation passes over each generation batch (PPO epochs); > 1 keeps old log-probs."""
+    epsilon: float = 0.2
+    """Lower clip range of the ratio."""
+    epsilon_high: float | None = None
+    """Upper clip range (DAPO's clip-higher, e.g. 0.28); default = epsilon."""
+    scale_rewards: Literal["group", "none"] = "group"
+    """Divide group-centred rewards by the group std ('group', GRPO) or not ('none', Dr. GRPO)."""
+    loss_type: Literal["token", "sequence", "dr_grpo"] = "token"
+    """Loss aggregation: token (DAPO), sequence (original GRPO), dr_grpo (constant normaliser)."""
+    mask_truncated_completions: bool = False
+    """Leave completions cut at max_new_tokens out of the loss (DAPO's overlong filtering)."""
+    skip_zero_std_groups: bool = True
+    """With beta = 0, do not run the policy on groups whose rewards are all equal (their gradient is zero)."""
+    generation_backend: Literal["hf", "vllm", "vllm-server"] = "hf"
+    """Sampler: transformers generate, vLLM colocated, or a `trl vllm-serve` server."""
+    generation_batch_size: int | None = None
+    """Most sequences per generate call (memory); default all of a step's completions at once."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vLLM colocated: fraction of GPU memory for its weights and KV cache."""
+    vllm_server_host: str = "127.0.0.1"
+    """vllm-server backend: host of `trl vllm-serve`."""
+    vllm_server_port: int = 8000
+    """vllm-server backend: port of `trl vllm-serve`."""
+    eval_max_new_tokens: int | None = None
+    """Token budget for held-out evaluation (default max_new_tokens)."""
+    log_completions: int = 2
+    """Write this many sample completions per logged step to completions.jsonl (0 = none)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_generations < 2:
+            raise ConfigError(
+                f"num_generations must be >= 2 (GRPO's baseline is the mean of the group), got {self.num_generations}"
+            )
+        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if per_step % self.num_generations:
+            raise ConfigError(
+                f"per_device_train_batch_size x gradient_accumulation_steps = {self.per_device_train_batch_size} x "
+                f"{self.gradient_accumulation_steps} = {per_step} completions per step must be divisible by "
+                f"num_generations = {self.num_generations}"
+            )
+        check_range("max_new_tokens", self.max_new_tokens, 1)
+        check_range("temperature", self.temperature, 0.0, low_inclusive=False)
+        check_range("top_p", self.top_p, 0.0, 1.0, low_inclusive=False)
+        check_range("top_k", self.top_k, 0)
+        check_range("beta", self.beta, 0.0)
+        check_range("num_iterations", self.num_iterations, 1)
+        check_range("epsilon", self.epsilon, 0.0, 1.0, low_inclusive=False)
+        check_range("epsilon_high", self.epsilon_high, 0.0, low_inclusive=False, allow_none=True)
+        check_range("eval_limit", self.eval_limit, 0)
+        check_range("log_completions", self.log_completions, 0)
+        check_choice("scale_rewards", self.scale_rewards, ["group", "none"])
+        check_choice("loss_type", self.loss_type, ["token", "sequence", "dr_grpo"])
+        check_choice("kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
+        check_choice("generation_backend", self.generation_backend, ["hf", "vllm", "vllm-server"])
+        if not self.reward_funcs:
+            raise ConfigError("reward_funcs must name at least one reward function")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ConfigError(
+                f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} reward_funcs"
+            )
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Prompts per process per generation batch."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps // self.num_generations
+
+
+@dataclass
+class MicroBatch:
+    """Rows of a rollout ready for the loss. Shapes: (B, P) prompt, (B, C) completion, (B,) advantages."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    advantages: torch.Tensor
+    old_logprobs: torch.Tensor | None
+    ref_logprobs: torch.Tensor | None
+    share: float
+    """This micro-batch's share of the step loss's normaliser: loss = share * aggregate(...)."""
+    metrics: dict[str, float]
+    """Generation-time metrics, carried by the first micro-batch of a generation batch."""
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Generation numbers positions from the first real token (left padding); the loss forward must too,
+    # or log-probs differ from the sampled ones and the first PPO ratio is not 1.
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class GRPOTrainer(Trainer):
+    """Group Relative Policy Optimization on the Trainer base (see the module docstring).
+
+    Args:
+        config: a ``GRPOConfig``.
+        model: the policy (a causal LM, optionally a peft LoRA model).
+        tokenizer: its tokenizer (left padding for generation is handled by the generator).
+        reward_funcs: reward callables (TRL contract) or a ``CombinedReward``.
+        train_dataset: rows with a ``prompt`` (chat messages or text) and the columns the rewards read.
+        eval_dataset: optional held-out rows for ``evaluate()`` (accuracy of greedy answers).
+        ref_model: frozen reference for beta > 0 and full fine-tuning (default: a copy; LoRA: adapter off).
+    """
+
+    progress_keys = ("reward/mean", "kl", "completions/mean_length", "eval/accuracy")
+    loss_scaling = "share"
+
+    def __init__(
+        self,
+        config: GRPOConfig,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        reward_funcs: Sequence[Callable] | CombinedReward,
+        train_dataset: Any,
+        *,
+        eval_dataset: Any = None,
+        ref_model: torch.nn.Module | None = None,
+        eval_reward: Callable | None = None,
+        callbacks: list | None = None,
+    ) -> None:
+        if "prompt" not in train_dataset.column_names:
+            raise ValueError(f"train_dataset needs a 'prompt' column; it has {train_dataset.column_names}")
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.reward = reward_funcs if isinstance(reward_funcs, CombinedReward) else CombinedReward(
+            list(reward_funcs), config.reward_weights
+        )  # fmt: skip
+        self.eval_reward = eval_reward or self.reward.funcs[0]
+        super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks)
+        self.config: GRPOConfig = config
+        self.ref_model = None
+        if config.beta > 0:
+            ref = ref_model if ref_model is not None else make_reference(self.model)
+            self.ref_model = (
+                self.accelerator.prepare_model(ref, evaluation_mode=True) if ref is not None else None
+            )
+        kwargs: dict[str, Any] = {}
+        if config.generation_backend == "hf":
+            kwargs["batch_size"] = config.generation_batch_size
+        elif config.generation_backend == "vllm":
+            kwargs["gpu_memory_utilization"] = config.vllm_gpu_memory_utilization
+        else:
+            kwargs.update(host=config.vllm_server_host, port=config.vllm_server_port)
+        self.generator = make_generator(config.generation_backend, self.model, tokenizer, **kwargs)
+        self._queue: deque[MicroBatch] = deque()
+        self._weights_version = -1
+
+    # ----------------------------------------------------------------------------------------------
+    # Data: prompts -> rollouts -> micro-batches.
+    # ----------------------------------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.config.prompts_per_step,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=list,  # rows stay dicts of Python objects (chat messages, answers)
+        )
+
+    def get_batch(self) -> MicroBatch:
+        if not self._queue:
+            self._queue.extend(self._make_micro_batches(super().get_batch()))
+        return self._queue.popleft()
+
+    def sampling_params(self) -> SamplingParams:
+        cfg = self.config
+        return SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            num_generations=cfg.num_generations,
+            # Old log-probs come from the sampler only when a second pass needs them.
+            return_logprobs=cfg.num_iterations > 1,
+        )
+
+    @torch.no_grad()
+    def _make_micro_batches(self, rows: list[dict[str, Any]]) -> list[MicroBatch]:
+        cfg, acc = self.config, self.accelerator
+        G = cfg.num_generations
+        t0 = time.perf_counter()
+        if self._weights_version != self.state.step:
+            self.generator.sync_weights(self.model)
+            self._weights_version = self.state.step
+        rollout: Rollout = self.generator.generate([r["prompt"] for r in rows], self.sampling_params())
+        t_gen = time.perf_counter() - t0
+
+        # Rewards, with the other dataset columns passed by name (TRL's contract).
+        columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
+        completions: list[Any] = rollout.completion_texts
+        if isinstance(rows[0]["prompt"], list):  # conversational: completions as assistant messages, as TRL
+            completions = [[{"role": "assistant", "content": c}] for c in completions]
+        t1 = time.perf_counter()
+        out = self.reward(rollout.prompts, completions, **columns)
+        t_reward = time.perf_counter() - t1
+        rewards = torch.tensor(out.total, dtype=torch.float32, device=rollout.completion_ids.device)
+        scale = "std" if cfg.scale_rewards == "group" else "none"
+        advantages = group_advantages(rewards, G, scale=scale)
+        zero_std = group_std(rewards, G) < 1e-6  # (num_prompts,)
+
+        mask = rollout.completion_mask.clone()
+        if cfg.mask_truncated_completions:
+            mask = mask * rollout.is_eos[:, None].to(mask.dtype)
+        keep = torch.ones(len(rollout), dtype=torch.bool, device=mask.device)
+        if cfg.beta == 0 and cfg.skip_zero_std_groups:
+            keep = ~zero_std.repeat_interleave(G)
+
+        # Normalisers over the whole generation batch of every process: a micro-batch's loss is its
+        # aggregate times its share, so the step's loss does not depend on how it is cut or dropped.
+        n_local = torch.tensor([float(len(rollout)), float(mask.sum())], device=acc.device)
+        n_global = acc.reduce(n_local, "sum") if acc.num_processes > 1 else n_local
+        W = acc.num_processes
+
+        lengths = rollout.completion_lengths.float()
+        metrics = {
+            **self.reward.metrics(),
+            "reward/zero_std_group_fraction": float(zero_std.float().mean()),
+            "completions/mean_length": float(lengths.mean()),
+            "completions/max_length": float(lengths.max()),
+            "completions/min_length": float(lengths.min()),
+            "completions/clipped_ratio": float((~rollout.is_eos).float().mean()),
+            "completions/tokens": float(lengths.sum()),
+            "completions/skipped_fraction": float((~keep).float().mean()),
+            "time/generation_seconds": t_gen,
+            "time/reward_seconds": t_reward,
+        }
+        self._log_samples(rows, rollout, out.total)
+
+        idx = keep.nonzero().squeeze(-1)
+        if idx.numel() == 0:
+            # Every group was uniform: still run one row (weight 0) per micro-batch so all processes
+            # take part in DDP's gradient all-reduce.
+            idx = torch.zeros(1, dtype=torch.long, device=mask.device)
+            zero_weight = True
+        else:
+            zero_weight = False
+        chunks = [c for c in torch.tensor_split(idx, cfg.gradient_accumulation_steps) if c.numel()]
+        padded = [False] * len(chunks)
+        while len(chunks) < cfg.gradient_accumulation_steps:
+            chunks.append(chunks[-1][:1])  # padding micro-batch (weight 0) keeps the step's count
+            padded.append(True)
+
+        batches = []
+        for i, rows_idx in enumerate(chunks):
+            mb = self._slice(rollout, rows_idx, mask, advantages)
+            if zero_weight or padded[i]:
+                share = 0.0
+            elif cfg.loss_type == "token":
+                share = float(mb.completion_mask.sum()) * W / float(n_global[1])
+            else:
+                share = rows_idx.numel() * W / float(n_global[0])
+            mb.share = share
+            batches.append(mb)
+        if cfg.beta > 0:
+            for mb in batches:
+                mb.ref_logprobs = self._logprobs(mb, reference=True)
+        if cfg.num_iterations > 1:
+            for mb, rows_idx in zip(batches, chunks):
+                if rollout.logprobs is not None:
+                    mb.old_logprobs = rollout.logprobs[rows_idx][:, : mb.completion_ids.shape[1]]
+                else:
+                    mb.old_logprobs = self._logprobs(mb)
+        batches[0].metrics = metrics
+        return [mb for _ in range(cfg.num_iterations) for mb in batches]
+
+    def _slice(
+        self, rollout: Rollout, rows: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
+    ) -> MicroBatch:
+        """Rows of the rollout, trimmed to their own longest prompt and completion (less padding to run)."""
+        p_mask = rollout.prompt_mask[rows]
+        c_mask = mask[rows]
+        p_start = int((p_mask.sum(0) > 0).nonzero().min()) if p_mask.any() else 0
+        c_len = max(int(rollout.completion_mask[rows].sum(1).max()), 1)
+        prompt_ids = rollout.prompt_ids[rows][:, p_start:]
+        completion_ids = rollout.completion_ids[rows][:, :c_len]
+        return MicroBatch(
+            input_ids=torch.cat([prompt_ids, completion_ids], 1),
+            attention_mask=torch.cat([p_mask[:, p_start:], rollout.completion_mask[rows][:, :c_len]], 1),
+            completion_ids=completion_ids,
+            completion_mask=c_mask[:, :c_len],
+            advantages=advantages[rows],
+            old_logprobs=None,
+            ref_logprobs=None,
+            share=0.0,
+            metrics={},
+        )
+
+    def _forward(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
+        """Logits for the completion tokens, (B, C, V), at the sampling temperature."""
+        C = mb.completion_ids.shape[1]
+        logits = model(
+            input_ids=mb.input_ids,
+            attention_mask=mb.attention_mask,
+            position_ids=_position_ids(mb.attention_mask),
+            logits_to_keep=C + 1,
+            use_cache=False,
+        ).logits[:, :-1]
+        return logits / self.config.temperature
+
+    @torch.no_grad()
+    def _logprobs(self, mb: MicroBatch, reference: bool = False) -> torch.Tensor:
+        if reference:
+            with reference_model(self.model, self.ref_model) as ref:
+                logits = self._forward(ref, mb)
+        else:
+            logits = self._forward(self.model, mb)
+        return selective_log_softmax(logits.float(), mb.completion_ids)
+
+    # ----------------------------------------------------------------------------------------------
+    # The loss.
+    # ----------------------------------------------------------------------------------------------
+
+    def compute_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        """share x [ agg(-min(r A, clip(r) A)) + beta agg(KL) ] for one micro-batch (see module docstring)."""
+        cfg = self.config
+        logits = self._forward(self.model, mb)
+        logprobs = selective_log_softmax(logits.float(), mb.completion_ids)  # (B, C)
+        old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
+        mask = mb.completion_mask
+        pg_loss, m = ppo_clip_loss(
+            logprobs,
+            old,
+            mb.advantages,
+            mask,
+            clip_eps=cfg.epsilon,
+            clip_eps_high=cfg.epsilon_high,
+            aggregation=cfg.loss_type,
+            max_len=cfg.max_new_tokens,
+        )
+        loss = pg_loss
+        metrics: dict[str, Any] = {**mb.metrics, **{k: v for k, v in m.items()}}
+        if cfg.beta > 0:
+            assert mb.ref_logprobs is not None
+            kl = kl_estimate(logprobs, mb.ref_logprobs, cfg.kl_estimator)
+            kl_loss = aggregate(kl, mask, cfg.loss_type, cfg.max_new_tokens)
+            loss = loss + cfg.beta * kl_loss
+            metrics["kl"] = masked_mean(kl.detach(), mask)
+        with torch.no_grad():
+            metrics["entropy"] = masked_mean(entropy_from_logits(logits.detach().float()), mask)
+        return loss * mb.share, metrics
+
+    def on_step_end(self, metrics: dict[str, float]) -> None:
+        tokens = metrics.get("completions/tokens")
+        if tokens is not None and metrics.get("time/step_seconds"):
+            metrics["throughput/completion_tokens_per_second"] = tokens / metrics["time/step_seconds"]
+
+    # ----------------------------------------------------------------------------------------------
+    # Evaluation and samples.
+    # ----------------------------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_dataset is None:
+            return {}
+        from align.eval.heldout import heldout_accuracy
+
+        cfg = self.config
+        res = heldout_accuracy(
+            self.generator,
+            self.eval_dataset,
+            self.eval_reward,
+            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
+            limit=cfg.eval_limit or None,
+            accelerator=self.accelerator,
+        )
+        return {"eval/accuracy": res["accuracy"], "eval/mean_length": res["mean_length"]}
+
+    def _log_samples(self, rows: list[dict], rollout: Rollout, totals: list[float]) -> None:
+        n = self.config.log_completions
+        if not n or not self.accelerator.is_main_process or (self.state.step + 1) % self.config.logging_steps:
+            return
+        import json
+
+        path = Path(self.config.output_dir) / "completions.jsonl"
+        G = rollout.num_generations
+        with open(path, "a") as f:
+            for i in range(min(n, len(rollout))):
+                row = rows[i // G]
+                f.write(
+                    json.dumps(
+                        {
+                            "step": self.state.step + 1,
+                            "prompt": row["prompt"],
+                            "completion": rollout.completion_texts[i],
+                            "reward": totals[i],
+                            **{k: v for k, v in row.items() if k in ("answer", "answerKey")},
+                        },
+                        default=str,
+                    )
+                    + "\n"
+                )
+
+
+__all__ = ["GRPOConfig", "GRPOTrainer", "MicroBatch"]
