@@ -24,6 +24,7 @@ Everything algorithmic is a call into ``align.losses`` and ``align.advantages``:
    generation batch (across processes), so accumulation and process count do not change the update.
 """
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -350,7 +351,9 @@ class GRPOTrainer(Trainer):
                 else:
                     mb.old_logprobs = self._logprobs(mb)
         batches[0].metrics = metrics
-        return [mb for _ in range(cfg.num_iterations) for mb in batches]
+        # Later passes reuse the tensors; generation metrics are logged once, with the pass that sampled.
+        later = [dataclasses.replace(mb, metrics={}) for mb in batches]
+        return batches + later * (cfg.num_iterations - 1)
 
     def _slice(
         self, rollout: Rollout, rows: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor

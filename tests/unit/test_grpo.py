@@ -1,0 +1,219 @@
+"""GRPO trainer: the loss on a hand-built batch, update invariances, and bad input."""
+
+import math
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from datasets import Dataset
+
+from align.config import ConfigError, parse_config
+from align.generation import build_rollout, eos_token_ids
+from align.testing import tiny_causal_lm, tiny_tokenizer
+from align.trainers.grpo import GRPOConfig, GRPOTrainer, MicroBatch
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    for s in (AcceleratorState, GradientState, PartialState):
+        s._reset_state(True) if s is AcceleratorState else s._reset_state()
+    yield
+
+
+class FakeGenerator:
+    """Returns fixed completions (token lists cycling per row) so rewards and updates are deterministic."""
+
+    def __init__(self, tokenizer, completions: list[list[int]]):
+        self.tokenizer = tokenizer
+        self.completions = completions
+        self.eos = eos_token_ids(tokenizer)
+
+    def sync_weights(self, model):
+        pass
+
+    def generate(self, prompts, params):
+        G = params.num_generations
+        ids = [
+            self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True) for p in prompts
+        ]
+        ids = [list(x["input_ids"]) if isinstance(x, dict) or hasattr(x, "keys") else list(x) for x in ids]
+        rows = [i for i in ids for _ in range(G)]
+        comps = [self.completions[r % len(self.completions)] for r in range(len(rows))]
+        return build_rollout(
+            prompts=prompts, num_generations=G, prompt_ids=rows, completion_ids=comps, logprobs=None,
+            tokenizer=self.tokenizer, eos_ids=self.eos, pad_id=self.tokenizer.pad_token_id,
+        )  # fmt: skip
+
+
+def length_reward(prompts, completions, **kw):
+    """Deterministic, varies within a group: the completion's character count mod 3."""
+    return [float(len(c[0]["content"]) % 3) for c in completions]
+
+
+def _data(n=8):
+    return Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "answer": str(2 * i)}
+            for i in range(n)
+        ]
+    )
+
+
+def _trainer(tmp_path, name="run", reward=length_reward, completions=None, **overrides):
+    # adam_epsilon 1: Adam's first step is otherwise ~lr * sign(g), which turns float noise in tiny gradient
+    # entries into full-size differences; with a large epsilon the update is ~lr * g and comparable.
+    args = ["--output_dir", str(tmp_path / name), "--disable_progress_bar", "true", "--learning_rate", "0.01",
+            "--adam_epsilon", "1.0"]  # fmt: skip
+    for k, v in {
+        "num_generations": 4,
+        "per_device_train_batch_size": 8,
+        "max_new_tokens": 8,
+        **overrides,
+    }.items():
+        args += [f"--{k}", str(v)]
+    cfg = parse_config(GRPOConfig, args)
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    trainer = GRPOTrainer(cfg, model, tok, [reward], _data())
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    completions = completions or [[11, 12, eos], [13, 14, 15, 16, eos], [17], [18, 19, 20, eos], [21, 22]]
+    trainer.generator = FakeGenerator(tok, completions)
+    return trainer
+
+
+def test_loss_on_hand_built_batch(tmp_path):
+    """compute_loss equals the GRPO objective written out by hand: clipped ratio term + beta * k3, token mean."""
+    trainer = _trainer(tmp_path, beta=0.1, epsilon=0.2)
+    model = trainer.model
+    torch.manual_seed(0)
+    prompt = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    completion = torch.tensor([[11, 12, 13, 14], [15, 16, 0, 0]])
+    cmask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    ids = torch.cat([prompt, completion], 1)
+    attn = torch.cat([torch.ones_like(prompt), cmask], 1)
+    adv = torch.tensor([1.5, -0.5])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, 2:-1]  # positions predicting completion
+        lp = torch.log_softmax(logits, -1).gather(-1, completion[..., None]).squeeze(-1)
+    old = lp + torch.tensor([[0.3, -0.3, 0.05, 0.0], [0.5, 0.1, 0.0, 0.0]])  # some ratios outside [0.8, 1.2]
+    ref = lp + torch.tensor([[0.2, 0.1, -0.1, 0.0], [0.0, 0.3, 0.0, 0.0]])
+    mb = MicroBatch(ids, attn, completion, cmask, adv, old, ref, share=1.0, metrics={})
+    loss, metrics = trainer.compute_loss(mb)
+
+    # By hand, element by element.
+    total, count = 0.0, 0
+    for i in range(2):
+        for t in range(4):
+            if not cmask[i, t]:
+                continue
+            r = math.exp(lp[i, t] - old[i, t])
+            a = float(adv[i])
+            clipped = min(max(r, 0.8), 1.2)
+            pg = -min(r * a, clipped * a)
+            d = float(ref[i, t] - lp[i, t])
+            k3 = math.exp(d) - d - 1
+            total += pg + 0.1 * k3
+            count += 1
+    assert float(loss.detach()) == pytest.approx(total / count, rel=1e-5)
+    assert float(metrics["kl"]) > 0
+
+
+def _params(trainer):
+    return torch.cat(
+        [p.detach().flatten() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
+    )
+
+
+def test_accumulation_invariance(tmp_path):
+    """8 completions in one micro-batch == 2 x 4 micro-batches (token loss over variable lengths)."""
+    a = _trainer(tmp_path, "a", per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=1)
+    a.train()
+    pa = _params(a)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    b = _trainer(tmp_path, "b", per_device_train_batch_size=2, gradient_accumulation_steps=4, max_steps=1)
+    b.train()
+    assert torch.allclose(pa, _params(b), atol=1e-6)
+    assert not torch.allclose(pa, _params(_reinit(tmp_path)), atol=1e-6)  # the step did move the weights
+
+
+def _reinit(tmp_path):
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return _trainer(tmp_path, "init", max_steps=1)
+
+
+@pytest.mark.parametrize("loss_type", ["token", "sequence", "dr_grpo"])
+def test_dropping_zero_std_groups_changes_nothing(tmp_path, loss_type):
+    """Groups with equal rewards carry no gradient; skipping their forward pass gives the same update."""
+    eos = tiny_tokenizer().convert_tokens_to_ids("<|im_end|>")
+    # 4 completions per group; group 0 rewards vary, group 1 (rows 4..7) all equal by construction.
+    comps = [[11, eos], [13, 14, eos], [17, 18, 19, eos], [11, eos], [30, 31, 32, 33], [34, 35, 36, 37], [38, 39, 40, 41], [42, 43, 44, 45]]  # fmt: skip
+
+    def reward(prompts, completions, **kw):
+        return [float(i < 4) * (i % 3) for i in range(len(completions))]
+
+    a = _trainer(
+        tmp_path,
+        "a",
+        reward=reward,
+        completions=comps,
+        skip_zero_std_groups="true",
+        loss_type=loss_type,
+        max_steps=1,
+    )
+    a.train()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    b = _trainer(
+        tmp_path,
+        "b",
+        reward=reward,
+        completions=comps,
+        skip_zero_std_groups="false",
+        loss_type=loss_type,
+        max_steps=1,
+    )
+    b.train()
+    assert torch.allclose(_params(a), _params(b), atol=1e-7)
+    rows = [__import__("json").loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["reward/zero_std_group_fraction"] == 0.5
+    assert rows[0]["completions/skipped_fraction"] == 0.5
+
+
+def test_multiple_iterations_keep_old_logprobs(tmp_path):
+    trainer = _trainer(tmp_path, num_iterations=2, max_steps=2, gradient_accumulation_steps=1)
+    trainer.train()
+    rows = [
+        __import__("json").loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert rows[0]["clip/ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # first pass: policy == old policy
+    assert rows[1]["clip/ratio_mean"] != pytest.approx(1.0, abs=1e-7)  # second pass on the same data
+    assert "reward/mean" in rows[0] and "reward/mean" not in rows[1]  # one generation fed two steps
+
+
+def test_bad_config_names_option():
+    with pytest.raises(ConfigError, match="num_generations must be >= 2"):
+        parse_config(GRPOConfig, ["--num_generations", "1"])
+    with pytest.raises(
+        ConfigError, match=r"per_device_train_batch_size x gradient_accumulation_steps = 6 x 1"
+    ):
+        parse_config(GRPOConfig, ["--num_generations", "4", "--per_device_train_batch_size", "6"])
+    with pytest.raises(ConfigError, match="reward_weights has 2 values for 1 reward_funcs"):
+        parse_config(GRPOConfig, ["--reward_weights", "1", "2"])
+
+
+def test_reward_that_raises_is_named(tmp_path):
+    def broken_reward(prompts, completions, **kw):
+        raise KeyError("answer")
+
+    trainer = _trainer(tmp_path, reward=broken_reward, max_steps=1)
+    with pytest.raises(RuntimeError, match="reward function 'broken_reward' failed"):
+        trainer.train()
+
+
+def test_dataset_without_prompt_column(tmp_path):
+    cfg = parse_config(GRPOConfig, ["--output_dir", str(tmp_path / "x"), "--num_generations", "4"])
+    tok = tiny_tokenizer()
+    with pytest.raises(ValueError, match="needs a 'prompt' column"):
+        GRPOTrainer(cfg, tiny_causal_lm(tok), tok, [length_reward], Dataset.from_list([{"question": "1+1"}]))
