@@ -1,0 +1,41 @@
+"""Shared fixtures: SmolLM2's tokenizer, tiny Llama models built from a config, the embedded model.
+
+Nothing here changes global torch settings: tiny models are seeded inside ``torch.random.fork_rng``.
+"""
+
+import pytest
+
+from align import models, testing
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """SmolLM2's tokenizer (left padding, pad = eos = ``<|im_end|>``). Shared by all tests: do not mutate."""
+    return testing.tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved tiny causal LM + tokenizer directory, for recipes and loaders that take a path."""
+    return testing.save_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model", tokenizer=tiny_tokenizer)
+
+
+@pytest.fixture
+def tiny_model(tiny_tokenizer):
+    """A fresh tiny ``LlamaForCausalLM`` (2 layers, hidden 64, seed 0) per test."""
+    return testing.tiny_causal_lm(tiny_tokenizer)
+
+
+@pytest.fixture
+def tiny_classifier(tiny_tokenizer):
+    """A fresh tiny ``LlamaForSequenceClassification`` (one label, pad id set) per test."""
+    return testing.tiny_sequence_classifier(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir():
+    """The embedded SmolLM2-135M-Instruct as safetensors (converted on first use, ~15-30 s, then cached)."""
+    try:
+        return models.embedded_model_dir()
+    except models.EmbeddedModelNotInstalledError as error:
+        pytest.skip(f"embedded model unavailable: {error}")
