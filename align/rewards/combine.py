@@ -1,0 +1,233 @@
+"""Combining reward functions, and resolving reward names from configs.
+
+`CombinedReward(funcs, weights)` calls every function with the same arguments and returns the weighted
+total and the per-function lists:
+
+    combined = CombinedReward([make_math_reward(), boxed_format_reward], weights=[1.0, 0.2])
+    total, per_func = combined(prompts, completions, answer=answers)
+    trainer.log(combined.metrics())     # reward/math/mean, reward/math/std, reward/math/timeouts, ...
+
+None (a function saying "not applicable") is handled as TRL does: it becomes NaN and the total is a
+NaN-ignoring weighted sum (`nansum`), so a sample is scored by the functions that apply to it. A sample
+for which every function returned None gets a total of 0.0 (nansum of nothing, as in TRL); such samples
+are counted as `reward/all_none` so that this is visible in the logs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+__all__ = ["KNOWN_REWARDS", "CombinedReward", "RewardOutput", "get_reward_funcs", "reward_name"]
+
+
+def reward_name(func: Callable) -> str:
+    """The metric name of a reward function: its `__name__` (a `functools.partial` gives its function's)."""
+    name = getattr(func, "__name__", None)
+    if name is None and hasattr(func, "func"):
+        name = getattr(func.func, "__name__", None)
+    return name or type(func).__name__
+
+
+class RewardOutput(NamedTuple):
+    total: list[float]
+    """Weighted NaN-ignoring sum per sample."""
+    per_func: dict[str, list[float | None]]
+    """Each function's raw scores, keyed by its name, in the order of `funcs`."""
+
+
+def _as_score(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)  # raises for non-numbers; the caller names the function
+    return None if math.isnan(value) else value
+
+
+class CombinedReward:
+    """Several reward functions used as one (see the module docstring).
+
+    Args:
+        funcs: reward callables `f(prompts, completions, **columns) -> list[float | None]` with distinct
+            names (`__name__`); metric keys are `reward/<name>/...`.
+        weights: one finite weight per function (default all 1.0), as TRL's `reward_weights`.
+    """
+
+    def __init__(self, funcs: Sequence[Callable], weights: Sequence[float] | None = None):
+        funcs = list(funcs)
+        if not funcs:
+            raise ValueError("CombinedReward needs at least one reward function")
+        self.funcs = funcs
+        self.names = [reward_name(f) for f in funcs]
+        duplicates = sorted({n for n in self.names if self.names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"reward function names must be distinct (they are metric keys); repeated: {duplicates}. "
+                "Give one a different name (the factories take name=...)."
+            )
+        if weights is None:
+            weights = [1.0] * len(funcs)
+        weights = [float(w) for w in weights]
+        if len(weights) != len(funcs):
+            raise ValueError(
+                f"got {len(weights)} reward weights for {len(funcs)} reward functions {self.names}"
+            )
+        if not all(math.isfinite(w) for w in weights):
+            raise ValueError(f"reward weights must be finite, got {weights}")
+        self.weights = weights
+        self.__name__ = "+".join(self.names)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._values: dict[str, list[float]] = {n: [] for n in self.names}
+        self._nones: dict[str, int] = {n: 0 for n in self.names}
+        self._totals: list[float] = []
+        self._all_none = 0
+
+    def __call__(self, prompts: list, completions: list, **columns) -> RewardOutput:
+        n = len(completions)
+        per_func: dict[str, list[float | None]] = {}
+        for name, func in zip(self.names, self.funcs):
+            try:
+                raw = func(prompts=prompts, completions=completions, **columns)
+                if raw is None or len(raw) != n:
+                    got = "None" if raw is None else f"{len(raw)} values"
+                    raise ValueError(f"returned {got} for {n} completions")
+                scores = [_as_score(v) for v in raw]
+            except Exception as e:
+                raise RuntimeError(f"reward function {name!r} failed: {type(e).__name__}: {e}") from e
+            per_func[name] = scores
+        total: list[float] = []
+        for i in range(n):
+            parts = [
+                w * per_func[name][i]
+                for name, w in zip(self.names, self.weights)
+                if per_func[name][i] is not None
+            ]
+            if not parts:
+                self._all_none += 1
+            total.append(float(sum(parts)))
+        for name, scores in per_func.items():
+            self._values[name] += [s for s in scores if s is not None]
+            self._nones[name] += sum(s is None for s in scores)
+        self._totals += total
+        return RewardOutput(total, per_func)
+
+    def metrics(self) -> dict[str, float]:
+        """Metrics since the previous call, then reset: per function `reward/<name>/mean`, `.../std`
+        (population std over the non-None scores; left out when there were none) and `.../none_frac`;
+        `reward/mean`, `reward/std` of the weighted total; `reward/all_none`; and every function's
+        `pop_stats()` (see `align.rewards`)."""
+        out: dict[str, float] = {}
+        for name in self.names:
+            values, nones = self._values[name], self._nones[name]
+            if values:
+                mean = sum(values) / len(values)
+                out[f"reward/{name}/mean"] = mean
+                out[f"reward/{name}/std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+            if values or nones:
+                out[f"reward/{name}/none_frac"] = nones / (len(values) + nones)
+        if self._totals:
+            mean = sum(self._totals) / len(self._totals)
+            out["reward/mean"] = mean
+            out["reward/std"] = math.sqrt(sum((v - mean) ** 2 for v in self._totals) / len(self._totals))
+            out["reward/all_none"] = float(self._all_none)
+        for func in self.funcs:
+            pop = getattr(func, "pop_stats", None)
+            if callable(pop):
+                out.update(pop())
+        self._reset()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Names -> functions
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _math(arg: str | None):
+    from align.rewards.math import make_math_reward
+
+    return make_math_reward() if arg is None else make_math_reward(timeout_s=float(arg))
+
+
+def _choice(arg: str | None):
+    from align.rewards.choice import make_choice_reward
+
+    return make_choice_reward() if arg is None else make_choice_reward(labels=tuple(arg.split(",")))
+
+
+def _boxed_format(arg: str | None):
+    from align.rewards.format import boxed_format_reward
+
+    if arg is not None:
+        raise ValueError("'boxed_format' takes no argument")
+    return boxed_format_reward
+
+
+def _tags_format(arg: str | None):
+    from align.rewards.format import make_tags_format_reward
+
+    return make_tags_format_reward() if arg is None else make_tags_format_reward(tuple(arg.split(",")))
+
+
+def _length(arg: str | None):
+    from align.rewards.format import make_length_reward
+
+    if arg is None:
+        raise ValueError("'length' needs a budget in characters, e.g. 'length:1000'")
+    return make_length_reward(int(arg))
+
+
+def _rubric(arg: str | None):
+    from align.rewards.rubric import make_rubric_reward
+
+    if not arg:
+        raise ValueError("'rubric' needs a file, e.g. 'rubric:data/rubrics/math_explainer.yaml'")
+    path = Path(arg)
+    if not path.exists() and not path.is_absolute():
+        from align.data import repo_root
+
+        candidate = repo_root() / path
+        if candidate.exists():
+            path = candidate
+    return make_rubric_reward(path)
+
+
+KNOWN_REWARDS: dict[str, tuple[Callable[[str | None], Callable], str]] = {
+    "math": (_math, "math | math:<timeout_s>"),
+    "choice": (_choice, "choice | choice:<label,label,...>"),
+    "boxed_format": (_boxed_format, "boxed_format"),
+    "tags_format": (_tags_format, "tags_format | tags_format:<tag,tag,...>"),
+    "length": (_length, "length:<budget_chars>"),
+    "rubric": (_rubric, "rubric:<path.yaml|path.json>"),
+}
+
+
+def get_reward_funcs(names: Sequence[str | Callable]) -> list[Callable]:
+    """Reward functions from names, as written in configs.
+
+    A name is `kind` or `kind:argument`: "math", "math:10" (timeout), "choice", "choice:1,2,3,4"
+    (labels), "boxed_format", "tags_format", "tags_format:think,answer", "length:1000",
+    "rubric:data/rubrics/math_explainer.yaml" (a relative rubric path is tried from the working directory,
+    then from the repository root). A callable is passed through. Each call makes fresh reward objects,
+    so their `pop_stats()` counts are not shared.
+    """
+    funcs: list[Callable] = []
+    for item in names:
+        if callable(item):
+            funcs.append(item)
+            continue
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"reward name must be a non-empty string or a callable, got {item!r}")
+        kind, _, arg = item.strip().partition(":")
+        if kind not in KNOWN_REWARDS:
+            known = ", ".join(usage for _, usage in KNOWN_REWARDS.values())
+            raise ValueError(f"unknown reward {item!r}; known rewards: {known}")
+        factory, usage = KNOWN_REWARDS[kind]
+        try:
+            funcs.append(factory(arg or None))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"reward {item!r}: {e} (usage: {usage})") from e
+    return funcs
