@@ -43,8 +43,9 @@ def main(args: list[str] | None = None) -> dict:
     )
     if cfg.use_lora:
         model = apply_lora(model, **cfg.lora_kwargs())
-    train = load_math_dataset(cfg.dataset_name, cfg.dataset_split)
-    heldout = load_math_dataset(cfg.eval_dataset_name or cfg.dataset_name, cfg.eval_split)
+    kw = {} if cfg.instruction is None else {"instruction": cfg.instruction}
+    train = load_math_dataset(cfg.dataset_name, cfg.dataset_split, **kw)
+    heldout = load_math_dataset(cfg.eval_dataset_name or cfg.dataset_name, cfg.eval_split, **kw)
     trainer = GRPOTrainer(
         cfg,
         model,

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from align.advantages import group_advantages, group_std
 from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
+from align.forward import completion_logits
 from align.generation import Rollout, SamplingParams, make_generator
 from align.losses import (
     aggregate,
@@ -62,6 +63,8 @@ class GRPOConfig(ModelConfig, TrainConfig):
     the shipped data/math."""
     dataset_split: str = "train"
     """Split of dataset_name to train on."""
+    instruction: str | None = None
+    """Instruction appended to each math problem (default: reason step by step, answer in \\boxed{})."""
     eval_dataset_name: str | None = None
     """Held-out problems for evaluation (default: dataset_name)."""
     eval_split: str = "test"
@@ -98,6 +101,8 @@ class GRPOConfig(ModelConfig, TrainConfig):
     """Loss aggregation: token (DAPO), sequence (original GRPO), dr_grpo (constant normaliser)."""
     mask_truncated_completions: bool = False
     """Leave completions cut at max_new_tokens out of the loss (DAPO's overlong filtering)."""
+    share_prompt_prefix: bool = True
+    """Run each prompt once per group in the loss forward and reuse its KV cache (same logits, less compute)."""
     skip_zero_std_groups: bool = True
     """With beta = 0, do not run the policy on groups whose rewards are all equal (their gradient is zero)."""
     generation_backend: Literal["hf", "vllm", "vllm-server"] = "hf"
@@ -159,10 +164,13 @@ class GRPOConfig(ModelConfig, TrainConfig):
 class MicroBatch:
     """Rows of a rollout ready for the loss. Shapes: (B, P) prompt, (B, C) completion, (B,) advantages."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
+    """(B, C) 1 = token counts in the loss (may exclude truncated completions)."""
+    attention_completion_mask: torch.Tensor
+    """(B, C) 1 = sampled token (what the policy attends to)."""
     advantages: torch.Tensor
     old_logprobs: torch.Tensor | None
     ref_logprobs: torch.Tensor | None
@@ -170,12 +178,6 @@ class MicroBatch:
     """This micro-batch's share of the step loss's normaliser: loss = share * aggregate(...)."""
     metrics: dict[str, float]
     """Generation-time metrics, carried by the first micro-batch of a generation batch."""
-
-
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    # Generation numbers positions from the first real token (left padding); the loss forward must too,
-    # or log-probs differ from the sampled ones and the first PPO ratio is not 1.
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class GRPOTrainer(Trainer):
@@ -366,10 +368,11 @@ class GRPOTrainer(Trainer):
         prompt_ids = rollout.prompt_ids[rows][:, p_start:]
         completion_ids = rollout.completion_ids[rows][:, :c_len]
         return MicroBatch(
-            input_ids=torch.cat([prompt_ids, completion_ids], 1),
-            attention_mask=torch.cat([p_mask[:, p_start:], rollout.completion_mask[rows][:, :c_len]], 1),
+            prompt_ids=prompt_ids,
+            prompt_mask=p_mask[:, p_start:],
             completion_ids=completion_ids,
             completion_mask=c_mask[:, :c_len],
+            attention_completion_mask=rollout.completion_mask[rows][:, :c_len],
             advantages=advantages[rows],
             old_logprobs=None,
             ref_logprobs=None,
@@ -379,14 +382,25 @@ class GRPOTrainer(Trainer):
 
     def _forward(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
         """Logits for the completion tokens, (B, C, V), at the sampling temperature."""
-        C = mb.completion_ids.shape[1]
-        logits = model(
-            input_ids=mb.input_ids,
-            attention_mask=mb.attention_mask,
-            position_ids=_position_ids(mb.attention_mask),
-            logits_to_keep=C + 1,
-            use_cache=False,
-        ).logits[:, :-1]
+        from accelerate.utils import DistributedType
+
+        dist = self.accelerator.distributed_type
+        # Sharded engines (DeepSpeed, FSDP) gather parameters per forward call: keep one call there.
+        share = self.config.share_prompt_prefix and dist in (
+            DistributedType.NO,
+            DistributedType.MULTI_CPU,
+            DistributedType.MULTI_GPU,
+        )
+        logits = completion_logits(
+            model,
+            mb.prompt_ids,
+            mb.prompt_mask,
+            mb.completion_ids,
+            # Attend to the whole sampled completion (as during sampling), not the loss mask.
+            mb.attention_completion_mask,
+            share_prompt=share,
+            prompt_model=self.accelerator.unwrap_model(model) if share else None,
+        )
         return logits / self.config.temperature
 
     @torch.no_grad()
