@@ -56,15 +56,15 @@ from align.trainer import Trainer
 class GRPOConfig(ModelConfig, TrainConfig):
     """GRPO with verifiable or rubric rewards. Batch sizes count completions, as in TRL."""
 
-    output_dir: str = "outputs/grpo"
+    output_dir: str = "outputs/grpo_math"
     """Where metrics.jsonl, config.yaml, completions.jsonl, checkpoints/ and the final model go."""
     dataset_name: str | None = None
     """Prompts: a local JSONL/Parquet file or folder, or a hub dataset (MATH-500 or GSM8K schema); empty =
     the shipped data/math."""
     dataset_split: str = "train"
     """Split of dataset_name to train on."""
-    instruction: str | None = None
-    """Instruction appended to each math problem (default: reason step by step, answer in \\boxed{})."""
+    instruction: str | None = "Give the final answer as \\boxed{N}."
+    """Instruction appended to each math problem; empty = reason step by step and box the answer (MATH-style)."""
     eval_dataset_name: str | None = None
     """Held-out problems for evaluation (default: dataset_name)."""
     eval_split: str = "test"
@@ -77,7 +77,7 @@ class GRPOConfig(ModelConfig, TrainConfig):
     """One weight per reward function (default all 1)."""
     num_generations: int = 8
     """G: completions sampled per prompt; the group whose mean reward is the baseline."""
-    max_new_tokens: int = 256
+    max_new_tokens: int = 64
     """Most tokens per completion; longer ones are cut (and can be masked, mask_truncated_completions)."""
     temperature: float = 1.0
     """Sampling temperature (also used to scale logits in the loss, so ratios are of the sampled policy)."""
@@ -120,8 +120,20 @@ class GRPOConfig(ModelConfig, TrainConfig):
     log_completions: int = 2
     """Write this many sample completions per logged step to completions.jsonl (0 = none)."""
 
+    # Defaults for the main job on CPU (recipes/configs/grpo/smollm2_cpu.yaml); GPU configs override.
+    per_device_train_batch_size: int = 32
+    """Completions per micro-batch (prompts x num_generations)."""
+    learning_rate: float = 2e-5
+    """Peak learning rate of AdamW."""
+    warmup_steps: int = 2
+    """Linear warm-up steps."""
+    max_steps: int = 30
+    """Training steps (one generation batch and one optimizer step each when num_iterations = 1)."""
+
     def validate(self) -> None:
         super().validate()
+        if self.instruction == "":
+            self.instruction = None
         if self.num_generations < 2:
             raise ConfigError(
                 f"num_generations must be >= 2 (GRPO's baseline is the mean of the group), got {self.num_generations}"
