@@ -4,6 +4,7 @@
     align recipes                 # list the launchable recipes
     align info                    # versions, devices, the embedded model's cache
     align prepare-embedded        # convert the embedded SmolLM2 GGUF to safetensors once
+    align eval --task math500 arc_easy --model PATH [--adapter PATH]   # see align eval --help
 
 ``align train NAME`` runs ``recipes/NAME.py`` in this process, so ``accelerate launch`` works on the
 recipe file itself for multi-process runs.
@@ -64,6 +65,10 @@ def _prepare_embedded() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "eval":
+        from align.eval.cli import main as eval_main
+
+        return eval_main(argv[1:])
     parser = argparse.ArgumentParser(prog="align", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="run a recipe: align train NAME [recipe options]")
