@@ -1,0 +1,904 @@
+r"""Supervised and preference data: loading, formatting with the chat template, tokenising, collating.
+
+Three pipelines read what this module makes: SFT (``align.trainers.sft``), the Bradley-Terry reward model
+(``align.trainers.reward_model``) and DPO (``align.trainers.dpo``).
+
+Loading (``load_rows``): a local ``.jsonl`` / ``.json`` / ``.parquet`` file, a folder holding
+``<split>.jsonl`` (or ``.json``, ``.parquet``, ``<split>-*.parquet``), or a hub dataset name. ``None`` is the
+project's own data, ``data/sft`` or ``data/prefs`` (made by ``data/make_prefs.py``).
+
+SFT schemas, detected from the columns (``sft_format``):
+
+- ``messages``: a conversation, ``[{"role": "user", "content": ...}, {"role": "assistant", ...}, ...]``
+  (also ShareGPT's ``conversations`` with ``from``/``value``, mapped to roles);
+- ``prompt`` + ``completion``: strings (plain text) or messages (conversational), TRL's prompt-completion
+  schema; also Alpaca's ``instruction`` (+ ``input``) + ``output``, read as a conversational pair;
+- ``text``: plain language modelling, every token counts.
+
+Preference schemas (``normalize_preference``):
+
+- explicit prompt: ``prompt``, ``chosen``, ``rejected``; each a string or messages;
+- implicit prompt: ``chosen`` and ``rejected`` whole conversations that share a prefix (the prompt), as in
+  ``trl-lib/ultrafeedback_binarized``, or strings with a shared beginning (Anthropic HH style);
+- optional ``margin`` (or ``score_chosen`` / ``score_rejected``) for a reward-model margin.
+
+Tokenisation uses the tokenizer's chat template for messages. Which tokens a loss counts (the mask, 1 =
+counts) is computed on characters, then mapped to tokens with the offsets of one tokenisation of the whole
+text: for an assistant turn the counted characters run from the end of the conversation rendered up to
+that turn with the generation prompt, to the end of the turn's end token (the tokenizer's eos, e.g.
+``<|im_end|>``; what the template writes after it, such as ``\n``, does not count). That works for any
+template that renders a conversation's prefix as a prefix of the whole (ChatML, Llama 3, Mistral, ...),
+so no ``{% generation %}`` markers are needed; a template that does not (one that rewrites earlier turns)
+falls back to locating each assistant message's content in the text, and failing that is an error that
+names the row.
+
+Bad input never becomes a silent wrong loss. Missing columns are an error naming the columns found and
+the schemas expected. A row with an empty completion, a pair whose chosen equals its rejected, a
+conversation without an assistant turn, or a sequence longer than ``max_length`` under
+``truncation="skip"`` is skipped and counted (``DataStats``: logged once as a warning and, by the trainers,
+as ``data/skipped/<reason>`` in ``metrics.jsonl``); ``truncation="error"`` makes an overlong row an error.
+A dataset with no usable row is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TRUNCATION_POLICIES",
+    "DataStats",
+    "collate_preferences",
+    "collate_sft",
+    "encode_prompt_completion",
+    "extract_prompt",
+    "load_rows",
+    "load_train_and_eval",
+    "normalize_messages",
+    "normalize_preference",
+    "pack_examples",
+    "sft_format",
+    "tokenize_preferences",
+    "tokenize_sft",
+]
+
+TRUNCATION_POLICIES = ("keep_start", "keep_end", "skip", "error")
+"""What to do with a sequence longer than ``max_length``:
+
+- ``keep_start``: keep its first ``max_length`` tokens (the end of a long completion is cut and not trained
+  on); counted in ``data/truncated``;
+- ``keep_end``: keep its last ``max_length`` tokens (the start of the prompt is cut); counted likewise;
+- ``skip``: leave the row out, counted in ``data/skipped/too_long``;
+- ``error``: raise ``ValueError`` naming the row.
+"""
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Counting what was skipped
+# ---------------------------------------------------------------------------------------------------------
+
+
+class SkipRow(ValueError):
+    """A row that cannot be used; ``reason`` is the counter it goes to (``data/skipped/<reason>``)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class DataStats:
+    """What tokenising a dataset kept, truncated and skipped (by reason, with the first row index of each)."""
+
+    name: str = "data"
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    first: dict[str, str] = field(default_factory=dict)
+    """reason -> 'row N: detail' of its first occurrence, for the warning."""
+
+    def skip(self, reason: str, index: int, detail: str = "") -> None:
+        self.skipped[reason] += 1
+        self.first.setdefault(reason, f"row {index}" + (f": {detail}" if detail else ""))
+
+    def metrics(self, prefix: str = "data") -> dict[str, float]:
+        """``{prefix}/rows``, ``{prefix}/kept``, ``{prefix}/truncated``, ``{prefix}/skipped/<reason>``."""
+        out = {f"{prefix}/rows": float(self.rows), f"{prefix}/kept": float(self.kept)}
+        out[f"{prefix}/truncated"] = float(self.truncated)
+        out.update({f"{prefix}/skipped/{r}": float(n) for r, n in sorted(self.skipped.items())})
+        return out
+
+    def summary(self) -> str:
+        parts = [f"{self.name}: {self.rows} rows, {self.kept} kept"]
+        if self.truncated:
+            parts.append(f"{self.truncated} truncated")
+        for reason, n in sorted(self.skipped.items()):
+            parts.append(f"skipped {n} {reason} (first: {self.first.get(reason, '?')})")
+        return "; ".join(parts)
+
+    def log(self) -> None:
+        if self.skipped or self.truncated:
+            logger.warning("%s", self.summary())
+        else:
+            logger.info("%s", self.summary())
+
+    def check_any_kept(self) -> None:
+        if self.kept == 0:
+            raise ValueError(f"no usable row left after validation. {self.summary()}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _repo_data_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+def _split_files(folder: Path, split: str) -> list[Path]:
+    candidates = [folder / f"{split}{s}" for s in LOCAL_SUFFIXES]
+    for pattern in (f"{split}-*", f"{split}_*", f"data/{split}-*", f"data/{split}.*", f"{split}/*"):
+        candidates += sorted(folder.glob(pattern))
+    return [p for p in dict.fromkeys(candidates) if p.is_file() and p.suffix in LOCAL_SUFFIXES]
+
+
+def _read_file(path: Path):
+    import json
+
+    from datasets import Dataset
+
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return Dataset(pq.read_table(path))
+    text = path.read_text(encoding="utf-8")
+    records: Any
+    if path.suffix == ".json":
+        try:
+            records = json.loads(text)
+            if isinstance(records, dict) and isinstance(records.get("data"), list):
+                records = records["data"]
+        except json.JSONDecodeError:
+            records = None
+        if records is not None:
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise ValueError(f"{path}: expected a list of JSON objects (or {{'data': [...]}})")
+            return Dataset.from_list(records)
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not a JSON line: {e}") from e
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    return Dataset.from_list(records)
+
+
+def load_rows(name_or_path: str | Path | None, split: str = "train", *, default: str = "sft", limit: int = 0):
+    """A ``datasets.Dataset`` from a local file or folder, a hub dataset, or the shipped ``data/<default>``.
+
+    Args:
+        name_or_path: a ``.jsonl`` / ``.json`` / ``.parquet`` file; a folder with ``<split>.jsonl`` (or
+            ``.json``, ``.parquet``, ``<split>-*.parquet``, ``data/<split>-*``); a hub name such as
+            ``trl-lib/ultrafeedback_binarized`` (``datasets.load_dataset(name, split=split)``, network
+            needed); ``None`` or ``""``: the project's ``data/<default>`` folder.
+        split: which split of a folder or hub dataset (ignored for a single file).
+        default: ``"sft"`` or ``"prefs"``, the shipped folder used for ``None``.
+        limit: keep the first ``limit`` rows (0 = all).
+    """
+    if not name_or_path:
+        source = _repo_data_dir() / default
+        if not source.is_dir():
+            raise FileNotFoundError(
+                f"the shipped data {source} is missing; run `python data/make_prefs.py` or pass a dataset"
+            )
+    else:
+        source = Path(name_or_path).expanduser()
+    if source.exists():
+        if source.is_file():
+            if source.suffix not in LOCAL_SUFFIXES:
+                raise ValueError(f"{source}: unsupported file type; expected one of {list(LOCAL_SUFFIXES)}")
+            ds = _read_file(source)
+        else:
+            files = _split_files(source, split)
+            if not files:
+                raise FileNotFoundError(
+                    f"{source}: no files for split {split!r}; expected {split}.jsonl, {split}.json, "
+                    f"{split}.parquet or {split}-*.parquet"
+                )
+            from datasets import concatenate_datasets
+
+            parts = [_read_file(f) for f in files]
+            ds = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    else:
+        text = str(name_or_path)
+        if text.startswith((".", "/", "~")) or Path(text).suffix in LOCAL_SUFFIXES or text.count("/") > 1:
+            raise FileNotFoundError(f"{name_or_path}: no such file or folder")
+        import datasets
+
+        ds = datasets.load_dataset(text, split=split)
+    if limit and limit > 0:
+        ds = ds.select(range(min(limit, len(ds))))
+    if len(ds) == 0:
+        raise ValueError(f"{name_or_path or source}: the dataset (split {split!r}) is empty")
+    return ds
+
+
+def _as_rows(dataset: Any) -> list[dict]:
+    if isinstance(dataset, list):
+        return dataset
+    return [dict(r) for r in dataset]
+
+
+def _columns(dataset: Any, rows: list[dict]) -> list[str]:
+    names = getattr(dataset, "column_names", None)
+    if names is not None:
+        return list(names)
+    return list(rows[0].keys()) if rows else []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Messages
+# ---------------------------------------------------------------------------------------------------------
+
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+_SHAREGPT_ROLES.update({"system": "system", "tool": "tool", "function": "tool"})
+
+
+def is_messages(x: Any) -> bool:
+    """A list of message dicts (conversational) rather than a string."""
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(m, dict) for m in x)
+
+
+def _content(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):  # [{"type": "text", "text": ...}, ...]
+        return "".join(
+            p if isinstance(p, str) else str(p.get("text", ""))
+            for p in content
+            if isinstance(p, str) or (isinstance(p, dict) and p.get("type", "text") == "text")
+        )
+    return str(content)
+
+
+def normalize_messages(messages: Any) -> list[dict[str, str]]:
+    """``[{"role", "content"}]`` with string contents, from OpenAI-style or ShareGPT (``from``/``value``).
+
+    Extra keys of a message (``tool_calls``, ``name``) are kept. Raises ``SkipRow("invalid_messages")`` for
+    anything that is not a list of messages with string roles.
+    """
+    if not is_messages(messages):
+        raise SkipRow("invalid_messages", f"expected a list of messages, got {type(messages).__name__}")
+    out = []
+    for m in messages:
+        role = m.get("role", m.get("from"))
+        if not isinstance(role, str):
+            raise SkipRow("invalid_messages", f"a message without a role: {m!r}"[:200])
+        role = _SHAREGPT_ROLES.get(role, role) if "from" in m and "role" not in m else role
+        content = _content(m.get("content", m.get("value")))
+        extra = {
+            k: v for k, v in m.items() if k not in ("role", "content", "from", "value") and v is not None
+        }
+        out.append({"role": role, "content": content, **extra})
+    return out
+
+
+def _render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            "the tokenizer has no chat template, so conversational data cannot be formatted; use a chat model's "
+            "tokenizer, or plain-text data (prompt/completion strings or text)"
+        )
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def _end_of_turn(text: str, start: int, stop: int, end_token: str | None) -> int:
+    """Cut ``text[start:stop]`` just after its last end token (eos): what a template writes after it is
+    formatting (ChatML's newline), not something the model must produce."""
+    if end_token:
+        i = text.rfind(end_token, start, stop)
+        if i >= 0:
+            return i + len(end_token)
+    return stop
+
+
+def _assistant_spans(tokenizer: Any, messages: list[dict], text: str) -> list[tuple[int, int]]:
+    """Character spans of every assistant turn's content + end token in ``text`` (the rendered chat)."""
+    eos = getattr(tokenizer, "eos_token", None)
+    spans: list[tuple[int, int]] = []
+    search_from = 0
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else None
+        upto = _render(tokenizer, messages[: i + 1])
+        if (
+            before is not None
+            and text.startswith(before)
+            and text.startswith(upto)
+            and len(upto) > len(before)
+        ):
+            start, stop = len(before), len(upto)
+        else:  # the template does not render prefixes as prefixes: find the content itself
+            content = m["content"]
+            start = text.find(content, search_from) if content else -1
+            if start < 0:
+                raise ValueError(
+                    "cannot locate an assistant turn in the rendered chat (the template rewrites messages); "
+                    "set assistant_only_loss=false to train on every token"
+                )
+            stop = start + len(content)
+            if eos and text.startswith(eos, stop):
+                stop += len(eos)
+        stop = _end_of_turn(text, start, stop, eos)
+        spans.append((start, stop))
+        search_from = stop
+    return spans
+
+
+def _mask_from_spans(offsets: Sequence[Sequence[int]], spans: list[tuple[int, int]]) -> list[int]:
+    """1 for each token that overlaps a span: a token that straddles a span's start (template text merged
+    with the content's first characters) counts, since the model must produce it."""
+    return [int(any(s < b and e > a for a, b in spans)) for s, e in offsets]
+
+
+def _tokenize(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    if not getattr(tokenizer, "is_fast", True):
+        raise ValueError(
+            "align.chat_data needs a fast tokenizer (offset mappings); load it with use_fast=True"
+        )
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def _with_eos(text: str, tokenizer: Any) -> str:
+    eos = getattr(tokenizer, "eos_token", None)
+    return text if not eos or text.endswith(eos) else text + eos
+
+
+def _completion_messages(completion: Any) -> list[dict]:
+    if isinstance(completion, str):
+        return [{"role": "assistant", "content": completion}]
+    msgs = normalize_messages(completion)
+    return msgs
+
+
+def _prompt_messages(prompt: Any) -> list[dict]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return normalize_messages(prompt)
+
+
+def _render_pair(tokenizer: Any, prompt: Any, completion: Any) -> tuple[str, int, int, bool]:
+    """(text, prompt_end_char, completion_end_char, add_special_tokens) for a prompt and a completion.
+
+    Conversational when either side is messages (a string prompt becomes a user message, a string
+    completion an assistant message); plain text otherwise: prompt + completion + eos, as TRL does.
+    """
+    if is_messages(prompt) or is_messages(completion):
+        p = _prompt_messages(prompt)
+        c = _completion_messages(completion)
+        before = _render(tokenizer, p, add_generation_prompt=True)
+        text = _render(tokenizer, p + c)
+        if not text.startswith(before):
+            # Keep the longest common prefix as the prompt (as TRL does), with a one-time warning.
+            n = 0
+            for a, b in zip(before, text):
+                if a != b:
+                    break
+                n += 1
+            _warn_once(
+                "prefix",
+                "the chat template renders the prompt alone differently from the prompt followed by the "
+                "completion; the completion starts where they diverge",
+            )
+            before = before[:n]
+        end = _end_of_turn(text, len(before), len(text), getattr(tokenizer, "eos_token", None))
+        return text, len(before), end, False
+    text = str(prompt) + _with_eos(str(completion), tokenizer)
+    return text, len(str(prompt)), len(text), True
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning("%s", message)
+
+
+def encode_prompt_completion(tokenizer: Any, prompt: Any, completion: Any) -> tuple[list[int], list[int]]:
+    """Token ids ``(prompt_ids, completion_ids)`` whose concatenation is one tokenisation of the pair.
+
+    The prompt is rendered with the generation prompt (``<|im_start|>assistant\\n``); the completion is the
+    assistant content and its end token. A token that straddles the boundary goes to the completion. Used
+    for preference pairs and by the reward-model reward function, so a reward model scores at inference
+    exactly the token sequences it was trained on. An empty completion gives just the end token (chat) or
+    the eos (plain text).
+    """
+    text, p_end, c_end, special = _render_pair(tokenizer, prompt, completion)
+    ids, offsets = _tokenize(tokenizer, text[:c_end], special)
+    n = 0
+    while n < len(ids) and offsets[n][1] <= p_end:
+        n += 1
+    return ids[:n], ids[n:]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SFT
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sft_format(columns: Iterable[str]) -> str:
+    """``"messages"``, ``"prompt_completion"`` or ``"text"`` from a dataset's columns (see the module doc)."""
+    cols = set(columns)
+    if "messages" in cols or "conversations" in cols:
+        return "messages"
+    if {"prompt", "completion"} <= cols or {"instruction", "output"} <= cols:
+        return "prompt_completion"
+    if "text" in cols:
+        return "text"
+    raise ValueError(
+        f"cannot tell the SFT schema from the columns {sorted(cols)}; expected 'messages' (a conversation), "
+        "'prompt' + 'completion', 'instruction' + 'output' (Alpaca) or 'text'"
+    )
+
+
+def _sft_text_and_spans(
+    tokenizer: Any, row: dict, fmt: str, assistant_only: bool, completion_only: bool
+) -> tuple[str, list[tuple[int, int]], bool]:
+    if fmt == "messages":
+        raw = row.get("messages", row.get("conversations"))
+        if raw is None or (isinstance(raw, (list, tuple)) and len(raw) == 0):
+            raise SkipRow("empty_conversation")
+        messages = normalize_messages(raw)
+        assistants = [m for m in messages if m["role"] == "assistant"]
+        if not assistants:
+            raise SkipRow("no_assistant_turn")
+        if any(not m["content"].strip() and not m.get("tool_calls") for m in assistants):
+            raise SkipRow("empty_completion")
+        text = _render(tokenizer, messages)
+        spans = _assistant_spans(tokenizer, messages, text) if assistant_only else [(0, len(text))]
+        return text, spans, False
+    if fmt == "prompt_completion":
+        if "instruction" in row and "completion" not in row:  # Alpaca
+            instruction = str(row.get("instruction") or "")
+            extra = str(row.get("input") or "")
+            prompt: Any = [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction}]
+            completion: Any = row.get("output")
+        else:
+            prompt, completion = row.get("prompt"), row.get("completion")
+        if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+            raise SkipRow("empty_prompt")
+        if completion is None or not _completion_text(completion).strip():
+            raise SkipRow("empty_completion")
+        text, p_end, c_end, special = _render_pair(tokenizer, prompt, completion)
+        return text[:c_end], [(p_end, c_end)] if completion_only else [(0, c_end)], special
+    text = row.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise SkipRow("empty_text")
+    text = _with_eos(text, tokenizer)
+    return text, [(0, len(text))], True
+
+
+def _completion_text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    if is_messages(completion):
+        return "".join(_content(m.get("content", m.get("value"))) for m in completion)
+    return ""
+
+
+def _truncate(
+    ids: list[int], mask: list[int], max_length: int | None, policy: str, index: int
+) -> tuple[list[int], list[int], bool]:
+    if not max_length or len(ids) <= max_length:
+        return ids, mask, False
+    if policy == "skip":
+        raise SkipRow("too_long", f"{len(ids)} tokens > max_length {max_length}")
+    if policy == "error":
+        raise ValueError(
+            f"row {index}: {len(ids)} tokens is longer than max_length={max_length} (truncation='error'); "
+            "raise max_length or choose truncation keep_start, keep_end or skip"
+        )
+    if policy == "keep_start":
+        return ids[:max_length], mask[:max_length], True
+    return ids[-max_length:], mask[-max_length:], True
+
+
+def tokenize_sft(
+    dataset: Any,
+    tokenizer: Any,
+    *,
+    max_length: int | None = 1024,
+    truncation: str = "keep_start",
+    assistant_only_loss: bool = True,
+    completion_only_loss: bool = True,
+    name: str = "sft data",
+) -> tuple[list[dict[str, list[int]]], DataStats]:
+    """Tokenise an SFT dataset into rows ``{"input_ids": [...], "mask": [...]}`` (mask 1 = trained on).
+
+    Args:
+        dataset: a ``datasets.Dataset`` or list of dicts in one of the SFT schemas (module docstring).
+        tokenizer: a fast tokenizer; its chat template formats conversations.
+        max_length: most tokens per row (``None``: no limit); longer rows follow ``truncation``.
+        truncation: one of :data:`TRUNCATION_POLICIES`.
+        assistant_only_loss: for ``messages``: count only assistant turns (content + end token);
+            False counts every token of the conversation.
+        completion_only_loss: for prompt/completion rows: count only the completion; False counts all.
+
+    Returns:
+        The rows, in dataset order (skipped rows left out), and the ``DataStats``. A row whose counted
+        tokens are all cut by truncation is skipped (``no_counted_tokens``).
+    """
+    _check_truncation(truncation)
+    rows = _as_rows(dataset)
+    fmt = sft_format(_columns(dataset, rows))
+    stats = DataStats(name=name, rows=len(rows))
+    out: list[dict[str, list[int]]] = []
+    for i, row in enumerate(rows):
+        try:
+            text, spans, special = _sft_text_and_spans(
+                tokenizer, row, fmt, assistant_only_loss, completion_only_loss
+            )
+            ids, offsets = _tokenize(tokenizer, text, special)
+            mask = _mask_from_spans(offsets, spans)
+            ids, mask, cut = _truncate(ids, mask, max_length, truncation, i)
+            if sum(mask[1:]) == 0:  # position 0 is never a label
+                raise SkipRow("no_counted_tokens", "nothing left to train on (after truncation)")
+        except SkipRow as s:
+            stats.skip(s.reason, i, s.detail)
+            continue
+        stats.truncated += int(cut)
+        stats.kept += 1
+        out.append({"input_ids": ids, "mask": mask})
+    stats.log()
+    stats.check_any_kept()
+    return out, stats
+
+
+def pack_examples(rows: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
+    """Pack tokenised SFT rows into rows of at most ``max_length`` tokens, best-fit decreasing.
+
+    No example is split across packed rows (each row must already fit, which ``tokenize_sft`` ensures).
+    Each packed row carries ``position_ids`` that restart at 0 for every example: the trainer then passes no
+    attention mask, and transformers builds a block-diagonal causal mask from the position ids, so examples
+    do not attend to each other (sdpa, eager and flash-attention kernels). The first token of every example
+    is not a label (it has nothing of its own before it), so its mask entry is 0.
+    """
+    import bisect
+
+    if max_length <= 0:
+        raise ValueError(f"max_length must be positive for packing, got {max_length}")
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+    bins: list[list[int]] = []  # example indices per bin
+    free: list[tuple[int, int]] = []  # sorted (space left, bin id)
+    for i in order:
+        n = len(rows[i]["input_ids"])
+        if n > max_length:
+            raise ValueError(f"example of {n} tokens does not fit in a packed row of {max_length}")
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            space, b = free.pop(k)
+        else:
+            b, space = len(bins), max_length
+            bins.append([])
+        bins[b].append(i)
+        if space - n > 0:
+            bisect.insort(free, (space - n, b))
+    packed = []
+    for members in bins:
+        ids: list[int] = []
+        mask: list[int] = []
+        pos: list[int] = []
+        for i in members:
+            r = rows[i]
+            ids += r["input_ids"]
+            mask += [0] + list(r["mask"][1:])
+            pos += list(range(len(r["input_ids"])))
+        packed.append({"input_ids": ids, "mask": mask, "position_ids": pos})
+    return packed
+
+
+def collate_sft(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor | None]:
+    """Right-pad rows to the batch's longest: ``input_ids``, ``attention_mask``, ``position_ids``, ``mask``.
+
+    Packed rows (with ``position_ids``) get ``attention_mask=None`` and position ids that continue through
+    the padding, so transformers sees packed sequences (see :func:`pack_examples`).
+    """
+    T = max(len(r["input_ids"]) for r in rows)
+    B = len(rows)
+    input_ids = torch.full((B, T), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    attention = torch.zeros((B, T), dtype=torch.long)
+    packed = "position_ids" in rows[0]
+    position_ids = torch.zeros((B, T), dtype=torch.long)
+    for b, r in enumerate(rows):
+        n = len(r["input_ids"])
+        input_ids[b, :n] = torch.tensor(r["input_ids"])
+        mask[b, :n] = torch.tensor(r["mask"])
+        attention[b, :n] = 1
+        if packed:
+            position_ids[b, :n] = torch.tensor(r["position_ids"])
+            start = r["position_ids"][-1] + 1 if n else 0
+            position_ids[b, n:] = torch.arange(start, start + T - n)
+        else:
+            position_ids[b] = torch.arange(T)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": None if packed else attention,
+        "position_ids": position_ids,
+        "mask": mask,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preferences
+# ---------------------------------------------------------------------------------------------------------
+
+
+def extract_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
+    """Split two whole conversations (or strings) that share a beginning into (prompt, chosen, rejected).
+
+    Messages: the prompt is the longest common run of leading messages, cut back so that both remainders
+    start at an assistant message. Strings: the longest common prefix, cut back to the last whitespace so a
+    word (or number) is never split. Raises ``SkipRow("no_shared_prompt")`` when nothing is shared.
+    """
+    if is_messages(chosen) and is_messages(rejected):
+        c, r = normalize_messages(chosen), normalize_messages(rejected)
+        n = 0
+        while n < min(len(c), len(r)) and c[n] == r[n]:
+            n += 1
+        while n > 0 and (c[n : n + 1] or [{}])[0].get("role") != "assistant":
+            n -= 1
+        if n == 0:
+            raise SkipRow("no_shared_prompt", "chosen and rejected share no prompt messages")
+        return c[:n], c[n:], r[n:]
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        n = 0
+        for a, b in zip(chosen, rejected):
+            if a != b:
+                break
+            n += 1
+        if n < min(len(chosen), len(rejected)):
+            cut = max(chosen.rfind(" ", 0, n + 1), chosen.rfind("\n", 0, n + 1))
+            n = cut + 1 if cut >= 0 else 0
+        if n == 0:
+            raise SkipRow("no_shared_prompt", "chosen and rejected share no prefix")
+        return chosen[:n], chosen[n:], rejected[n:]
+    raise SkipRow("invalid_pair", "chosen and rejected must both be strings or both be messages")
+
+
+PREFERENCE_SCHEMAS = (
+    "'prompt' + 'chosen' + 'rejected' (strings or messages), or 'chosen' + 'rejected' conversations that "
+    "share their prompt (trl-lib/ultrafeedback_binarized style)"
+)
+
+
+def check_preference_columns(columns: Iterable[str], where: str = "preference data") -> None:
+    """Raise ``ValueError`` naming the columns found unless ``chosen`` and ``rejected`` are present."""
+    cols = set(columns)
+    missing = [c for c in ("chosen", "rejected") if c not in cols]
+    if missing:
+        raise ValueError(
+            f"{where}: missing column(s) {missing}; found {sorted(cols)}; expected {PREFERENCE_SCHEMAS}"
+        )
+
+
+def normalize_preference(row: dict, *, use_margin: bool = False) -> dict[str, Any]:
+    """``{"prompt", "chosen", "rejected"[, "margin"]}`` from any accepted schema, or ``SkipRow``.
+
+    Conversational rows whose ``chosen``/``rejected`` hold whole conversations (they contain non-assistant
+    turns) have their prompt extracted even if a ``prompt`` column exists (HuggingFaceH4's ultrafeedback
+    keeps a string copy there). ``margin``: the row's ``margin``, else ``score_chosen - score_rejected``.
+    """
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    for side, value in (("chosen", chosen), ("rejected", rejected)):
+        if (
+            value is None
+            or (isinstance(value, str) and not value.strip())
+            or (isinstance(value, (list, tuple)) and len(value) == 0)
+        ):
+            raise SkipRow("empty_completion", f"{side} is empty")
+    prompt = row.get("prompt")
+    whole = (
+        is_messages(chosen)
+        and is_messages(rejected)
+        and any(m.get("role", m.get("from")) not in ("assistant", "gpt") for m in chosen)
+    )
+    if prompt is None or whole:
+        prompt, chosen, rejected = extract_prompt(chosen, rejected)
+    elif isinstance(prompt, str) and not prompt.strip():
+        raise SkipRow("empty_prompt")
+    if is_messages(chosen):
+        chosen = normalize_messages(chosen)
+    if is_messages(rejected):
+        rejected = normalize_messages(rejected)
+    c_text, r_text = _completion_text(chosen), _completion_text(rejected)
+    if not c_text.strip() or not r_text.strip():
+        raise SkipRow("empty_completion", "chosen or rejected has no text")
+    if c_text.strip() == r_text.strip():
+        raise SkipRow("identical_pair", "chosen equals rejected")
+    out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if use_margin:
+        if row.get("margin") is not None:
+            out["margin"] = float(row["margin"])
+        elif row.get("score_chosen") is not None and row.get("score_rejected") is not None:
+            out["margin"] = float(row["score_chosen"]) - float(row["score_rejected"])
+        else:
+            raise SkipRow("no_margin", "use_margin is on but the row has no margin or scores")
+        if not math.isfinite(out["margin"]):
+            raise SkipRow("no_margin", "the margin is not finite")
+    return out
+
+
+def _encode_both(tokenizer: Any, prompt: Any, chosen: Any, rejected: Any) -> tuple[list, list, list]:
+    """Shared prompt ids and the two completions' ids (the common prefix of both tokenisations)."""
+    pc, cc = encode_prompt_completion(tokenizer, prompt, chosen)
+    pr, cr = encode_prompt_completion(tokenizer, prompt, rejected)
+    if pc == pr:
+        return pc, cc, cr
+    full_c, full_r = pc + cc, pr + cr
+    n = 0
+    while n < min(len(pc), len(pr)) and full_c[n] == full_r[n]:
+        n += 1
+    return full_c[:n], full_c[n:], full_r[n:]
+
+
+def tokenize_preferences(
+    dataset: Any,
+    tokenizer: Any,
+    *,
+    max_length: int | None = 1024,
+    truncation: str = "skip",
+    use_margin: bool = False,
+    name: str = "preference data",
+) -> tuple[list[dict[str, Any]], DataStats]:
+    """Tokenise preference pairs into rows ``{"prompt_ids", "chosen_ids", "rejected_ids"[, "margin"]}``.
+
+    Args:
+        dataset: a ``datasets.Dataset`` or list of dicts (see :data:`PREFERENCE_SCHEMAS`).
+        tokenizer: a fast tokenizer; its chat template formats conversational pairs.
+        max_length: most tokens of prompt + completion, for each of chosen and rejected.
+        truncation: for a pair over ``max_length``: ``skip`` (default: cutting a pair can cut exactly what
+            makes one answer better), ``keep_start`` (cut the completions' ends), ``keep_end`` (cut the
+            prompt's start so both completions fit whole; a completion longer than ``max_length`` alone is
+            skipped), ``error``. A pair whose completions become equal after cutting is skipped
+            (``identical_after_truncation``).
+        use_margin: keep a per-pair ``margin`` (reward model; see :func:`normalize_preference`).
+    """
+    _check_truncation(truncation)
+    rows = _as_rows(dataset)
+    check_preference_columns(_columns(dataset, rows), name)
+    stats = DataStats(name=name, rows=len(rows))
+    out: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        try:
+            pair = normalize_preference(row, use_margin=use_margin)
+            p, c, r = _encode_both(tokenizer, pair["prompt"], pair["chosen"], pair["rejected"])
+            if not c or not r:
+                raise SkipRow("empty_completion", "a completion has no tokens")
+            p, c, r, cut = _truncate_pair(p, c, r, max_length, truncation, i)
+            if c == r:
+                raise SkipRow("identical_after_truncation" if cut else "identical_pair")
+        except SkipRow as s:
+            stats.skip(s.reason, i, s.detail)
+            continue
+        stats.truncated += int(cut)
+        stats.kept += 1
+        item: dict[str, Any] = {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
+        if use_margin:
+            item["margin"] = pair["margin"]
+        out.append(item)
+    stats.log()
+    stats.check_any_kept()
+    return out, stats
+
+
+def _truncate_pair(
+    p: list[int], c: list[int], r: list[int], max_length: int | None, policy: str, index: int
+) -> tuple[list[int], list[int], list[int], bool]:
+    longest = len(p) + max(len(c), len(r))
+    if not max_length or longest <= max_length:
+        return p, c, r, False
+    if policy == "skip":
+        raise SkipRow("too_long", f"{longest} tokens > max_length {max_length}")
+    if policy == "error":
+        raise ValueError(
+            f"row {index}: prompt + completion is {longest} tokens, longer than max_length={max_length} "
+            "(truncation='error'); raise max_length or choose truncation skip, keep_start or keep_end"
+        )
+    if policy == "keep_start":
+        if len(p) >= max_length:
+            raise SkipRow(
+                "prompt_too_long", f"the prompt alone has {len(p)} tokens >= max_length {max_length}"
+            )
+        room = max_length - len(p)
+        return p, c[:room], r[:room], True
+    need = max(len(c), len(r))
+    if need >= max_length:
+        raise SkipRow(
+            "completion_too_long", f"a completion alone has {need} tokens >= max_length {max_length}"
+        )
+    return p[len(p) - (max_length - need) :], c, r, True
+
+
+def collate_preferences(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One batch of 2B rows: the B prompt+chosen sequences, then the B prompt+rejected ones.
+
+    Right padding to the batch's longest sequence (no sorting, no fixed length). Returns ``input_ids``,
+    ``attention_mask``, ``mask`` (1 = completion token), and when the rows have them ``margin`` ``(B,)``,
+    ``ref_chosen_logps`` and ``ref_rejected_logps`` ``(B,)``.
+    """
+    seqs = [r["prompt_ids"] + r["chosen_ids"] for r in rows] + [
+        r["prompt_ids"] + r["rejected_ids"] for r in rows
+    ]
+    starts = [len(r["prompt_ids"]) for r in rows] * 2
+    T = max(len(s) for s in seqs)
+    N = len(seqs)
+    input_ids = torch.full((N, T), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((N, T), dtype=torch.long)
+    mask = torch.zeros((N, T), dtype=torch.long)
+    for b, (s, p) in enumerate(zip(seqs, starts)):
+        input_ids[b, : len(s)] = torch.tensor(s)
+        attention[b, : len(s)] = 1
+        mask[b, p : len(s)] = 1
+    out = {"input_ids": input_ids, "attention_mask": attention, "mask": mask}
+    for key in ("margin", "ref_chosen_logps", "ref_rejected_logps"):
+        if key in rows[0]:
+            out[key] = torch.tensor([float(r[key]) for r in rows], dtype=torch.float32)
+    return out
+
+
+def _check_truncation(policy: str) -> None:
+    if policy not in TRUNCATION_POLICIES:
+        raise ValueError(f"truncation must be one of {list(TRUNCATION_POLICIES)}, got {policy!r}")
+
+
+def load_train_and_eval(
+    dataset_name: str | None,
+    split: str,
+    eval_dataset_name: str | None,
+    eval_split: str,
+    *,
+    default: str,
+) -> tuple[Any, Any]:
+    """The training rows and the held-out rows of a recipe's config (``None`` when there are none).
+
+    The held-out data is ``eval_dataset_name`` (default: ``dataset_name``) at ``eval_split``. ``eval_split``
+    ``""`` or ``"none"`` turns evaluation off; so does a single training file with no separate eval
+    dataset (its "test split" would be the training data itself).
+    """
+    train = load_rows(dataset_name, split, default=default)
+    if eval_split.strip().lower() in ("", "none"):
+        return train, None
+    source = eval_dataset_name or dataset_name
+    if source and not eval_dataset_name and Path(source).expanduser().is_file():
+        logger.warning(
+            "%s is a single file: no held-out split, evaluation is off (set eval_dataset_name)", source
+        )
+        return train, None
+    return train, load_rows(source, eval_split, default=default)

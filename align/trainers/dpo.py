@@ -1,0 +1,312 @@
+r"""Direct Preference Optimization: the Bradley-Terry likelihood of preferences under the implicit reward.
+
+Rafailov et al. (2023), eq. 7:
+
+    r(x, y) = beta * log pi_theta(y | x) / pi_ref(y | x)
+    L = -mean log sigmoid(r(x, y_w) - r(x, y_l))
+
+with conservative label smoothing (cDPO) or the IPO loss (Azar et al. 2023) as options; the losses are
+``align.losses.dpo_loss`` and ``align.losses.ipo_loss``. This file computes their inputs:
+
+- ``log pi(y | x)``, the summed log-probs of a completion's tokens, for the chosen and rejected completions
+  of B pairs in one forward pass of 2B rows (right padding to the batch's longest), with logits computed
+  only at completion positions (``align.trainers.sft.completion_logprobs``);
+- ``log pi_ref(y | x)`` from the reference policy: with LoRA the policy with its adapter disabled (no extra
+  memory), else a frozen copy made before training, or, with ``precompute_ref_logprobs``, once over the
+  data before the first step (stored with each pair, after which no reference model is kept at all: for
+  full fine-tuning the policy before training *is* the reference).
+
+Metrics (TRL's names): ``rewards/chosen``, ``rewards/rejected`` (mean implicit rewards), ``rewards/margins``,
+``rewards/accuracy`` (share of pairs with a positive margin), ``logps/chosen``, ``logps/rejected``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from align.chat_data import TRUNCATION_POLICIES, DataStats, collate_preferences, tokenize_preferences
+from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
+from align.losses import dpo_loss, ipo_loss
+from align.models import make_reference, reference_model
+from align.trainer import Trainer
+from align.trainers.sft import _ThroughputMixin, completion_logprobs, eval_shards
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DPOConfig", "DPOTrainer", "pair_logprobs"]
+
+
+@dataclass
+class DPOConfig(ModelConfig, TrainConfig):
+    """Direct Preference Optimization (sigmoid, label-smoothed or IPO) on preference pairs."""
+
+    output_dir: str = "outputs/dpo"
+    """Where metrics.jsonl, config.yaml, checkpoints/, summary.json and the final model go."""
+    learning_rate: float = 1e-6
+    """Peak learning rate of AdamW (TRL's DPO default; LoRA usually wants 10-50x more)."""
+    dataset_name: str | None = None
+    """Preference pairs: a local JSONL/JSON/Parquet file or folder, or a hub dataset (prompt/chosen/rejected,
+    or chosen/rejected conversations with a shared prompt); empty = the shipped data/prefs."""
+    dataset_split: str = "train"
+    """Split of dataset_name to train on."""
+    eval_dataset_name: str | None = None
+    """Held-out pairs for eval/rewards/* (default: dataset_name)."""
+    eval_split: str = "test"
+    """Split of the evaluation dataset."""
+    eval_limit: int = 200
+    """Evaluate on the first N held-out pairs (0 = all)."""
+    per_device_eval_batch_size: int = 8
+    """Pairs per evaluation (and reference precomputation) forward pass."""
+    max_length: int = 1024
+    """Most tokens of prompt + completion (each of chosen and rejected); longer pairs follow `truncation`."""
+    truncation: str = "skip"
+    """Policy for pairs over max_length: skip (default: cutting could remove what decides the preference),
+    keep_start, keep_end (cut the prompt's start), error."""
+    beta: float = 0.1
+    """KL strength: the implicit reward is beta * log(pi / pi_ref); larger keeps the policy closer to pi_ref."""
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    """sigmoid: DPO (with label_smoothing: cDPO); ipo: IPO's squared loss on per-token log-ratios."""
+    label_smoothing: float = 0.0
+    """cDPO: the probability that a preference label is flipped, in [0, 0.5) (sigmoid loss only)."""
+    precompute_ref_logprobs: bool = False
+    """Compute the reference log-probs once over the training (and eval) pairs before training, then keep no
+    reference model: saves a forward pass per step and, for full fine-tuning, the reference copy's memory."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_range("max_length", self.max_length, 2)
+        check_choice("truncation", self.truncation, list(TRUNCATION_POLICIES))
+        check_range("eval_limit", self.eval_limit, 0)
+        check_range("per_device_eval_batch_size", self.per_device_eval_batch_size, 1)
+        check_range("beta", self.beta, 0.0, low_inclusive=False)
+        check_choice("loss_type", self.loss_type, ["sigmoid", "ipo"])
+        check_range("label_smoothing", self.label_smoothing, 0.0, 0.5, high_inclusive=False)
+        if self.loss_type == "ipo" and self.label_smoothing:
+            raise ConfigError(
+                "label_smoothing applies to loss_type 'sigmoid' only (IPO has no labels to smooth)"
+            )
+
+
+def pair_logprobs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs ``(2B,)`` (chosen rows, then rejected rows) and token counts ``(2B,)``."""
+    return completion_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["mask"])
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    from peft import PeftModel
+
+    from align.models import unwrap_model
+
+    return isinstance(unwrap_model(model), PeftModel)
+
+
+class DPOTrainer(_ThroughputMixin, Trainer):
+    """DPO on the Trainer base.
+
+    Args:
+        config: a ``DPOConfig``.
+        model: the policy, a causal LM (optionally a peft LoRA model: the reference is then the adapter off).
+        tokenizer: its tokenizer (fast; chat template for conversational pairs).
+        train_dataset: preference rows (``align.chat_data``) or rows already tokenised.
+        eval_dataset: optional held-out pairs for ``evaluate()``.
+        ref_model: a frozen reference; default: none for LoRA or ``precompute_ref_logprobs``, else a copy of
+            the policy made here, before training.
+    """
+
+    progress_keys = ("loss", "rewards/accuracy", "rewards/margins", "eval/rewards/accuracy")
+
+    def __init__(
+        self,
+        config: DPOConfig,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        train_dataset: Any,
+        *,
+        eval_dataset: Any = None,
+        ref_model: torch.nn.Module | None = None,
+        callbacks: list | None = None,
+    ) -> None:
+        self.config: DPOConfig = config
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        self.train_rows, stats = self._tokenize(train_dataset, tokenizer, "train pairs")
+        self.data_metrics = stats.metrics("data") if stats else {}
+        self.eval_rows: list[dict] | None = None
+        if eval_dataset is not None:
+            self.eval_rows, eval_stats = self._tokenize(eval_dataset, tokenizer, "eval pairs")
+            if config.eval_limit:
+                self.eval_rows = self.eval_rows[: config.eval_limit]
+            if eval_stats:
+                self.data_metrics.update(eval_stats.metrics("data/eval"))
+        super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks)
+        self.ref_model = None
+        if ref_model is not None:
+            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        elif not config.precompute_ref_logprobs:
+            ref = make_reference(self.model)  # None under LoRA: the adapter disabled is the reference
+            if ref is not None:
+                self.ref_model = self.accelerator.prepare_model(ref, evaluation_mode=True)
+        if config.precompute_ref_logprobs:
+            # Before any step (and before a resume loads trained weights): the policy is still pi_ref.
+            self.precompute_reference(self.train_rows)
+            if self.eval_rows:
+                self.precompute_reference(self.eval_rows)
+
+    def _tokenize(self, dataset: Any, tokenizer: Any, name: str) -> tuple[list[dict], DataStats | None]:
+        if isinstance(dataset, list) and dataset and "chosen_ids" in dataset[0]:
+            return dataset, None
+        cfg = self.config
+        return tokenize_preferences(
+            dataset, tokenizer, max_length=cfg.max_length, truncation=cfg.truncation, name=name
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_rows,
+            batch_size=self.config.per_device_train_batch_size,
+            shuffle=True,
+            collate_fn=functools.partial(collate_preferences, pad_token_id=self.pad_token_id),
+        )
+
+    def num_items(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].shape[0] // 2  # pairs: the loss is a mean over pairs
+
+    # ----------------------------------------------------------------------------------------------
+    # Reference log-probs.
+    # ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ref_chosen_logps, ref_rejected_logps)``, each ``(B,)``, for a collated batch."""
+        if "ref_chosen_logps" in batch:
+            return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        if self.ref_model is None and not _is_peft(self.model):
+            if self.state.step > 0 or not self.config.precompute_ref_logprobs:
+                raise RuntimeError(
+                    "no reference model: full fine-tuning needs ref_model or precompute_ref_logprobs"
+                )
+            # precompute_ref_logprobs before the first step: the policy itself is still the reference
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                logps, _ = pair_logprobs(self.model, batch)
+            finally:
+                self.model.train(was_training)
+            return logps.chunk(2)
+        with reference_model(self.model, self.ref_model) as ref:
+            logps, _ = pair_logprobs(ref, batch)
+        return logps.chunk(2)
+
+    @torch.no_grad()
+    def precompute_reference(self, rows: list[dict]) -> None:
+        """Store ``ref_chosen_logps`` / ``ref_rejected_logps`` in each row (sharded over processes)."""
+        acc = self.accelerator
+        W = acc.num_processes
+        index = list(range(len(rows)))
+        mine: list[tuple[int, float, float]] = []
+        for chunk, w in eval_shards(index, self.config.per_device_eval_batch_size, acc):
+            batch = collate_preferences([rows[i] for i in chunk], self.pad_token_id)
+            batch = {
+                k: v.to(acc.device)
+                for k, v in batch.items()
+                if k not in ("ref_chosen_logps", "ref_rejected_logps")
+            }
+            c, r = self.reference_logprobs(batch)
+            mine += [(i, float(a), float(b)) for i, a, b, keep in zip(chunk, c, r, w) if keep > 0]
+        if W > 1:
+            from accelerate.utils import gather_object
+
+            mine = gather_object(mine)
+        for i, c, r in mine:
+            rows[i]["ref_chosen_logps"] = c
+            rows[i]["ref_rejected_logps"] = r
+        missing = sum("ref_chosen_logps" not in r for r in rows)
+        if missing:
+            raise RuntimeError(f"precompute_reference: {missing} rows got no reference log-probs")
+
+    # ----------------------------------------------------------------------------------------------
+    # The loss.
+    # ----------------------------------------------------------------------------------------------
+
+    def _pair_loss(
+        self,
+        chosen: torch.Tensor,
+        rejected: torch.Tensor,
+        ref_chosen: torch.Tensor,
+        ref_rejected: torch.Tensor,
+        n_chosen: torch.Tensor,
+        n_rejected: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        cfg = self.config
+        if cfg.loss_type == "ipo":
+            return ipo_loss(
+                chosen, rejected, ref_chosen, ref_rejected, beta=cfg.beta,
+                chosen_lengths=n_chosen, rejected_lengths=n_rejected,
+            )  # fmt: skip
+        return dpo_loss(
+            chosen, rejected, ref_chosen, ref_rejected, beta=cfg.beta, label_smoothing=cfg.label_smoothing
+        )
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        # Reference first: its activations are freed before the policy's, which backward needs, are made.
+        ref_chosen, ref_rejected = self.reference_logprobs(batch)
+        logps, counts = pair_logprobs(self.model, batch)
+        chosen, rejected = logps.chunk(2)
+        loss, metrics = self._pair_loss(chosen, rejected, ref_chosen, ref_rejected, *counts.chunk(2))
+        metrics["logps/chosen"] = chosen.detach().mean()
+        metrics["logps/rejected"] = rejected.detach().mean()
+        return loss, metrics
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The DPO (or IPO) loss of the micro-batch's pairs (mean over pairs)."""
+        self._count_tokens(batch["attention_mask"], batch["input_ids"])
+        return self._loss(batch)
+
+    def on_step_end(self, metrics: dict[str, float]) -> None:
+        self._throughput(metrics)
+        metrics.update(self.data_metrics)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out ``eval/loss`` and ``eval/rewards/{chosen,rejected,margins,accuracy}`` (means over pairs)."""
+        if not self.eval_rows:
+            return {}
+        acc = self.accelerator
+        was_training = self.model.training
+        self.model.eval()
+        keys = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy"]
+        sums = torch.zeros(len(keys) + 1, device=acc.device, dtype=torch.float64)
+        try:
+            for rows, w in eval_shards(self.eval_rows, self.config.per_device_eval_batch_size, acc):
+                batch = {k: v.to(acc.device) for k, v in collate_preferences(rows, self.pad_token_id).items()}
+                ref_chosen, ref_rejected = self.reference_logprobs(batch)
+                logps, counts = pair_logprobs(self.model, batch)
+                real = w > 0  # padding rows of the last shard do not count
+                n = int(real.sum())
+                if n == 0:
+                    continue
+                pick = [x.chunk(2) for x in (logps, counts)]
+                loss, m = self._pair_loss(
+                    pick[0][0][real], pick[0][1][real], ref_chosen[real], ref_rejected[real],
+                    pick[1][0][real], pick[1][1][real],
+                )  # fmt: skip
+                values = {"loss": loss, **m}
+                for k, key in enumerate(keys):
+                    sums[k] += float(values[key]) * n  # batch means back to sums
+                sums[-1] += n
+        finally:
+            self.model.train(was_training)
+        sums = acc.reduce(sums, "sum") if acc.num_processes > 1 else sums
+        n_all = float(sums[-1].clamp(min=1))
+        out = {f"eval/{key}": float(sums[k]) / n_all for k, key in enumerate(keys)}
+        out["eval/pairs"] = float(sums[-1])
+        return out

@@ -1,0 +1,412 @@
+"""SFT, reward-model and DPO trainers on tiny models: log-probs against a plain computation, losses through
+``compute_loss`` against TRL 1.16's trainers on the same batch, configs, and the reward-model reward."""
+
+import copy
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate.state import AcceleratorState, GradientState, PartialState
+
+from align.chat_data import collate_preferences, collate_sft, tokenize_preferences, tokenize_sft
+from align.config import ConfigError, parse_config
+from align.testing import save_tiny_model, tiny_causal_lm, tiny_sequence_classifier
+from align.trainers import sft as sft_module
+from align.trainers.dpo import DPOConfig, DPOTrainer
+from align.trainers.reward_model import RewardModelConfig, RewardModelTrainer
+from align.trainers.sft import SFTConfig, SFTTrainer, completion_logprobs, selected_logits
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def close(actual, expected, atol=1e-5, rtol=1e-5):
+    torch.testing.assert_close(
+        torch.as_tensor(actual).double(), torch.as_tensor(expected).double(), atol=atol, rtol=rtol
+    )
+
+
+def pairs(n=4):
+    out = []
+    for i in range(n):
+        out.append(
+            {
+                "prompt": [{"role": "user", "content": f"What is {i} + {i * 3}?" + " Think." * i}],
+                "chosen": [{"role": "assistant", "content": f"{i} + {3 * i} = {4 * i}."}],
+                "rejected": [{"role": "assistant", "content": f"It is {4 * i + 1}, I believe" + "!" * i}],
+            }
+        )
+    return out
+
+
+def chats(n=6):
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Count to {i}."},
+                {"role": "assistant", "content": " ".join(str(k) for k in range(1, i + 2))},
+            ]
+        }
+        for i in range(n)
+    ]
+
+
+def args(tmp_path, *extra):
+    return ["--output_dir", str(tmp_path / "out"), "--disable_progress_bar", "true", *extra]
+
+
+# --- per-sequence log-probs ----------------------------------------------------------------------------
+
+
+def reference_logprob(model, ids: list[int], start: int) -> float:
+    """Straightforward: one unpadded row, full log-softmax, sum over the tokens from ``start``."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    logp = torch.log_softmax(logits.double(), -1)
+    return float(sum(logp[t - 1, ids[t]] for t in range(start, len(ids))))
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_completion_logprobs_equal_plain_computation(tiny_tokenizer, tiny_model, side):
+    rows, _ = tokenize_preferences(pairs(), tiny_tokenizer)
+    seqs = [(r["prompt_ids"] + r["chosen_ids"], len(r["prompt_ids"])) for r in rows]
+    seqs += [(r["prompt_ids"] + r["rejected_ids"], len(r["prompt_ids"])) for r in rows]
+    T = max(len(s) for s, _ in seqs)
+    ids = torch.full((len(seqs), T), tiny_tokenizer.pad_token_id)
+    attention = torch.zeros_like(ids)
+    mask = torch.zeros_like(ids)
+    for b, (s, p) in enumerate(seqs):
+        off = 0 if side == "right" else T - len(s)
+        ids[b, off : off + len(s)] = torch.tensor(s)
+        attention[b, off : off + len(s)] = 1
+        mask[b, off + p : off + len(s)] = 1
+    with torch.no_grad():
+        logps, counts = completion_logprobs(tiny_model, ids, attention, mask)
+    expected = [reference_logprob(tiny_model, s, p) for s, p in seqs]
+    close(logps, expected, atol=2e-4)
+    assert counts.tolist() == [len(s) - p for s, p in seqs]
+
+
+def test_selected_logits_without_boolean_logits_to_keep(tiny_tokenizer, tiny_model, monkeypatch):
+    rows, _ = tokenize_sft(chats(), tiny_tokenizer)
+    b = collate_sft(rows, tiny_tokenizer.pad_token_id)
+    keep = sft_module.label_positions(b["mask"])
+    with torch.no_grad():
+        fast = selected_logits(tiny_model, b["input_ids"], b["attention_mask"], keep)
+        monkeypatch.setattr(sft_module, "_takes_bool_logits_to_keep", lambda cls: False)
+        slow = selected_logits(tiny_model, b["input_ids"], b["attention_mask"], keep)
+        full = tiny_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[keep]
+    assert fast.shape == (int(keep.sum()), tiny_model.config.vocab_size)
+    close(fast, full, atol=1e-5)
+    close(slow, full, atol=1e-5)
+
+
+# --- SFT ---------------------------------------------------------------------------------------------
+
+
+def test_sft_mask_matches_huggingface_generation_markers(tiny_tokenizer):
+    """Our prefix-rendering mask equals transformers' return_assistant_tokens_mask under a ChatML template
+    with {% generation %} markers around each assistant turn's content and end token."""
+    marked = (
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+        "{% endif %}{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}{% generation %}"
+        "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}{% else %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    msgs = chats(4)[3]["messages"] + [
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": "1 2"},
+    ]
+    out = tiny_tokenizer.apply_chat_template(
+        msgs, chat_template=marked, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    rows, _ = tokenize_sft([{"messages": msgs}], tiny_tokenizer)
+    assert rows[0]["input_ids"] == list(out["input_ids"])
+    assert rows[0]["mask"] == list(out["assistant_masks"])
+
+
+def test_sft_compute_loss_is_token_mean_cross_entropy(tmp_path, tiny_tokenizer):
+    model = tiny_causal_lm(tiny_tokenizer)
+    cfg = parse_config(SFTConfig, args(tmp_path, "--max_steps", "1"))
+    trainer = SFTTrainer(cfg, model, tiny_tokenizer, chats())
+    batch = collate_sft(trainer.train_rows, tiny_tokenizer.pad_token_id)
+    loss, metrics = trainer.compute_loss(batch)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["input_ids"][:, 1:].masked_fill(batch["mask"][:, 1:] == 0, -100)
+    expected = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+    close(loss, expected)
+    assert trainer.num_items(batch) == int((labels != -100).sum()) == int(metrics["sft/tokens"])
+
+
+_ACC = SimpleNamespace(
+    device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x, num_processes=1,
+    parallelism_config=None, unwrap_model=lambda m: m,
+)  # fmt: skip
+
+
+def _bare(cls, model, **attributes):
+    trainer = object.__new__(cls)
+    common = dict(
+        model=model,
+        accelerator=_ACC,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    for name, value in {**common, **attributes}.items():
+        object.__setattr__(trainer, name, value)
+    return trainer
+
+
+def test_sft_loss_matches_trl_sft_trainer(tmp_path, tiny_tokenizer):
+    from trl import SFTTrainer as TRLSFTTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = tiny_causal_lm(tiny_tokenizer)
+    cfg = parse_config(SFTConfig, args(tmp_path, "--max_steps", "1"))
+    ours = SFTTrainer(cfg, model, tiny_tokenizer, chats())
+    batch = collate_sft(ours.train_rows, tiny_tokenizer.pad_token_id)
+    loss, _ = ours.compute_loss(batch)
+
+    trl_model = copy.deepcopy(model).train()
+    add_fused_lm_head(trl_model, outputs=("log_probs", "entropy", "is_top1"))
+    trl = _bare(
+        TRLSFTTrainer,
+        trl_model,
+        args=SimpleNamespace(loss_type="nll", average_tokens_across_devices=False),
+        aux_loss_enabled=False,
+        compute_loss_func=None,
+        label_smoother=None,
+    )
+    labels = batch["input_ids"].masked_fill(batch["mask"] == 0, -100)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
+    close(loss, trl.compute_loss(trl_model, inputs))
+
+
+# --- reward model ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("margin", "center"), [(False, 0.0), (True, 0.05)])
+def test_reward_compute_loss_matches_trl_reward_trainer(tmp_path, tiny_tokenizer, margin, center):
+    from trl import RewardTrainer as TRLRewardTrainer
+
+    model = tiny_sequence_classifier(tiny_tokenizer).train()
+    data = [dict(p, margin=0.3 * i) for i, p in enumerate(pairs())]
+    cfg = parse_config(
+        RewardModelConfig,
+        args(
+            tmp_path,
+            "--max_steps",
+            "1",
+            "--use_margin",
+            str(margin),
+            "--center_rewards_coefficient",
+            str(center),
+        ),
+    )
+    ours = RewardModelTrainer(cfg, model, tiny_tokenizer, data)
+    batch = collate_preferences(ours.train_rows, tiny_tokenizer.pad_token_id)
+    loss, metrics = ours.compute_loss(batch)
+
+    # TRL's RewardTrainer takes whole sequences (prompt + completion) as chosen_ids / rejected_ids.
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    trl_rows = [
+        {"chosen_ids": r["prompt_ids"] + r["chosen_ids"], "rejected_ids": r["prompt_ids"] + r["rejected_ids"]}
+        | ({"margin": r["margin"]} if margin else {})
+        for r in ours.train_rows
+    ]
+    inputs = DataCollatorForPreference(pad_token_id=tiny_tokenizer.pad_token_id)(trl_rows)
+    assert torch.equal(inputs["input_ids"], batch["input_ids"])
+    trl = _bare(TRLRewardTrainer, model, args=SimpleNamespace(center_rewards_coefficient=center or None))
+    close(loss, trl.compute_loss(model, inputs))
+    assert 0.0 <= float(metrics["reward/accuracy"]) <= 1.0
+
+
+# --- DPO ---------------------------------------------------------------------------------------------
+
+
+def _trl_dpo_loss(model, ref, rows, pad_id, loss_type, beta, label_smoothing=0.0):
+    from trl import DPOTrainer as TRLDPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.utils import add_fused_lm_head
+
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    add_fused_lm_head(ref)
+    trainer = _bare(
+        TRLDPOTrainer,
+        model,
+        ref_model=ref,
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=False,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=beta,
+        label_smoothing=label_smoothing,
+        use_weighting=False,
+        args=SimpleNamespace(gradient_checkpointing_kwargs=None),
+    )
+    inputs = DataCollatorForPreference(pad_token_id=pad_id)(
+        [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in rows]
+    )
+    loss = trainer._compute_loss(model, inputs, return_outputs=False)
+    return loss, {k: v[-1] for k, v in trainer._metrics["train"].items()}, inputs
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_compute_loss_matches_trl_dpo_trainer(tmp_path, tiny_tokenizer, loss_type):
+    policy = tiny_causal_lm(tiny_tokenizer, seed=1).train()
+    reference = tiny_causal_lm(tiny_tokenizer, seed=2)  # a different reference, so the log-ratios are not 0
+    beta = 0.3
+    cfg = parse_config(
+        DPOConfig, args(tmp_path, "--max_steps", "1", "--beta", str(beta), "--loss_type", loss_type)
+    )
+    ours = DPOTrainer(cfg, policy, tiny_tokenizer, pairs(), ref_model=copy.deepcopy(reference))
+    batch = collate_preferences(ours.train_rows, tiny_tokenizer.pad_token_id)
+    loss, metrics = ours.compute_loss(batch)
+
+    trl_loss, trl_metrics, inputs = _trl_dpo_loss(
+        copy.deepcopy(policy), copy.deepcopy(reference).eval(), ours.train_rows, tiny_tokenizer.pad_token_id,
+        loss_type, beta,
+    )  # fmt: skip
+    assert torch.equal(inputs["input_ids"], batch["input_ids"])  # the same 2B rows
+    close(loss, trl_loss, atol=1e-5)
+    for key, trl_key in [("rewards/chosen",) * 2, ("rewards/rejected",) * 2, ("rewards/margins",) * 2,
+                         ("rewards/accuracy", "rewards/accuracies")]:  # fmt: skip
+        close(metrics[key], trl_metrics[trl_key], atol=1e-5)
+    # the loss is not trivial: the two models disagree
+    assert abs(float(metrics["rewards/margins"])) > 1e-3
+
+
+def test_dpo_label_smoothing_changes_loss_as_cdpo(tmp_path, tiny_tokenizer):
+    policy = tiny_causal_lm(tiny_tokenizer, seed=1).train()
+    reference = tiny_causal_lm(tiny_tokenizer, seed=2)
+    cfg = parse_config(
+        DPOConfig, args(tmp_path, "--max_steps", "1", "--label_smoothing", "0.2", "--beta", "0.5")
+    )
+    ours = DPOTrainer(cfg, policy, tiny_tokenizer, pairs(), ref_model=reference)
+    batch = collate_preferences(ours.train_rows, tiny_tokenizer.pad_token_id)
+    loss, m = ours.compute_loss(batch)
+    with torch.no_grad():
+        logps, _ = completion_logprobs(policy, batch["input_ids"], batch["attention_mask"], batch["mask"])
+        ref, _ = completion_logprobs(reference, batch["input_ids"], batch["attention_mask"], batch["mask"])
+    c, r = logps.chunk(2)
+    rc, rr = ref.chunk(2)
+    h = 0.5 * ((c - rc) - (r - rr))
+    close(loss, (-0.8 * F.logsigmoid(h) - 0.2 * F.logsigmoid(-h)).mean())
+
+
+def test_dpo_precomputed_reference_equals_live_reference(tmp_path, tiny_tokenizer):
+    policy = tiny_causal_lm(tiny_tokenizer, seed=1)
+    live = DPOTrainer(
+        parse_config(DPOConfig, args(tmp_path / "a", "--max_steps", "1")),
+        copy.deepcopy(policy),
+        tiny_tokenizer,
+        pairs(),
+    )
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    pre = DPOTrainer(
+        parse_config(
+            DPOConfig, args(tmp_path / "b", "--max_steps", "1", "--precompute_ref_logprobs", "true")
+        ),
+        copy.deepcopy(policy),
+        tiny_tokenizer,
+        pairs(),
+    )
+    assert pre.ref_model is None and live.ref_model is not None
+    batch_live = collate_preferences(live.train_rows, tiny_tokenizer.pad_token_id)
+    batch_pre = collate_preferences(pre.train_rows, tiny_tokenizer.pad_token_id)
+    assert "ref_chosen_logps" in batch_pre
+    close(torch.stack(live.reference_logprobs(batch_live)), torch.stack(pre.reference_logprobs(batch_pre)))
+
+
+# --- configs -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "flags", "match"),
+    [
+        (DPOConfig, ["--beta", "0"], r"beta must be in \(0.0, inf\)"),
+        (DPOConfig, ["--label_smoothing", "0.5"], r"label_smoothing must be in \[0.0, 0.5\)"),
+        (
+            DPOConfig,
+            ["--loss_type", "ipo", "--label_smoothing", "0.1"],
+            "label_smoothing applies to loss_type",
+        ),
+        (DPOConfig, ["--truncation", "middle"], "truncation must be one of"),
+        (SFTConfig, ["--max_length", "1"], r"max_length must be in \[2, inf\)"),
+        (RewardModelConfig, ["--center_rewards_coefficient", "-1"], "center_rewards_coefficient must be in"),
+    ],
+)
+def test_config_errors_name_the_field(cls, flags, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(cls, flags)
+
+
+# --- the reward-model reward -------------------------------------------------------------------------
+
+
+def test_reward_model_reward_scores_like_training(tmp_path, tiny_tokenizer):
+    from align.rewards.reward_model import make_reward_model_reward, reward_model_from_name
+    from align.trainers.reward_model import pair_rewards
+
+    path = save_tiny_model(tmp_path / "rm", tokenizer=tiny_tokenizer, kind="sequence_classifier")
+    reward = make_reward_model_reward(path, batch_size=3, name="rm")
+    data = pairs(5)
+    prompts = [p["prompt"] for p in data]
+    completions = [p["chosen"] for p in data]  # TRL passes assistant messages for conversational prompts
+    scores = reward(prompts, completions)
+    assert len(scores) == 5 and all(isinstance(s, float) for s in scores)
+    # the same numbers as the training-time forward on the tokenised pairs
+    rows, _ = tokenize_preferences(data, tiny_tokenizer)
+    batch = collate_preferences(rows, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        chosen, _ = pair_rewards(reward.model, batch)
+    close(scores, chosen, atol=1e-5)
+    # completions as plain strings give the same scores; batch size does not matter
+    assert reward(prompts, [c[0]["content"] for c in completions]) == pytest.approx(scores, abs=1e-5)
+    assert make_reward_model_reward(path, batch_size=1)(prompts, completions) == pytest.approx(
+        scores, abs=1e-5
+    )
+    assert reward.__name__ == "rm" and reward_model_from_name(str(path)).__name__ == "reward_model"
+    with pytest.raises(ValueError, match="needs a path"):
+        reward_model_from_name("")
+    with pytest.raises(FileNotFoundError):
+        make_reward_model_reward(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("pipeline", ["sft", "reward_model", "dpo"])
+def test_shipped_yaml_configs_parse(pipeline):
+    from align.data import repo_root
+
+    cls = {"sft": SFTConfig, "reward_model": RewardModelConfig, "dpo": DPOConfig}[pipeline]
+    files = sorted((repo_root() / "recipes" / "configs" / pipeline).glob("*.yaml"))
+    assert len(files) >= 2
+    for path in files:
+        cfg = parse_config(cls, ["--config", str(path)])
+        assert cfg.output_dir.startswith(f"outputs/{pipeline}/")
+
+
+def test_trainers_use_the_fused_adamw_kernel(tmp_path, tiny_tokenizer):
+    cfg = parse_config(SFTConfig, args(tmp_path, "--max_steps", "1", "--weight_decay", "0.1"))
+    trainer = SFTTrainer(cfg, tiny_causal_lm(tiny_tokenizer), tiny_tokenizer, chats())
+    opt = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+    assert opt.defaults["fused"] is True
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]  # no decay on norms, as the base
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(trainer.model.parameters()))
