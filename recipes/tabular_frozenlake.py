@@ -39,8 +39,14 @@ def main(args: list[str] | None = None) -> dict:
             print(f"\noptimal (value iteration, gamma {cfg.gamma}): policy and v*")
             print(policy_map(trainer.mdp, pi_star, values=v_star))
             ev = summary["eval"]
+            greedy_v = ev["eval/value_start"]
+            greedy_v = (
+                "undefined (gamma 1, and from some state it never ends)"
+                if greedy_v != greedy_v
+                else f"{greedy_v:.4f}"
+            )
             print(
-                f"\nstart value: greedy {ev['eval/value_start']:.4f}, optimal {ev['eval/optimal_value_start']:.4f}; "
+                f"\nstart value: greedy {greedy_v}, optimal {ev['eval/optimal_value_start']:.4f}; "
                 f"success rate: {ev['eval/success_rate']:.3f} sampled over {cfg.eval_episodes} episodes, "
                 f"{ev['eval/success_exact']:.4f} exact"
             )

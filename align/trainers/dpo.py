@@ -35,7 +35,7 @@ from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, ch
 from align.losses import dpo_loss, ipo_loss
 from align.models import make_reference, reference_model
 from align.trainer import Trainer
-from align.trainers.sft import _ThroughputMixin, completion_logprobs, eval_shards
+from align.trainers.sft import _SupervisedMixin, completion_logprobs, eval_shards
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _is_peft(model: torch.nn.Module) -> bool:
     return isinstance(unwrap_model(model), PeftModel)
 
 
-class DPOTrainer(_ThroughputMixin, Trainer):
+class DPOTrainer(_SupervisedMixin, Trainer):
     """DPO on the Trainer base.
 
     Args:
@@ -270,10 +270,6 @@ class DPOTrainer(_ThroughputMixin, Trainer):
         """The DPO (or IPO) loss of the micro-batch's pairs (mean over pairs)."""
         self._count_tokens(batch["attention_mask"], batch["input_ids"])
         return self._loss(batch)
-
-    def on_step_end(self, metrics: dict[str, float]) -> None:
-        self._throughput(metrics)
-        metrics.update(self.data_metrics)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -29,7 +29,7 @@ from align.chat_data import TRUNCATION_POLICIES, DataStats, collate_preferences,
 from align.config import ModelConfig, TrainConfig, check_choice, check_range
 from align.losses import bradley_terry_loss
 from align.trainer import Trainer
-from align.trainers.sft import _ThroughputMixin, eval_shards
+from align.trainers.sft import _SupervisedMixin, eval_shards
 
 __all__ = ["RewardModelConfig", "RewardModelTrainer", "pair_rewards"]
 
@@ -82,7 +82,7 @@ def pair_rewards(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     return chosen, rejected
 
 
-class RewardModelTrainer(_ThroughputMixin, Trainer):
+class RewardModelTrainer(_SupervisedMixin, Trainer):
     """Bradley-Terry reward-model training on the Trainer base.
 
     Args:
@@ -163,10 +163,6 @@ class RewardModelTrainer(_ThroughputMixin, Trainer):
         """Bradley-Terry loss of the micro-batch's pairs (mean over pairs)."""
         self._count_tokens(batch["attention_mask"], batch["input_ids"])
         return self._loss(batch)
-
-    def on_step_end(self, metrics: dict[str, float]) -> None:
-        self._throughput(metrics)
-        metrics.update(self.data_metrics)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

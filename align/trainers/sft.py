@@ -230,7 +230,7 @@ _FUSED_DEVICES = ("cpu", "cuda")
 _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-class _ThroughputMixin:
+class _SupervisedMixin:
     """What the SFT, reward-model and DPO trainers share on top of the base: a token count per step for
     ``throughput/tokens_per_second``, and torch's fused AdamW kernel.
 
@@ -266,12 +266,15 @@ class _ThroughputMixin:
         n = attention_mask.sum() if attention_mask is not None else torch.tensor(input_ids.numel())
         self._step_tokens += float(n)
 
-    def _throughput(self, metrics: dict[str, float]) -> None:
+    def on_step_end(self, metrics: dict[str, float]) -> None:
+        """Add ``train/tokens`` (this process's non-padding tokens in the step), ``throughput/tokens_per_second``
+        and the data counts (``data/kept``, ``data/skipped/<reason>``, ...) to the step's metrics."""
         seconds = metrics.get("time/step_seconds")
         if seconds:
             metrics["throughput/tokens_per_second"] = self._step_tokens / seconds
         metrics["train/tokens"] = self._step_tokens
         self._step_tokens = 0.0
+        metrics.update(getattr(self, "data_metrics", {}))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,7 +282,7 @@ class _ThroughputMixin:
 # --------------------------------------------------------------------------------------------------
 
 
-class SFTTrainer(_ThroughputMixin, Trainer):
+class SFTTrainer(_SupervisedMixin, Trainer):
     """SFT on the Trainer base.
 
     Args:
@@ -367,10 +370,6 @@ class SFTTrainer(_ThroughputMixin, Trainer):
         """Token-mean cross-entropy over the micro-batch's counted tokens (weighted by ``num_items``)."""
         self._count_tokens(batch["attention_mask"], batch["input_ids"])
         return self._loss(batch)
-
-    def on_step_end(self, metrics: dict[str, float]) -> None:
-        self._throughput(metrics)
-        metrics.update(self.data_metrics)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
