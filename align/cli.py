@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         from align.eval.cli import main as eval_main
 
         return eval_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="align", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="align", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="run a recipe: align train NAME [recipe options]")
     p_train.add_argument("name")
