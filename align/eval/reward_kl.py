@@ -1,0 +1,120 @@
+"""Held-out reward and KL to the reference: the two axes of the reward-KL frontier (Rafailov et al. 2023, Fig. 2).
+
+For each held-out prompt, completions are sampled from the policy at temperature 1 (the distribution the
+KL is about), scored by a reward function (a reward model, or a verifier), and the sequence KL is
+estimated on the same samples:
+
+    KL(pi || pi_ref)(x) = E_{y ~ pi(.|x)} [ sum_t log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t) ]
+
+an unbiased Monte-Carlo estimate (k1 summed over tokens). PPO and DPO policies are evaluated by the same
+function, so their points fall on one plot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from align.forward import position_ids
+from align.generation import Generator, SamplingParams, make_generator
+from align.losses import selective_log_softmax
+from align.models import reference_model
+
+__all__ = ["reward_and_kl", "sequence_logprobs_of_rollout"]
+
+
+@torch.no_grad()
+def sequence_logprobs_of_rollout(model: nn.Module, rollout: Any, batch_size: int = 16) -> torch.Tensor:
+    """``(N, C)`` log-probs of a rollout's completion tokens under ``model`` (0 on padding)."""
+    ids, attn = rollout.input_ids(), rollout.attention_mask()
+    C = rollout.completion_ids.shape[1]
+    out = []
+    for s in range(0, len(rollout), batch_size):
+        sl = slice(s, s + batch_size)
+        logits = model(
+            input_ids=ids[sl],
+            attention_mask=attn[sl],
+            position_ids=position_ids(attn[sl]),
+            logits_to_keep=C + 1,
+            use_cache=False,
+        ).logits[:, :-1]
+        lp = selective_log_softmax(logits.float(), rollout.completion_ids[sl])
+        out.append(lp * rollout.completion_mask[sl])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def reward_and_kl(
+    policy: nn.Module,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    reward_fn: Callable,
+    *,
+    reference: nn.Module | None = None,
+    max_new_tokens: int = 48,
+    num_samples: int = 1,
+    seed: int = 0,
+    batch_size: int = 16,
+    generator: Generator | None = None,
+) -> dict[str, float]:
+    """Mean held-out reward and mean sequence KL(pi || pi_ref) of ``policy`` on ``rows``' prompts.
+
+    Args:
+        policy: a causal LM (a LoRA model's reference is the adapter disabled when ``reference`` is None).
+        rows: dicts with a ``prompt`` (messages or text) and any columns ``reward_fn`` reads.
+        reward_fn: TRL-contract reward or an ``align.rewards.CombinedReward`` (its ``total`` is used).
+        reference: a frozen reference model; ``None`` = ``policy`` with its adapter disabled.
+        num_samples: completions per prompt.
+        seed: sampling seed (the same seed gives the same samples for the same policy).
+
+    Returns:
+        ``score`` (mean reward), ``score_std``, ``kl`` (mean sequence KL, nats), ``mean_length`` and ``n``.
+    """
+    if not rows:
+        raise ValueError("reward_and_kl: no held-out rows")
+    gen = generator or make_generator("hf", policy, tokenizer)
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        num_generations=num_samples,
+        seed=seed,
+        return_logprobs=False,
+    )
+    was_training = policy.training
+    policy.eval()
+    scores: list[float] = []
+    kls: list[float] = []
+    lengths: list[float] = []
+    try:
+        per_call = max(1, batch_size // num_samples)
+        for start in range(0, len(rows), per_call):
+            chunk = list(rows[start : start + per_call])
+            rollout = gen.generate([r["prompt"] for r in chunk], params)
+            completions: list[Any] = rollout.completion_texts
+            if isinstance(chunk[0]["prompt"], list):
+                completions = [[{"role": "assistant", "content": c}] for c in completions]
+            columns = {
+                k: [r[k] for r in chunk for _ in range(num_samples)] for k in chunk[0] if k != "prompt"
+            }
+            out = reward_fn(rollout.prompts, completions, **columns)
+            total = getattr(out, "total", out)
+            scores += [float("nan") if s is None else float(s) for s in total]
+            lp = sequence_logprobs_of_rollout(policy, rollout, batch_size)
+            with reference_model(policy, reference) as ref:
+                ref_lp = sequence_logprobs_of_rollout(ref, rollout, batch_size)
+            kls += (lp - ref_lp).sum(-1).tolist()
+            lengths += rollout.completion_lengths.float().tolist()
+    finally:
+        policy.train(was_training)
+    s = torch.tensor(scores)
+    finite = s[torch.isfinite(s)]
+    return {
+        "score": float(finite.mean()) if finite.numel() else float("nan"),
+        "score_std": float(finite.std()) if finite.numel() > 1 else 0.0,
+        "kl": float(torch.tensor(kls).mean()),
+        "mean_length": float(torch.tensor(lengths).mean()),
+        "n": float(len(scores)),
+    }

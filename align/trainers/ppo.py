@@ -1,0 +1,881 @@
+r"""RLHF with PPO and a KL penalty to a reference policy: the InstructGPT recipe on the Trainer base.
+
+Ouyang et al. (2022), eq. 2, after Ziegler et al. (2019) and Stiennon et al. (2020):
+
+    objective(phi) = E_{x, y ~ pi_phi} [ r_theta(x, y) - beta * log(pi_phi(y | x) / pi_ref(y | x)) ]
+                     + gamma * E_{x ~ D_pretrain} [ log pi_phi(x) ]                              (PPO-ptx)
+
+The sequence-level objective is turned into a token-level MDP (state = prompt + completion so far,
+action = next token), so that a value model and GAE can assign credit per token:
+
+    r_t = -beta * KL_t                         for every completion token t < T
+    r_T = -beta * KL_T + score(x, y)           on the last real token (minus a penalty if it is not EOS)
+    A_t = GAE(gamma, lambda) over r_t and V(s_t);   R_t = A_t + V(s_t)
+
+and then the same clipped surrogate (``align.losses.ppo_clip_loss``), clipped value loss
+(``align.losses.value_loss``) and GAE (``align.advantages.gae``) that classic PPO runs on CartPole.
+
+One PPO *iteration* (TRL's old PPOTrainer, OpenRLHF): sample completions for ``rollout_batch_size``
+prompts; score them; compute old log-probs, reference log-probs and values with no gradient; assemble
+per-token rewards; GAE; then ``num_ppo_epochs`` passes over the rollout in ``num_mini_batches``
+shuffled minibatches, one optimizer step each. A trainer *step* is one optimizer step, so an iteration
+is ``num_ppo_epochs * num_mini_batches`` steps and ``max_steps`` counts optimizer steps.
+
+Roles (the four models of InstructGPT):
+
+- policy: the trainable causal LM (full weights or a LoRA adapter);
+- value model: a scalar head, either on its own backbone (``value_model="separate"``, InstructGPT; it
+  can start from the reward model's weights) or on the policy's last hidden state (``"shared"``: one
+  backbone for both, the cheapest on CPU);
+- reference: the policy before training; under LoRA the policy with its adapter disabled (no copy);
+- reward: any reward function of ``align.rewards``, e.g. ``reward_model:<path>`` for a Bradley-Terry
+  model from ``recipes/reward_model.py`` (it works on text, so its tokenizer may differ from the
+  policy's) or a verifiable reward such as ``math``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from align.advantages import gae, whiten
+from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
+from align.forward import position_ids
+from align.generation import Rollout, SamplingParams, make_generator
+from align.losses import (
+    entropy_from_logits,
+    kl_estimate,
+    masked_mean,
+    ppo_clip_loss,
+    selective_log_softmax,
+    sft_loss,
+    value_loss,
+)
+from align.models import make_reference, reference_model, unwrap_model
+from align.rewards import CombinedReward
+from align.trainer import NonFiniteError, Trainer
+
+__all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "PPOConfig",
+    "PPOTrainer",
+    "PolicyAndValue",
+    "explained_variance",
+    "per_token_rewards",
+]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PPOConfig(ModelConfig, TrainConfig):
+    """PPO-RLHF with a KL penalty. Batch sizes count completions (rows of the rollout)."""
+
+    output_dir: str = "outputs/ppo_rlhf"
+    """Where metrics.jsonl, config.yaml, completions.jsonl, reward_kl.png and the final policy go."""
+    dataset_name: str | None = None
+    """Prompts: a local JSONL/Parquet file or folder, or a hub dataset with a 'prompt' column (chat
+    messages or text); empty = the prompts of the shipped preference pairs (data/prefs)."""
+    dataset_split: str = "train"
+    """Split of dataset_name to train on."""
+    eval_dataset_name: str | None = None
+    """Held-out prompts for evaluate() (default: dataset_name)."""
+    eval_split: str = "test"
+    """Split of the evaluation dataset."""
+    eval_limit: int = 32
+    """Evaluate on the first N held-out prompts (0 = all)."""
+    eval_samples: int = 1
+    """Completions sampled per held-out prompt (temperature 1) for the held-out score and KL."""
+    reward_funcs: list[str] = field(default_factory=lambda: ["reward_model:outputs/reward_model/model"])
+    """Reward names (align.rewards): reward_model:PATH (a trained Bradley-Terry model), math, choice, ..."""
+    reward_weights: list[float] | None = None
+    """One weight per reward function (default all 1)."""
+    reward_model_batch_size: int = 16
+    """Sequences per forward pass of a reward_model:PATH reward."""
+
+    value_model: Literal["separate", "shared"] = "separate"
+    """Value function: its own backbone with a scalar head (InstructGPT), or a head on the policy's last
+    hidden state (one backbone for both)."""
+    value_model_name_or_path: str | None = None
+    """Backbone (and head) of a separate value model; default: the policy's model. A reward model's path
+    starts the value model from the reward model, as InstructGPT does."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss."""
+    cliprange_value: float | None = 0.2
+    """Value clipping range around the rollout-time values (PPO2); empty = no clipping."""
+
+    rollout_batch_size: int = 16
+    """Completions sampled per process per PPO iteration; must equal per_device_train_batch_size x
+    gradient_accumulation_steps x num_mini_batches."""
+    num_generations: int = 1
+    """Completions sampled per prompt (rows of one prompt are consecutive)."""
+    num_mini_batches: int = 1
+    """Minibatches per PPO epoch; each is one optimizer step."""
+    num_ppo_epochs: int = 4
+    """Passes over each rollout (PPO epochs)."""
+    max_new_tokens: int = 48
+    """Most tokens per completion."""
+    temperature: float = 1.0
+    """Sampling temperature (also divides the logits in the loss, so ratios are of the sampled policy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    gamma: float = 1.0
+    """Discount over completion tokens."""
+    lam: float = 0.95
+    """GAE lambda."""
+    cliprange: float = 0.2
+    """Policy ratio clip range epsilon."""
+    whiten_advantages: bool = True
+    """Normalise advantages over the rollout's completion tokens (zero mean, unit variance)."""
+    whiten_rewards: bool = False
+    """Rescale per-token rewards to unit variance over the rollout (the mean is kept)."""
+
+    kl_coef: float = 0.05
+    """beta: the KL penalty coefficient (the starting value when adaptive_kl is on)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimate folded into the reward: k1 = log pi - log pi_ref (InstructGPT), k2, or k3."""
+    adaptive_kl: bool = False
+    """Move beta toward kl_target with Ziegler et al.'s proportional controller."""
+    kl_target: float = 6.0
+    """Target KL per sequence (nats) of the adaptive controller."""
+    kl_horizon: int = 10000
+    """Horizon of the adaptive controller, in completions."""
+    missing_eos_penalty: float | None = None
+    """Subtract this from the score of completions that reach max_new_tokens without EOS."""
+
+    ptx_dataset_name: str | None = None
+    """PPO-ptx: an SFT dataset (messages or prompt/completion) whose language-modelling loss is mixed in;
+    'default' = the shipped data/sft; empty = off."""
+    ptx_coef: float = 0.0
+    """PPO-ptx: gamma, the weight of the language-modelling loss."""
+    ptx_batch_size: int = 4
+    """PPO-ptx: SFT rows per micro-batch."""
+
+    generation_backend: Literal["hf", "vllm", "vllm-server"] = "hf"
+    """Sampler: transformers generate, vLLM colocated, or a `trl vllm-serve` server."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vLLM colocated: fraction of GPU memory for its weights and KV cache."""
+    log_completions: int = 2
+    """Write this many sample completions per logged iteration to completions.jsonl (0 = none)."""
+
+    # CPU defaults for the embedded model (recipes/configs/ppo/smollm2.yaml); GPU configs override.
+    per_device_train_batch_size: int = 8
+    """Completions per micro-batch."""
+    gradient_accumulation_steps: int = 2
+    """Micro-batches per minibatch (optimizer step)."""
+    learning_rate: float = 1e-5
+    """Peak learning rate of AdamW."""
+    max_steps: int = 40
+    """Optimizer steps (an iteration is num_ppo_epochs x num_mini_batches steps)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_range("rollout_batch_size", self.rollout_batch_size, 1)
+        check_range("num_generations", self.num_generations, 1)
+        check_range("num_mini_batches", self.num_mini_batches, 1)
+        check_range("num_ppo_epochs", self.num_ppo_epochs, 1)
+        per_iteration = (
+            self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+        )
+        if self.rollout_batch_size != per_iteration:
+            raise ConfigError(
+                f"rollout_batch_size = {self.rollout_batch_size} must equal per_device_train_batch_size x "
+                f"gradient_accumulation_steps x num_mini_batches = {self.per_device_train_batch_size} x "
+                f"{self.gradient_accumulation_steps} x {self.num_mini_batches} = {per_iteration}"
+            )
+        if self.rollout_batch_size % self.num_generations:
+            raise ConfigError(
+                f"rollout_batch_size = {self.rollout_batch_size} must be divisible by num_generations = "
+                f"{self.num_generations}"
+            )
+        check_range("max_new_tokens", self.max_new_tokens, 1)
+        check_range("temperature", self.temperature, 0.0, low_inclusive=False)
+        check_range("top_p", self.top_p, 0.0, 1.0, low_inclusive=False)
+        check_range("top_k", self.top_k, 0)
+        check_range("gamma", self.gamma, 0.0, 1.0)
+        check_range("lam", self.lam, 0.0, 1.0)
+        check_range("cliprange", self.cliprange, 0.0, 1.0, low_inclusive=False)
+        check_range("cliprange_value", self.cliprange_value, 0.0, low_inclusive=False, allow_none=True)
+        check_range("vf_coef", self.vf_coef, 0.0)
+        check_range("kl_coef", self.kl_coef, 0.0)
+        check_range("kl_target", self.kl_target, 0.0, low_inclusive=False)
+        check_range("kl_horizon", self.kl_horizon, 1)
+        check_range("missing_eos_penalty", self.missing_eos_penalty, 0.0, allow_none=True)
+        check_range("ptx_coef", self.ptx_coef, 0.0)
+        check_range("ptx_batch_size", self.ptx_batch_size, 1)
+        check_range("eval_limit", self.eval_limit, 0)
+        check_range("eval_samples", self.eval_samples, 1)
+        check_range("log_completions", self.log_completions, 0)
+        check_range("reward_model_batch_size", self.reward_model_batch_size, 1)
+        check_choice("value_model", self.value_model, ["separate", "shared"])
+        check_choice("kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
+        check_choice("generation_backend", self.generation_backend, ["hf", "vllm", "vllm-server"])
+        if self.ptx_coef > 0 and not self.ptx_dataset_name:
+            raise ConfigError(
+                "ptx_coef > 0 needs ptx_dataset_name (an SFT dataset, or 'default' for data/sft)"
+            )
+        if not self.reward_funcs:
+            raise ConfigError("reward_funcs must name at least one reward function")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ConfigError(
+                f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} reward_funcs"
+            )
+        if self.value_model == "shared" and self.value_model_name_or_path:
+            raise ConfigError(
+                "value_model_name_or_path is set but value_model is 'shared' (the head sits on the policy); "
+                "use value_model: separate to give the value model its own backbone"
+            )
+
+    @property
+    def steps_per_iteration(self) -> int:
+        """Optimizer steps per rollout."""
+        return self.num_ppo_epochs * self.num_mini_batches
+
+
+# ------------------------------------------------------------------------------------------------------------
+# KL control
+# ------------------------------------------------------------------------------------------------------------
+
+
+class FixedKLController:
+    """A constant KL coefficient beta."""
+
+    def __init__(self, kl_coef: float) -> None:
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Nothing to do: beta stays fixed."""
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController(FixedKLController):
+    """Ziegler et al. (2019), "Fine-Tuning Language Models from Human Preferences", section 2.2:
+
+        e_t       = clip(KL_t / KL_target - 1, -0.2, 0.2)
+        beta_t+1  = beta_t * (1 + K_beta * e_t),    K_beta = n_steps / horizon
+
+    a proportional controller that raises beta when the policy's KL (per sequence, nats) overshoots the
+    target and lowers it when it undershoots; ``n_steps`` is the number of completions the KL was measured
+    on, so the adaptation rate per completion does not depend on the batch size.
+    """
+
+    def __init__(self, kl_coef: float, target: float, horizon: int) -> None:
+        super().__init__(kl_coef)
+        self.target = float(target)
+        self.horizon = int(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Pure pieces (tested on hand-built examples)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def per_token_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_coef: float,
+    kl_estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The KL-shaped per-token reward of RLHF-PPO (Ouyang et al. 2022, eq. 2; Stiennon et al. 2020, eq. 1).
+
+        kl_t = KL estimate at token t (k1: log pi(y_t) - log pi_ref(y_t))
+        r_t  = -kl_coef * kl_t  +  [t = last counted token] * score
+
+    Args:
+        scores: ``(B,)`` sequence scores (reward model or verifier, after any EOS penalty).
+        logprobs: ``(B, T)`` log-probs of the sampled tokens under the policy at rollout time.
+        ref_logprobs: ``(B, T)`` the same under the reference policy.
+        mask: ``(B, T)`` 1 on counted completion tokens (right padding after); a row with no counted token
+            gets its score nowhere (it has no action to credit).
+
+    Returns:
+        ``(rewards, kl, non_score)``, each ``(B, T)`` and 0 on padding: the rewards, the per-token KL
+        estimate, and the KL part of the rewards (``-kl_coef * kl``).
+    """
+    m = mask.bool()
+    kl = torch.where(m, kl_estimate(logprobs, ref_logprobs, kl_estimator), torch.zeros_like(logprobs))
+    non_score = -kl_coef * kl
+    lengths = m.long().sum(-1)
+    last = (lengths - 1).clamp(min=0)
+    bonus = torch.zeros_like(non_score)
+    has_token = lengths > 0
+    bonus[has_token, last[has_token]] = scores[has_token].to(bonus.dtype)
+    return non_score + bonus, kl, non_score
+
+
+def explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None
+) -> float:
+    """``1 - Var(R - V) / Var(R)`` over counted elements: 1 = a perfect critic, 0 = no better than the mean,
+    negative = worse. NaN when the returns do not vary."""
+    m = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
+    r, v = returns[m].float(), values[m].float()
+    var_r = r.var(unbiased=False)
+    if r.numel() < 2 or float(var_r) == 0.0:
+        return float("nan")
+    return float(1.0 - (r - v).var(unbiased=False) / var_r)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Policy and value model in one module
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _value_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """``(backbone, head)`` of a transformers sequence classifier (possibly a peft model): the backbone
+    gives per-token hidden states, the head (``score``) maps them to per-token values."""
+    inner = unwrap_model(model)
+    get_base = getattr(inner, "get_base_model", None)
+    base = get_base() if callable(get_base) else inner  # a PeftModel injects LoRA layers in place
+    head = getattr(base, "score", None)
+    backbone = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+    if head is None or backbone is None or backbone is base:
+        raise TypeError(
+            f"value model {type(base).__name__} is not a transformers sequence classifier with a 'score' head "
+            "(load it with align.models.load_sequence_classifier(..., num_labels=1))"
+        )
+    return backbone, head
+
+
+def _disable_dropout(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+class PolicyAndValue(nn.Module):
+    """The trainable models of PPO behind one ``forward``, so accelerate/DDP wrap and sync them together.
+
+    Args:
+        policy: a causal LM (optionally peft/LoRA).
+        value_model: a sequence classifier with ``num_labels=1`` (separate value model), or ``None`` for a
+            value head on the policy's last hidden state (``value_model="shared"``).
+    """
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        if value_model is None:
+            hidden = unwrap_model(policy).config.get_text_config().hidden_size
+            # Zero init: values start at 0, so the first advantages are the (discounted) rewards themselves.
+            self.value_head = nn.Linear(hidden, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+            dtype = next(p.dtype for p in policy.parameters())
+            self.value_head.to(dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        num_completion: int,
+        *,
+        with_logits: bool = True,
+        with_values: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits and values at the ``num_completion`` positions that predict the completion tokens.
+
+        Args:
+            input_ids: ``(B, P + C)`` left-padded prompt followed by the right-padded completion.
+            attention_mask: ``(B, P + C)``.
+            num_completion: ``C``.
+
+        Returns:
+            ``logits`` ``(B, C, V)`` (position t predicts completion token t) and ``values`` ``(B, C)``, with
+            ``values[:, t] = V(prompt + completion[:t])``, the state in which token t is chosen.
+        """
+        C = num_completion
+        pos = position_ids(attention_mask)
+        logits = values = None
+        shared = self.value_model is None
+        if with_logits or (with_values and shared):
+            out = self.policy(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=pos,
+                logits_to_keep=C + 1 if with_logits else 1,
+                output_hidden_states=with_values and shared,
+                use_cache=False,
+            )
+            if with_logits:
+                logits = out.logits[:, :-1]
+            if with_values and shared:
+                hidden = out.hidden_states[-1][:, -(C + 1) : -1]
+                values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        if with_values and not shared:
+            backbone, head = _value_parts(self.value_model)
+            hidden = backbone(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False
+            ).last_hidden_state[:, -(C + 1) : -1]
+            values = head(hidden).squeeze(-1)
+        return logits, values
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The trainer
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PPOMicroBatch:
+    """Rows of a rollout for the loss. Shapes: (B, P) prompt, (B, C) completion and per-token tensors."""
+
+    input_ids: torch.Tensor
+    """(B, P + C)."""
+    attention_mask: torch.Tensor
+    """(B, P + C)."""
+    completion_ids: torch.Tensor
+    """(B, C)."""
+    mask: torch.Tensor
+    """(B, C) 1 = counted completion token."""
+    old_logprobs: torch.Tensor
+    """(B, C) log-probs at rollout time (the policy before this iteration's updates)."""
+    old_values: torch.Tensor
+    """(B, C) values at rollout time."""
+    advantages: torch.Tensor
+    """(B, C)."""
+    returns: torch.Tensor
+    """(B, C) value targets."""
+    share: float
+    """This micro-batch's share of its minibatch's counted tokens (over every process)."""
+    metrics: dict[str, float]
+    """Rollout metrics, carried by the first micro-batch of an iteration."""
+
+
+class PPOTrainer(Trainer):
+    """PPO-RLHF on the Trainer base (see the module docstring).
+
+    Args:
+        config: a ``PPOConfig``.
+        model: the policy (a causal LM, optionally a peft LoRA model).
+        tokenizer: the policy's tokenizer.
+        reward_funcs: reward callables (TRL contract) or a ``CombinedReward``.
+        train_dataset: rows with a ``prompt`` (chat messages or text) and the columns the rewards read.
+        value_model: a sequence classifier (``num_labels=1``) for ``value_model="separate"``; ``None``
+            builds a value head on the policy (``"shared"``) or requires one for ``"separate"``.
+        eval_dataset: held-out prompts for ``evaluate()`` (held-out score and KL to the reference).
+        ref_model: frozen reference for full fine-tuning (default: a copy; LoRA: the adapter disabled).
+        ptx_dataset: tokenised SFT rows (``align.chat_data.tokenize_sft``) for PPO-ptx.
+    """
+
+    progress_keys = ("score/mean", "kl", "beta", "eval/score")
+    loss_scaling = "share"
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        model: nn.Module,
+        tokenizer: Any,
+        reward_funcs: Sequence[Callable] | CombinedReward,
+        train_dataset: Any,
+        *,
+        value_model: nn.Module | None = None,
+        eval_dataset: Any = None,
+        ref_model: nn.Module | None = None,
+        ptx_dataset: list[dict[str, list[int]]] | None = None,
+        callbacks: list | None = None,
+    ) -> None:
+        columns = getattr(train_dataset, "column_names", None) or list(train_dataset[0])
+        if "prompt" not in columns:
+            raise ValueError(f"train_dataset needs a 'prompt' column; it has {columns}")
+        if config.value_model == "separate" and value_model is None:
+            raise ValueError(
+                "value_model='separate' needs a value model (align.models.load_sequence_classifier(path, "
+                "num_labels=1)); or set value_model='shared' for a head on the policy"
+            )
+        if config.value_model == "shared" and value_model is not None:
+            raise ValueError("a value model was given but config.value_model is 'shared'")
+        if config.ptx_coef > 0 and not ptx_dataset:
+            raise ValueError("ptx_coef > 0 needs ptx_dataset (tokenised SFT rows)")
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.reward = (
+            reward_funcs
+            if isinstance(reward_funcs, CombinedReward)
+            else CombinedReward(list(reward_funcs), config.reward_weights)
+        )
+        # The reference is taken before training (and before wrapping): under LoRA it is None.
+        ref = ref_model if ref_model is not None else make_reference(model)
+        self.ptx_dataset = ptx_dataset
+        # Dropout off (as TRL's PPO does): the first epoch's ratio is then exactly 1 and the rollout-time
+        # log-probs and values are those of the model being trained.
+        for module in (model, value_model):
+            if module is not None:
+                _disable_dropout(module)
+        super().__init__(config, PolicyAndValue(model, value_model), tokenizer=tokenizer, callbacks=callbacks)
+        self.config: PPOConfig = config
+        self.ref_model = (
+            self.accelerator.prepare_model(ref, evaluation_mode=True) if ref is not None else None
+        )
+        self.kl_ctl: FixedKLController = (
+            AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+            if config.adaptive_kl
+            else FixedKLController(config.kl_coef)
+        )
+        kwargs: dict[str, Any] = {}
+        if config.generation_backend == "vllm":
+            kwargs["gpu_memory_utilization"] = config.vllm_gpu_memory_utilization
+        self.generator = make_generator(config.generation_backend, self.policy, tokenizer, **kwargs)
+        self._queue: deque[PPOMicroBatch] = deque()
+        self._weights_version = -1
+        self._ptx_iter: Any = None
+        self._ptx_epoch = 0
+        self._iteration_start = time.perf_counter()
+
+    @property
+    def policy(self) -> nn.Module:
+        """The policy inside the (possibly wrapped) policy-and-value module."""
+        return unwrap_model(self.model).policy
+
+    # ----------------------------------------------------------------------------------------------
+    # Data
+    # ----------------------------------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.config.rollout_batch_size // self.config.num_generations,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=list,
+        )
+
+    def get_batch(self) -> PPOMicroBatch:
+        if not self._queue:
+            self._queue.extend(self._make_micro_batches(super().get_batch()))
+        return self._queue.popleft()
+
+    def sampling_params(self) -> SamplingParams:
+        cfg = self.config
+        return SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            num_generations=cfg.num_generations,
+            return_logprobs=False,  # recomputed below in the same forward as the values
+        )
+
+    @torch.no_grad()
+    def _rollout_forward(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Old log-probs, values and reference log-probs of the rollout, ``(N, C)`` each, in micro-batches."""
+        cfg = self.config
+        ids, attn = rollout.input_ids(), rollout.attention_mask()
+        C = rollout.completion_ids.shape[1]
+        old, vals, refs = [], [], []
+        self.model.eval()
+        try:
+            for s in range(0, len(rollout), cfg.per_device_train_batch_size):
+                sl = slice(s, s + cfg.per_device_train_batch_size)
+                logits, values = self.model(ids[sl], attn[sl], C)
+                old.append(
+                    selective_log_softmax(logits.float() / cfg.temperature, rollout.completion_ids[sl])
+                )
+                vals.append(values.float())
+                with reference_model(self.policy, self.ref_model) as ref:
+                    ref_logits = ref(
+                        input_ids=ids[sl],
+                        attention_mask=attn[sl],
+                        position_ids=position_ids(attn[sl]),
+                        logits_to_keep=C + 1,
+                        use_cache=False,
+                    ).logits[:, :-1]
+                refs.append(
+                    selective_log_softmax(ref_logits.float() / cfg.temperature, rollout.completion_ids[sl])
+                )
+        finally:
+            self.model.train()
+        return torch.cat(old), torch.cat(vals), torch.cat(refs)
+
+    def _check_values(self, values: torch.Tensor, mask: torch.Tensor, where: str) -> None:
+        bad = ~torch.isfinite(values) & mask.bool()
+        if bool(bad.any()):
+            raise NonFiniteError(
+                f"step {self.state.step + 1}: the value model produced {int(bad.sum())} non-finite values ({where}); "
+                "lower learning_rate or vf_coef, enable cliprange_value, or check the value model's weights"
+            )
+
+    @torch.no_grad()
+    def _make_micro_batches(self, rows: list[dict[str, Any]]) -> list[PPOMicroBatch]:
+        cfg, acc = self.config, self.accelerator
+        G = cfg.num_generations
+        t0 = time.perf_counter()
+        if self._weights_version != self.state.step:
+            self.generator.sync_weights(self.policy)
+            self._weights_version = self.state.step
+        rollout: Rollout = self.generator.generate([r["prompt"] for r in rows], self.sampling_params())
+        t_gen = time.perf_counter() - t0
+
+        columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
+        completions: list[Any] = rollout.completion_texts
+        if isinstance(rows[0]["prompt"], list):
+            completions = [[{"role": "assistant", "content": c}] for c in completions]
+        t1 = time.perf_counter()
+        out = self.reward(rollout.prompts, completions, **columns)
+        t_reward = time.perf_counter() - t1
+        device = rollout.completion_ids.device
+        scores = torch.tensor(out.total, dtype=torch.float32, device=device)
+        if cfg.missing_eos_penalty is not None:
+            scores = scores - cfg.missing_eos_penalty * (~rollout.is_eos).float()
+
+        mask = rollout.completion_mask
+        logprobs, values, ref_logprobs = self._rollout_forward(rollout)
+        self._check_values(values, mask, "at rollout time")
+        beta = self.kl_ctl.value
+        rewards, kl, non_score = per_token_rewards(
+            scores, logprobs, ref_logprobs, mask, kl_coef=beta, kl_estimator=cfg.kl_estimator
+        )
+        if cfg.whiten_rewards:
+            rewards = whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, values, gamma=cfg.gamma, lam=cfg.lam, mask=mask)
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages, mask)
+
+        seq_kl = kl.sum(-1)
+        # The controller sees the KL of every process's completions.
+        stats = torch.tensor([float(seq_kl.sum()), float(len(rollout))], device=acc.device)
+        stats = acc.reduce(stats, "sum") if acc.num_processes > 1 else stats
+        mean_seq_kl = float(stats[0] / stats[1])
+        self.kl_ctl.update(mean_seq_kl, int(stats[1]))
+
+        lengths = rollout.completion_lengths.float()
+        now = time.perf_counter()
+        metrics = {
+            **self.reward.metrics(),
+            "score/mean": float(scores.mean()),
+            "score/std": float(scores.std()) if len(scores) > 1 else 0.0,
+            "reward/non_score": float(non_score.sum(-1).mean()),
+            "reward/rlhf": float((scores + non_score.sum(-1)).mean()),
+            "kl": float(seq_kl.mean()),
+            "beta": beta,
+            "value/mean": float(masked_mean(values, mask)),
+            "value/explained_variance": explained_variance(values, returns, mask),
+            "completions/mean_length": float(lengths.mean()),
+            "completions/eos_fraction": float(rollout.is_eos.float().mean()),
+            "completions/tokens": float(lengths.sum()),
+            "time/generation_seconds": t_gen,
+            "time/reward_seconds": t_reward,
+            "throughput/completion_tokens_per_second": float(lengths.sum())
+            / max(now - self._iteration_start, 1e-9),
+        }
+        self._iteration_start = now
+        self._log_samples(rollout, out.total)
+
+        ids, attn = rollout.input_ids(), rollout.attention_mask()
+        N = len(rollout)
+        per_minibatch = N // cfg.num_mini_batches
+        batches: list[PPOMicroBatch] = []
+        generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
+        for _epoch in range(cfg.num_ppo_epochs):
+            order = torch.randperm(N, generator=generator).to(device)
+            for m in range(cfg.num_mini_batches):
+                mb_rows = order[m * per_minibatch : (m + 1) * per_minibatch]
+                tokens = torch.tensor(float(mask[mb_rows].sum()), device=acc.device)
+                tokens = acc.reduce(tokens, "sum") if acc.num_processes > 1 else tokens
+                for chunk in torch.tensor_split(mb_rows, cfg.gradient_accumulation_steps):
+                    batches.append(
+                        self._slice(ids, attn, rollout, chunk, logprobs, values, advantages, returns, mask)
+                    )
+                    batches[-1].share = float(mask[chunk].sum()) * acc.num_processes / max(float(tokens), 1.0)
+        batches[0].metrics = metrics
+        return batches
+
+    def _slice(
+        self,
+        ids: torch.Tensor,
+        attn: torch.Tensor,
+        rollout: Rollout,
+        rows: torch.Tensor,
+        logprobs: torch.Tensor,
+        values: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> PPOMicroBatch:
+        """Rows of the rollout, trimmed to their own longest completion and prompt (less padding to run)."""
+        P = rollout.prompt_ids.shape[1]
+        c_len = max(int(mask[rows].sum(1).max()), 1)
+        p_mask = rollout.prompt_mask[rows]
+        p_start = int((p_mask.sum(0) > 0).nonzero().min()) if p_mask.any() else 0
+        keep = torch.cat([torch.arange(p_start, P), torch.arange(P, P + c_len)]).to(ids.device)
+        return PPOMicroBatch(
+            input_ids=ids[rows][:, keep],
+            attention_mask=attn[rows][:, keep],
+            completion_ids=rollout.completion_ids[rows][:, :c_len],
+            mask=mask[rows][:, :c_len],
+            old_logprobs=logprobs[rows][:, :c_len],
+            old_values=values[rows][:, :c_len],
+            advantages=advantages[rows][:, :c_len],
+            returns=returns[rows][:, :c_len],
+            share=0.0,
+            metrics={},
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # The loss
+    # ----------------------------------------------------------------------------------------------
+
+    def compute_loss(self, mb: PPOMicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        """share x [ token-mean(-min(r A, clip(r) A)) + vf_coef * token-mean(value loss) ] (+ ptx term)."""
+        cfg = self.config
+        C = mb.completion_ids.shape[1]
+        logits, values = self.model(mb.input_ids, mb.attention_mask, C)
+        logits = logits.float() / cfg.temperature
+        values = values.float()
+        self._check_values(values, mb.mask, "in the loss")
+        logprobs = selective_log_softmax(logits, mb.completion_ids)
+        pg_loss, m_pg = ppo_clip_loss(
+            logprobs, mb.old_logprobs, mb.advantages, mb.mask, clip_eps=cfg.cliprange, aggregation="token"
+        )
+        v_loss, m_v = value_loss(
+            values, mb.old_values, mb.returns, mb.mask, clip_eps=cfg.cliprange_value, aggregation="token"
+        )
+        loss = pg_loss + cfg.vf_coef * v_loss
+        metrics: dict[str, Any] = {**mb.metrics, **m_pg, **m_v}
+        with torch.no_grad():
+            metrics["entropy"] = masked_mean(entropy_from_logits(logits.detach()), mb.mask)
+        loss = loss * mb.share
+        if cfg.ptx_coef > 0:
+            ptx, m_ptx = self._ptx_loss()
+            # Per micro-batch, so that the ptx term's weight per optimizer step is ptx_coef.
+            loss = loss + cfg.ptx_coef * ptx / cfg.gradient_accumulation_steps
+            metrics.update(m_ptx)
+        return loss, metrics
+
+    def _ptx_loss(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        """PPO-ptx: next-token loss of the policy on the next SFT micro-batch (InstructGPT eq. 2, gamma term)."""
+        from align.chat_data import collate_sft
+
+        if self._ptx_iter is None:
+            g = torch.Generator().manual_seed(self.config.seed + self._ptx_epoch)
+            order = torch.randperm(len(self.ptx_dataset), generator=g).tolist()
+            self._ptx_iter = iter(
+                [
+                    order[i : i + self.config.ptx_batch_size]
+                    for i in range(0, len(order), self.config.ptx_batch_size)
+                ]
+            )
+        try:
+            idx = next(self._ptx_iter)
+        except StopIteration:
+            self._ptx_iter, self._ptx_epoch = None, self._ptx_epoch + 1
+            return self._ptx_loss()
+        batch = collate_sft([self.ptx_dataset[i] for i in idx], self.tokenizer.pad_token_id)
+        device = self.accelerator.device
+        logits = self.policy(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=None if batch["attention_mask"] is None else batch["attention_mask"].to(device),
+            position_ids=batch["position_ids"].to(device),
+            use_cache=False,
+        ).logits
+        ids, mask = batch["input_ids"].to(device), batch["mask"].to(device)
+        loss, m = sft_loss(logits[:, :-1].float(), ids[:, 1:], mask[:, 1:])
+        return loss, {"loss/ptx": m["loss/sft"]}
+
+    def on_step_end(self, metrics: dict[str, float]) -> None:
+        beta = self.kl_ctl.value
+        metrics["beta/current"] = beta
+
+    # ----------------------------------------------------------------------------------------------
+    # Checkpoint state, saving, evaluation
+    # ----------------------------------------------------------------------------------------------
+
+    def extra_state_dict(self) -> dict[str, Any]:
+        return {"kl_ctl": self.kl_ctl.state_dict(), "ptx_epoch": self._ptx_epoch}
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        if "kl_ctl" in state:
+            self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self._ptx_epoch = int(state.get("ptx_epoch", 0))
+        # A resumed run starts a fresh rollout: the queue of the interrupted iteration is not saved.
+        self._queue.clear()
+
+    def save_model(self, path: str | Path, *, merge_lora: bool = False) -> Path:
+        """Save the policy (adapter or full weights, with the tokenizer) to ``path``; a separate value model
+        goes to ``path/../value_model`` and a shared value head to ``path/value_head.safetensors``."""
+        from align.models import save_pretrained
+
+        path = Path(path)
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        inner = unwrap_model(self.model)
+        if acc.is_main_process:
+            save_pretrained(inner.policy, self.tokenizer, path, merge_lora=merge_lora, exist_ok=True)
+            if inner.value_model is not None:
+                save_pretrained(inner.value_model, self.tokenizer, path.parent / "value_model", exist_ok=True)
+            else:
+                from safetensors.torch import save_file
+
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in inner.value_head.state_dict().items()},
+                    path / "value_head.safetensors",
+                )
+        acc.wait_for_everyone()
+        return path
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out score and KL to the reference: completions sampled at temperature 1 from held-out prompts."""
+        if self.eval_dataset is None:
+            return {}
+        from align.eval.reward_kl import reward_and_kl
+
+        cfg = self.config
+        n = len(self.eval_dataset) if not cfg.eval_limit else min(cfg.eval_limit, len(self.eval_dataset))
+        rows = [self.eval_dataset[i] for i in range(n)]
+        res = reward_and_kl(
+            self.policy,
+            self.tokenizer,
+            rows,
+            self.reward,
+            reference=self.ref_model,
+            max_new_tokens=cfg.max_new_tokens,
+            num_samples=cfg.eval_samples,
+            seed=cfg.seed,
+            batch_size=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
+            generator=self.generator,
+        )
+        return {f"eval/{k}": v for k, v in res.items()}
+
+    def _log_samples(self, rollout: Rollout, totals: list[float]) -> None:
+        n = self.config.log_completions
+        if not n or not self.accelerator.is_main_process:
+            return
+        import json
+
+        path = Path(self.config.output_dir) / "completions.jsonl"
+        with open(path, "a") as f:
+            for i in range(min(n, len(rollout))):
+                record = {
+                    "step": self.state.step + 1,
+                    "prompt": rollout.prompts[i],
+                    "completion": rollout.completion_texts[i],
+                    "score": totals[i],
+                }
+                f.write(json.dumps(record, default=str) + "\n")

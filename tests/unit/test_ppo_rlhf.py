@@ -1,0 +1,293 @@
+"""PPO-RLHF: reward assembly, GAE over padded completions, the KL controller, and the trainer's loss."""
+
+import math
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from datasets import Dataset
+
+from align.advantages import gae
+from align.config import ConfigError, parse_config
+from align.losses import ppo_clip_loss, selective_log_softmax, value_loss
+from align.testing import tiny_causal_lm, tiny_sequence_classifier, tiny_tokenizer
+from align.trainer import NonFiniteError, read_metrics
+from align.trainers.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    PPOConfig,
+    PPOMicroBatch,
+    PPOTrainer,
+    explained_variance,
+    per_token_rewards,
+)
+
+
+def _reset() -> None:
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    _reset()
+    torch.set_num_threads(1)
+    yield
+    _reset()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure pieces
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_per_token_rewards_hand_built():
+    # Row 0: 3 real tokens then padding; row 1: 1 real token; row 2: empty completion.
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5, -9.0], [-0.1, -9.0, -9.0, -9.0], [-9.0] * 4])
+    ref = torch.tensor([[-1.5, -1.0, -0.5, 0.0], [-0.3, 0.0, 0.0, 0.0], [0.0] * 4])
+    scores = torch.tensor([2.0, -1.0, 5.0])
+    rewards, kl, non_score = per_token_rewards(scores, logprobs, ref, mask, kl_coef=0.1)
+    # k1 = logp - ref on real tokens, 0 on padding
+    assert torch.allclose(kl, torch.tensor([[0.5, -1.0, 0.0, 0.0], [0.2, 0, 0, 0], [0.0] * 4]))
+    expected = torch.tensor([[-0.05, 0.1, 2.0, 0.0], [-0.02 - 1.0, 0, 0, 0], [0.0] * 4])
+    assert torch.allclose(rewards, expected, atol=1e-6)
+    assert torch.allclose(non_score, -0.1 * kl)
+    # k3 is >= 0 everywhere and also 0 on padding
+    _, kl3, _ = per_token_rewards(scores, logprobs, ref, mask, kl_coef=0.1, kl_estimator="k3")
+    assert (kl3 >= 0).all() and (kl3[mask == 0] == 0).all()
+
+
+def _reference_gae(rewards, values, gamma, lam):
+    adv = [0.0] * len(rewards)
+    last = 0.0
+    for t in reversed(range(len(rewards))):
+        next_v = values[t + 1] if t + 1 < len(rewards) else 0.0
+        delta = rewards[t] + gamma * next_v - values[t]
+        last = delta + gamma * lam * last
+        adv[t] = last
+    return adv
+
+
+def test_gae_over_padded_completion_equals_reference_loop():
+    torch.manual_seed(0)
+    lengths = [5, 2, 7]
+    T = 7
+    rewards, values = torch.randn(3, T), torch.randn(3, T)
+    mask = torch.zeros(3, T)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    adv, ret = gae(rewards, values, gamma=0.9, lam=0.8, mask=mask)
+    for i, n in enumerate(lengths):
+        expected = _reference_gae(rewards[i, :n].tolist(), values[i, :n].tolist(), 0.9, 0.8)
+        assert torch.allclose(adv[i, :n], torch.tensor(expected), atol=1e-5)
+        assert torch.allclose(ret[i, :n], torch.tensor(expected) + values[i, :n], atol=1e-5)
+        assert (adv[i, n:] == 0).all()
+
+
+def test_adaptive_kl_controller_matches_formula():
+    ctl = AdaptiveKLController(0.1, target=6.0, horizon=1000)
+    ctl.update(current_kl=9.0, n_steps=64)  # error = clip(9/6 - 1) = 0.2 (clipped from 0.5)
+    assert math.isclose(ctl.value, 0.1 * (1 + 0.2 * 64 / 1000))
+    v = ctl.value
+    ctl.update(current_kl=5.4, n_steps=32)  # error = -0.1
+    assert math.isclose(ctl.value, v * (1 - 0.1 * 32 / 1000))
+    v = ctl.value
+    ctl.update(current_kl=0.0, n_steps=100)  # error clipped at -0.2
+    assert math.isclose(ctl.value, v * (1 - 0.2 * 0.1))
+    fixed = FixedKLController(0.3)
+    fixed.update(100.0, 10)
+    assert fixed.value == 0.3
+    restored = AdaptiveKLController(1.0, 6.0, 1000)
+    restored.load_state_dict(ctl.state_dict())
+    assert restored.value == ctl.value
+
+
+def test_explained_variance():
+    r = torch.tensor([[1.0, 2.0, 3.0, 0.0]])
+    m = torch.tensor([[1, 1, 1, 0]])
+    assert explained_variance(r, r, m) == pytest.approx(1.0)
+    assert explained_variance(torch.full_like(r, 2.0), r, m) == pytest.approx(0.0)
+    assert math.isnan(explained_variance(r, torch.ones_like(r), m))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _length_reward(prompts, completions, **kw):
+    return [len(c[0]["content"]) / 20 for c in completions]
+
+
+def _dataset(n=16):
+    return Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": f"Say something {i}"}]} for i in range(n)]
+    )
+
+
+def _config(tmp_path, *extra):
+    args = [
+        "--output_dir", str(tmp_path / "out"), "--max_steps", "4", "--rollout_batch_size", "4",
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--num_ppo_epochs", "2",
+        "--max_new_tokens", "6", "--disable_progress_bar", "true", "--learning_rate", "1e-3", *extra,
+    ]  # fmt: skip
+    return parse_config(PPOConfig, args)
+
+
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_trainer_runs_and_logs_the_listed_metrics(tmp_path, value_model):
+    tok = tiny_tokenizer()
+    cfg = _config(tmp_path, "--value_model", value_model, "--adaptive_kl", "true", "--kl_horizon", "10")
+    value = tiny_sequence_classifier(tok, seed=1) if value_model == "separate" else None
+    trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [_length_reward], _dataset(), value_model=value)
+    trainer.train()
+    rows = read_metrics(tmp_path / "out")
+    assert len(rows) == 4
+    first = rows[0]
+    for key in (
+        "score/mean", "reward/non_score", "kl", "beta", "loss/policy", "loss/value", "clip/fraction",
+        "clip/value_fraction", "kl/old_approx", "entropy", "value/explained_variance", "completions/mean_length",
+        "throughput/completion_tokens_per_second",
+    ):  # fmt: skip
+        assert key in first, key
+    # 2 epochs x 1 minibatch per iteration: rollout metrics on steps 1 and 3
+    assert "score/mean" in rows[2] and "score/mean" not in rows[1]
+    # the adaptive controller moved beta (KL ~ 0 is below the target: beta falls)
+    assert rows[2]["beta"] < rows[0]["beta"]
+    trainer.save_model(tmp_path / "out" / "model")
+    assert (tmp_path / "out" / "model" / "config.json").exists()
+    if value_model == "separate":
+        assert (tmp_path / "out" / "value_model" / "config.json").exists()
+    else:
+        assert (tmp_path / "out" / "model" / "value_head.safetensors").exists()
+
+
+def test_first_epoch_ratio_is_one_and_loss_matches_hand_computation(tmp_path):
+    """The trainer's loss on a hand-built micro-batch equals ppo_clip_loss + vf_coef * value_loss computed
+    directly from the model's logits and values."""
+    tok = tiny_tokenizer()
+    cfg = _config(tmp_path, "--value_model", "shared", "--vf_coef", "0.5", "--cliprange_value", "0.1")
+    trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [_length_reward], _dataset())
+    torch.manual_seed(0)
+    B, P, C = 2, 3, 4
+    input_ids = torch.randint(5, 200, (B, P + C))
+    attn = torch.ones(B, P + C, dtype=torch.long)
+    attn[1, :1] = 0  # a left-padded prompt
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    attn[:, P:] = mask
+    completion = input_ids[:, P:]
+    with torch.no_grad():
+        logits, values = trainer.model(input_ids, attn, C)
+        logprobs = selective_log_softmax(logits.float(), completion)
+    # pretend a previous epoch moved the policy: old log-probs differ
+    old = logprobs - torch.tensor([[0.3, -0.3, 0.0, 0.1], [0.05, 0.5, 0.0, 0.0]])
+    advantages = torch.tensor([[1.0, -1.0, 0.5, 2.0], [-0.5, 1.5, 0.0, 0.0]])
+    old_values = values + 0.3
+    returns = torch.tensor([[1.0, 0.0, 2.0, -1.0], [0.5, 0.5, 0.0, 0.0]])
+    mb = PPOMicroBatch(
+        input_ids, attn, completion, mask, old, old_values, advantages, returns, share=0.25, metrics={}
+    )
+    loss, metrics = trainer.compute_loss(mb)
+    pg, _ = ppo_clip_loss(logprobs, old, advantages, mask, clip_eps=0.2)
+    vl, _ = value_loss(values, old_values, returns, mask, clip_eps=0.1)
+    assert loss.item() == pytest.approx(0.25 * (pg.item() + 0.5 * vl.item()), rel=1e-5)
+    # by hand for one token: ratio exp(0.3) = 1.35 > 1.2 with A = 1 > 0 -> clipped at 1.2
+    assert metrics["clip/fraction"].item() > 0
+    # old values sit 0.3 above: clipped values are values + 0.2, the larger error where values + 0.1 > R
+    expected = ((values + 0.1 > returns) & mask.bool()).sum() / mask.sum()
+    assert metrics["clip/value_fraction"].item() == pytest.approx(expected.item())
+
+
+def test_rollout_microbatches_have_ratio_one_in_first_epoch(tmp_path):
+    tok = tiny_tokenizer()
+    cfg = _config(tmp_path, "--value_model", "shared", "--num_ppo_epochs", "1")
+    trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [_length_reward], _dataset())
+    mb = trainer.get_batch()
+    _, metrics = trainer.compute_loss(mb)
+    assert metrics["clip/ratio_mean"].item() == pytest.approx(1.0, abs=1e-5)
+    assert metrics["kl/old_approx"].item() == pytest.approx(0.0, abs=1e-6)
+    # the score sits on the last real token, the KL on every token (at step 0 the policy is the reference)
+    assert "score/mean" in metrics
+
+
+def test_lora_reference_is_the_adapter_disabled_no_copy(tmp_path):
+    from align.models import apply_lora
+
+    tok = tiny_tokenizer()
+    cfg = _config(tmp_path, "--value_model", "shared", "--use_lora", "true")
+    model = apply_lora(tiny_causal_lm(tok), **cfg.lora_kwargs())
+    trainer = PPOTrainer(cfg, model, tok, [_length_reward], _dataset())
+    assert trainer.ref_model is None  # the base weights serve policy and reference
+    full = PPOTrainer(
+        _config(tmp_path / "full", "--value_model", "shared"),
+        tiny_causal_lm(tok),
+        tok,
+        [_length_reward],
+        _dataset(),
+    )
+    assert full.ref_model is not None
+    assert not any(p.requires_grad for p in full.ref_model.parameters())
+
+
+def test_non_finite_value_head_stops_with_step(tmp_path):
+    tok = tiny_tokenizer()
+    cfg = _config(tmp_path, "--value_model", "shared")
+    trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [_length_reward], _dataset())
+    with torch.no_grad():
+        trainer.model.value_head.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match=r"step 1: the value model produced .* non-finite"):
+        trainer.train()
+
+
+def test_reward_model_with_another_tokenizer_is_reencoded(tmp_path):
+    """A reward model whose tokenizer differs from the policy's scores decoded text, re-encoded with its own."""
+    from align.models import save_pretrained
+    from align.rewards.reward_model import make_reward_model_reward
+    from align.testing import _trained_fallback_tokenizer
+
+    policy_tok = tiny_tokenizer()
+    rm_tok = _trained_fallback_tokenizer()
+    assert rm_tok.vocab_size != policy_tok.vocab_size
+    rm_path = save_pretrained(tiny_sequence_classifier(rm_tok, seed=3), rm_tok, tmp_path / "rm")
+    reward = make_reward_model_reward(rm_path)
+    seen = []
+
+    def recording(prompts, completions, **kw):
+        out = reward(prompts, completions, **kw)
+        seen.append((prompts, completions, out))
+        return out
+
+    cfg = _config(tmp_path, "--value_model", "shared", "--max_steps", "1")
+    trainer = PPOTrainer(cfg, tiny_causal_lm(policy_tok), policy_tok, [recording], _dataset())
+    trainer.train()
+    prompts, completions, scores = seen[0]
+    # Score the same texts directly with the reward model's own tokenizer: equal.
+    from align.chat_data import encode_prompt_completion
+
+    ids = [sum(encode_prompt_completion(rm_tok, p, c), []) for p, c in zip(prompts, completions)]
+    assert max(max(i) for i in ids) < rm_tok.vocab_size + len(rm_tok.get_added_vocab())
+    direct = reward.score(ids)
+    assert direct == pytest.approx(scores, abs=1e-5)
+
+
+def test_ptx_adds_language_modelling_loss(tmp_path):
+    from align.chat_data import load_rows, tokenize_sft
+
+    tok = tiny_tokenizer()
+    rows, _ = tokenize_sft(load_rows(None, "train", default="sft", limit=8), tok, max_length=64)
+    cfg = _config(tmp_path, "--value_model", "shared", "--ptx_coef", "0.5", "--ptx_dataset_name", "default")
+    trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [_length_reward], _dataset(), ptx_dataset=rows)
+    mb = trainer.get_batch()
+    loss, metrics = trainer.compute_loss(mb)
+    assert "loss/ptx" in metrics and metrics["loss/ptx"].item() > 0
+
+
+def test_config_errors_name_the_fields(tmp_path):
+    with pytest.raises(ConfigError, match="rollout_batch_size = 6 must equal"):
+        _config(tmp_path, "--rollout_batch_size", "6")
+    with pytest.raises(ConfigError, match="ptx_dataset_name"):
+        _config(tmp_path, "--ptx_coef", "0.1")
+    with pytest.raises(ConfigError, match="value_model_name_or_path"):
+        _config(tmp_path, "--value_model", "shared", "--value_model_name_or_path", "x")
