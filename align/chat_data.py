@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,8 +177,8 @@ def _read_file(path: Path):
         if records is not None:
             if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
                 raise ValueError(f"{path}: expected a list of JSON objects (or {{'data': [...]}})")
-            return Dataset.from_list(records)
-    records = []
+            return _from_records(path, records, [f"row {i}" for i in range(len(records))])
+    records, where = [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
@@ -188,7 +188,45 @@ def _read_file(path: Path):
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             records.append(record)
-    return Dataset.from_list(records)
+            where.append(f"line {lineno} (row {len(records) - 1})")
+    return _from_records(path, records, where)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _from_records(path: Path, records: list[dict], where: list[str]):
+    """``Dataset.from_list(records)``; a field whose JSON type changes between rows (Arrow needs one type per
+    column) is an error naming the file, the row, the field and the type its first row set."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_list(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        first: dict[str, tuple[str, str]] = {}
+        for record, at in zip(records, where):
+            for key, value in record.items():
+                if value is None:
+                    continue
+                kind = _json_type(value)
+                seen = first.setdefault(key, (kind, at))
+                if seen[0] != kind and {seen[0], kind} != {"a number"}:
+                    raise ValueError(
+                        f"{path}: {at}: field {key!r} is {kind}, but {seen[1]} has {seen[0]}; expected "
+                        f"{seen[0]} in every row (one type per field: e.g. all strings, or all lists of "
+                        "messages)"
+                    ) from e
+        raise ValueError(f"{path}: cannot read the rows as a table: {e}") from e
 
 
 def load_rows(name_or_path: str | Path | None, split: str = "train", *, default: str = "sft", limit: int = 0):
@@ -473,13 +511,13 @@ def _sft_text_and_spans(
     if fmt == "messages":
         raw = row.get("messages", row.get("conversations"))
         if raw is None or (isinstance(raw, (list, tuple)) and len(raw) == 0):
-            raise SkipRow("empty_conversation")
+            raise SkipRow("empty_conversation", "messages is missing or empty")
         messages = normalize_messages(raw)
         assistants = [m for m in messages if m["role"] == "assistant"]
         if not assistants:
-            raise SkipRow("no_assistant_turn")
+            raise SkipRow("no_assistant_turn", "messages has no assistant turn")
         if any(not m["content"].strip() and not m.get("tool_calls") for m in assistants):
-            raise SkipRow("empty_completion")
+            raise SkipRow("empty_completion", "an assistant turn of messages has no content")
         text = _render(tokenizer, messages)
         spans = _assistant_spans(tokenizer, messages, text) if assistant_only else [(0, len(text))]
         return text, spans, False
@@ -489,17 +527,22 @@ def _sft_text_and_spans(
             extra = str(row.get("input") or "")
             prompt: Any = [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction}]
             completion: Any = row.get("output")
+            fields = ("instruction", "output")
         else:
             prompt, completion = row.get("prompt"), row.get("completion")
+            fields = ("prompt", "completion")
         if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
-            raise SkipRow("empty_prompt")
+            raise SkipRow("empty_prompt", f"{fields[0]} is missing or empty")
         if completion is None or not _completion_text(completion).strip():
-            raise SkipRow("empty_completion")
+            raise SkipRow(
+                "empty_completion",
+                f"{fields[1]} is missing or empty (expected a string or assistant messages)",
+            )
         text, p_end, c_end, special = _render_pair(tokenizer, prompt, completion)
         return text[:c_end], [(p_end, c_end)] if completion_only else [(0, c_end)], special
     text = row.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise SkipRow("empty_text")
+        raise SkipRow("empty_text", "text is missing or empty (expected a string)")
     text = _with_eos(text, tokenizer)
     return text, [(0, len(text))], True
 
@@ -556,25 +599,44 @@ def tokenize_sft(
     """
     _check_truncation(truncation)
     rows = _as_rows(dataset)
-    fmt = sft_format(_columns(dataset, rows))
+    try:
+        fmt = sft_format(_columns(dataset, rows))
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from e
+
+    def encode(i: int, row: dict) -> tuple[dict[str, list[int]], bool]:
+        text, spans, special = _sft_text_and_spans(
+            tokenizer, row, fmt, assistant_only_loss, completion_only_loss
+        )
+        ids, offsets = _tokenize(tokenizer, text, special)
+        mask = _mask_from_spans(offsets, spans)
+        ids, mask, cut = _truncate(ids, mask, max_length, truncation, i)
+        if sum(mask[1:]) == 0:  # position 0 is never a label
+            raise SkipRow("no_counted_tokens", "nothing left to train on (after truncation)")
+        return {"input_ids": ids, "mask": mask}, cut
+
+    return _encode_rows(rows, encode, name)
+
+
+def _encode_rows(
+    rows: list[dict], encode: Callable[[int, dict], tuple[dict, bool]], name: str
+) -> tuple[list[dict], DataStats]:
+    """``encode(i, row) -> (item, truncated)`` over the rows: a ``SkipRow`` is counted (and logged once per
+    reason with its first row), another ``ValueError`` (truncation='error', a template that cannot render
+    the row) is raised naming the data and the row; no row kept at all is an error."""
     stats = DataStats(name=name, rows=len(rows))
-    out: list[dict[str, list[int]]] = []
+    out: list[dict] = []
     for i, row in enumerate(rows):
         try:
-            text, spans, special = _sft_text_and_spans(
-                tokenizer, row, fmt, assistant_only_loss, completion_only_loss
-            )
-            ids, offsets = _tokenize(tokenizer, text, special)
-            mask = _mask_from_spans(offsets, spans)
-            ids, mask, cut = _truncate(ids, mask, max_length, truncation, i)
-            if sum(mask[1:]) == 0:  # position 0 is never a label
-                raise SkipRow("no_counted_tokens", "nothing left to train on (after truncation)")
+            item, cut = encode(i, row)
         except SkipRow as s:
             stats.skip(s.reason, i, s.detail)
             continue
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}" if str(e).startswith("row ") else f"{name}: row {i}: {e}") from e
         stats.truncated += int(cut)
         stats.kept += 1
-        out.append({"input_ids": ids, "mask": mask})
+        out.append(item)
     stats.log()
     stats.check_any_kept()
     return out, stats
@@ -722,7 +784,7 @@ def normalize_preference(row: dict, *, use_margin: bool = False) -> dict[str, An
             or (isinstance(value, str) and not value.strip())
             or (isinstance(value, (list, tuple)) and len(value) == 0)
         ):
-            raise SkipRow("empty_completion", f"{side} is empty")
+            raise SkipRow("empty_completion", f"{side} is missing or empty")
     prompt = row.get("prompt")
     whole = (
         is_messages(chosen)
@@ -738,8 +800,12 @@ def normalize_preference(row: dict, *, use_margin: bool = False) -> dict[str, An
     if is_messages(rejected):
         rejected = normalize_messages(rejected)
     c_text, r_text = _completion_text(chosen), _completion_text(rejected)
-    if not c_text.strip() or not r_text.strip():
-        raise SkipRow("empty_completion", "chosen or rejected has no text")
+    for side, value, text in (("chosen", chosen, c_text), ("rejected", rejected, r_text)):
+        if not text.strip():
+            raise SkipRow(
+                "empty_completion",
+                f"{side} has no text (expected a non-empty string or assistant messages, got {_json_type(value)})",
+            )
     if c_text.strip() == r_text.strip():
         raise SkipRow("identical_pair", "chosen equals rejected")
     out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
@@ -793,29 +859,21 @@ def tokenize_preferences(
     _check_truncation(truncation)
     rows = _as_rows(dataset)
     check_preference_columns(_columns(dataset, rows), name)
-    stats = DataStats(name=name, rows=len(rows))
-    out: list[dict[str, Any]] = []
-    for i, row in enumerate(rows):
-        try:
-            pair = normalize_preference(row, use_margin=use_margin)
-            p, c, r = _encode_both(tokenizer, pair["prompt"], pair["chosen"], pair["rejected"])
-            if not c or not r:
-                raise SkipRow("empty_completion", "a completion has no tokens")
-            p, c, r, cut = _truncate_pair(p, c, r, max_length, truncation, i)
-            if c == r:
-                raise SkipRow("identical_after_truncation" if cut else "identical_pair")
-        except SkipRow as s:
-            stats.skip(s.reason, i, s.detail)
-            continue
-        stats.truncated += int(cut)
-        stats.kept += 1
+
+    def encode(i: int, row: dict) -> tuple[dict[str, Any], bool]:
+        pair = normalize_preference(row, use_margin=use_margin)
+        p, c, r = _encode_both(tokenizer, pair["prompt"], pair["chosen"], pair["rejected"])
+        if not c or not r:
+            raise SkipRow("empty_completion", "a completion has no tokens")
+        p, c, r, cut = _truncate_pair(p, c, r, max_length, truncation, i)
+        if c == r:
+            raise SkipRow("identical_after_truncation" if cut else "identical_pair")
         item: dict[str, Any] = {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
         if use_margin:
             item["margin"] = pair["margin"]
-        out.append(item)
-    stats.log()
-    stats.check_any_kept()
-    return out, stats
+        return item, cut
+
+    return _encode_rows(rows, encode, name)
 
 
 def _truncate_pair(

@@ -195,6 +195,12 @@ def _rubric(arg: str | None):
     return make_rubric_reward(path)
 
 
+def _reward_model(arg: str | None):
+    from align.rewards.reward_model import reward_model_from_name
+
+    return reward_model_from_name(arg)
+
+
 KNOWN_REWARDS: dict[str, tuple[Callable[[str | None], Callable], str]] = {
     "math": (_math, "math | math:<timeout_s>"),
     "choice": (_choice, "choice | choice:<label,label,...>"),
@@ -202,6 +208,7 @@ KNOWN_REWARDS: dict[str, tuple[Callable[[str | None], Callable], str]] = {
     "tags_format": (_tags_format, "tags_format | tags_format:<tag,tag,...>"),
     "length": (_length, "length:<budget_chars>"),
     "rubric": (_rubric, "rubric:<path.yaml|path.json>"),
+    "reward_model": (_reward_model, "reward_model:<directory saved by recipes/reward_model.py>"),
 }
 
 
@@ -211,8 +218,9 @@ def get_reward_funcs(names: Sequence[str | Callable]) -> list[Callable]:
     A name is `kind` or `kind:argument`: "math", "math:10" (timeout), "choice", "choice:1,2,3,4"
     (labels), "boxed_format", "tags_format", "tags_format:think,answer", "length:1000",
     "rubric:data/rubrics/math_explainer.yaml" (a relative rubric path is tried from the working directory,
-    then from the repository root). A callable is passed through. Each call makes fresh reward objects,
-    so their `pop_stats()` counts are not shared.
+    then from the repository root), "reward_model:outputs/reward_model/model" (a trained Bradley-Terry
+    reward model: full weights or a LoRA adapter with its score head, loaded on first call). A callable is
+    passed through. Each call makes fresh reward objects, so their `pop_stats()` counts are not shared.
     """
     funcs: list[Callable] = []
     for item in names:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,30 +142,22 @@ class RewardModelReward:
         return {f"reward/{self.__name__}/truncated": float(n)} if self.max_length else {}
 
 
-def make_reward_model_reward(
-    path: str | os.PathLike,
-    *,
-    batch_size: int = 8,
-    name: str = "reward_model",
-    dtype: str = "auto",
-    device: str | torch.device | None = None,
-    max_length: int | None = None,
-    chat_template: bool | None = None,
-) -> RewardModelReward:
-    """A reward function backed by the reward model saved at ``path`` (see :class:`RewardModelReward`)."""
-    return RewardModelReward(
-        path,
-        batch_size=batch_size,
-        name=name,
-        dtype=dtype,
-        device=device,
-        max_length=max_length,
-        chat_template=chat_template,
-    )
+def make_reward_model_reward(path: str | os.PathLike, **options: Any) -> RewardModelReward:
+    """A reward function backed by the reward model saved at ``path``; ``options`` are those of
+    :class:`RewardModelReward` (``batch_size``, ``name``, ``dtype``, ``device``, ``max_length``,
+    ``chat_template``)."""
+    return RewardModelReward(path, **options)
 
 
 def reward_model_from_name(arg: str | None) -> RewardModelReward:
-    """The ``reward_model:<path>`` reward name of configs (``align.rewards.get_reward_funcs``)."""
+    """The ``reward_model:<path>`` reward name of configs (``align.rewards.get_reward_funcs``): a relative path
+    is tried from the working directory, then from the repository root."""
     if not arg:
         raise ValueError("'reward_model' needs a path, e.g. 'reward_model:outputs/reward_model/model'")
-    return make_reward_model_reward(arg)
+    path = Path(arg).expanduser()
+    if not path.exists() and not path.is_absolute():
+        from align.data import repo_root
+
+        if (repo_root() / path).exists():
+            path = repo_root() / path
+    return make_reward_model_reward(path)

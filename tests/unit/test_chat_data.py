@@ -398,3 +398,101 @@ def test_generated_pairs_are_checkable_and_splits_disjoint(make_prefs):
 )
 def test_property_checks(make_prefs, kind, answer, text, ok):
     assert make_prefs.check(kind, answer, text) is ok
+
+
+# --- bad input: every case a clear error or a counted skip, for each schema ------------------------------
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("rows", "field", "kind", "expected"),
+    [
+        ([{"prompt": "Q", "chosen": "4", "rejected": "5"}, {"prompt": "Q", "chosen": 4, "rejected": "5"}],
+         "chosen", "a number", "a string"),
+        ([_pair(), {**_pair(), "rejected": "5"}], "rejected", "a string", "a list"),
+        ([{"prompt": "Q", "completion": "A"}, {"prompt": "Q", "completion": 5}], "completion", "a number", "a string"),
+    ],
+)  # fmt: skip
+def test_jsonl_field_of_another_type_names_file_line_and_field(tmp_path, rows, field, kind, expected):
+    path = _write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(ValueError) as info:
+        load_rows(path)
+    msg = str(info.value)
+    assert str(path) in msg and "line 2 (row 1)" in msg and f"field {field!r} is {kind}" in msg
+    assert f"expected {expected} in every row" in msg
+
+
+def _prefs_rows(schema, prompt, chosen, rejected):
+    if schema == "plain":
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+    def side(c):
+        return None if c is None else [{"role": "assistant", "content": c}]
+
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": side(chosen),
+        "rejected": side(rejected),
+    }
+
+
+@pytest.mark.parametrize("schema", ["plain", "conversational"])
+def test_bad_pairs_in_both_schemas_are_counted_skips_naming_the_field(tiny_tokenizer, schema):
+    data = [
+        _prefs_rows(schema, "What is 2 + 2?", "4", "5"),
+        _prefs_rows(schema, "What is 2 + 2?", None, "5"),  # no chosen
+        _prefs_rows(schema, "What is 2 + 2?", "4", None),  # no rejected
+        _prefs_rows(schema, "What is 2 + 2?", "", "5"),  # empty completion
+        _prefs_rows(schema, "What is 2 + 2?", "4", " 4 "),  # chosen equals rejected
+        _prefs_rows(schema, "What is 2 + 2?", "4 " * 60, "5"),  # longer than max_length
+    ]
+    rows, stats = tokenize_preferences(data, tiny_tokenizer, max_length=64, name="pairs.jsonl")
+    assert len(rows) == stats.kept == 1
+    assert stats.skipped == {"empty_completion": 3, "identical_pair": 1, "too_long": 1}
+    assert stats.first["empty_completion"].startswith("row 1: chosen is missing")
+    assert stats.first["identical_pair"] == "row 4: chosen equals rejected"
+    assert stats.first["too_long"].startswith("row 5: ")
+    assert stats.metrics()["data/skipped/empty_completion"] == 3.0
+    with pytest.raises(
+        ValueError, match=r"pairs\.jsonl: row 5: prompt \+ completion is \d+ tokens, longer than"
+    ):
+        tokenize_preferences(data, tiny_tokenizer, max_length=64, truncation="error", name="pairs.jsonl")
+
+
+@pytest.mark.parametrize("schema", ["plain", "conversational", "messages"])
+def test_bad_sft_rows_in_every_schema_are_counted_skips_naming_the_field(tiny_tokenizer, schema):
+    def row(completion):
+        if schema == "messages":
+            turns = [{"role": "user", "content": "Hi"}]
+            return {
+                "messages": turns
+                + ([] if completion is None else [{"role": "assistant", "content": completion}])
+            }
+        if schema == "plain":
+            return {"prompt": "Hi", "completion": completion}
+        c = None if completion is None else [{"role": "assistant", "content": completion}]
+        return {"prompt": [{"role": "user", "content": "Hi"}], "completion": c}
+
+    data = [row("Hello"), row(""), row(None), row("word " * 80)]
+    rows, stats = tokenize_sft(data, tiny_tokenizer, max_length=64, truncation="skip", name="chats.jsonl")
+    assert len(rows) == stats.kept == 1
+    missing = "no_assistant_turn" if schema == "messages" else "empty_completion"
+    assert stats.skipped == ({"empty_completion": 1, missing: 1} if missing != "empty_completion"
+                             else {"empty_completion": 2}) | {"too_long": 1}  # fmt: skip
+    field = "messages" if schema == "messages" else "completion"
+    assert field in stats.first["empty_completion"] and stats.first["empty_completion"].startswith("row 1: ")
+    with pytest.raises(ValueError, match=r"chats\.jsonl: row 3: \d+ tokens is longer than max_length=64"):
+        tokenize_sft(data, tiny_tokenizer, max_length=64, truncation="error", name="chats.jsonl")
+
+
+def test_missing_columns_name_the_data_and_what_was_expected(tiny_tokenizer):
+    with pytest.raises(
+        ValueError, match=r"^my\.jsonl: cannot tell the SFT schema from the columns \['answer'\]"
+    ):
+        tokenize_sft([{"answer": "x"}], tiny_tokenizer, name="my.jsonl")
+    with pytest.raises(ValueError, match=r"^my\.jsonl: missing column\(s\) \['chosen'\].*expected 'prompt'"):
+        tokenize_preferences([{"prompt": "x", "rejected": "y"}], tiny_tokenizer, name="my.jsonl")
