@@ -28,6 +28,7 @@ __all__ = [
     "tiny_causal_lm",
     "tiny_sequence_classifier",
     "save_tiny_model",
+    "reset_accelerate_state",
 ]
 
 CHATML_TEMPLATE = (
@@ -202,3 +203,15 @@ def save_tiny_model(
     else:
         raise ValueError(f"kind must be 'causal_lm' or 'sequence_classifier', got {kind!r}")
     return save_pretrained(model, tokenizer, path)
+
+
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide singletons (``AcceleratorState``, ``GradientState``,
+    ``PartialState``), so the next ``Accelerator`` in this process starts clean: tests that run several
+    trainers or recipes in one process call it between runs (the ``fresh_accelerate_state`` fixture of
+    ``tests/conftest.py`` calls it before and after a test)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()

@@ -39,3 +39,12 @@ def embedded_model_dir():
         return models.embedded_model_dir()
     except models.EmbeddedModelNotInstalledError as error:
         pytest.skip(f"embedded model unavailable: {error}")
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps process-wide singletons: a test that builds trainers in-process starts and ends clean.
+    Use per module with ``pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")``."""
+    testing.reset_accelerate_state()
+    yield
+    testing.reset_accelerate_state()

@@ -10,7 +10,7 @@ with conservative label smoothing (cDPO) or the IPO loss (Azar et al. 2023) as o
 
 - ``log pi(y | x)``, the summed log-probs of a completion's tokens, for the chosen and rejected completions
   of B pairs in one forward pass of 2B rows (right padding to the batch's longest), with logits computed
-  only at completion positions (``align.trainers.sft.completion_logprobs``);
+  only at completion positions (``align.trainers.common.completion_logprobs``);
 - ``log pi_ref(y | x)`` from the reference policy: with LoRA the policy with its adapter disabled (no extra
   memory), else a frozen copy made before training, or, with ``precompute_ref_logprobs``, once over the
   data before the first step (stored with each pair, after which no reference model is kept at all: for
@@ -22,20 +22,18 @@ Metrics (TRL's names): ``rewards/chosen``, ``rewards/rejected`` (mean implicit r
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader
 
-from align.chat_data import TRUNCATION_POLICIES, DataStats, collate_preferences, tokenize_preferences
+from align.chat_data import collate_preferences
 from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
 from align.losses import dpo_loss, ipo_loss
 from align.models import make_reference, reference_model
 from align.trainer import Trainer
-from align.trainers.sft import _SupervisedMixin, completion_logprobs, eval_shards
+from align.trainers.common import PairTrainerMixin, PreferenceDataConfig, completion_logprobs, eval_shards
 
 logger = logging.getLogger(__name__)
 
@@ -43,31 +41,17 @@ __all__ = ["DPOConfig", "DPOTrainer", "pair_logprobs"]
 
 
 @dataclass
-class DPOConfig(ModelConfig, TrainConfig):
+class DPOConfig(PreferenceDataConfig, ModelConfig, TrainConfig):
     """Direct Preference Optimization (sigmoid, label-smoothed or IPO) on preference pairs."""
 
     output_dir: str = "outputs/dpo"
     """Where metrics.jsonl, config.yaml, checkpoints/, summary.json and the final model go."""
     learning_rate: float = 1e-6
     """Peak learning rate of AdamW (TRL's DPO default; LoRA usually wants 10-50x more)."""
-    dataset_name: str | None = None
-    """Preference pairs: a local JSONL/JSON/Parquet file or folder, or a hub dataset (prompt/chosen/rejected,
-    or chosen/rejected conversations with a shared prompt); empty = the shipped data/prefs."""
-    dataset_split: str = "train"
-    """Split of dataset_name to train on."""
     eval_dataset_name: str | None = None
     """Held-out pairs for eval/rewards/* (default: dataset_name)."""
-    eval_split: str = "test"
-    """Split of the evaluation dataset."""
-    eval_limit: int = 200
-    """Evaluate on the first N held-out pairs (0 = all)."""
     per_device_eval_batch_size: int = 8
     """Pairs per evaluation (and reference precomputation) forward pass."""
-    max_length: int = 1024
-    """Most tokens of prompt + completion (each of chosen and rejected); longer pairs follow `truncation`."""
-    truncation: str = "skip"
-    """Policy for pairs over max_length: skip (default: cutting could remove what decides the preference),
-    keep_start, keep_end (cut the prompt's start), error."""
     beta: float = 0.1
     """KL strength: the implicit reward is beta * log(pi / pi_ref); larger keeps the policy closer to pi_ref."""
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
@@ -80,10 +64,6 @@ class DPOConfig(ModelConfig, TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_range("max_length", self.max_length, 2)
-        check_choice("truncation", self.truncation, list(TRUNCATION_POLICIES))
-        check_range("eval_limit", self.eval_limit, 0)
-        check_range("per_device_eval_batch_size", self.per_device_eval_batch_size, 1)
         check_range("beta", self.beta, 0.0, low_inclusive=False)
         check_choice("loss_type", self.loss_type, ["sigmoid", "ipo"])
         check_range("label_smoothing", self.label_smoothing, 0.0, 0.5, high_inclusive=False)
@@ -108,7 +88,7 @@ def _is_peft(model: torch.nn.Module) -> bool:
     return isinstance(unwrap_model(model), PeftModel)
 
 
-class DPOTrainer(_SupervisedMixin, Trainer):
+class DPOTrainer(PairTrainerMixin, Trainer):
     """DPO on the Trainer base.
 
     Args:
@@ -138,15 +118,7 @@ class DPOTrainer(_SupervisedMixin, Trainer):
         self.pad_token_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
-        self.train_rows, stats = self._tokenize(train_dataset, tokenizer, "train pairs")
-        self.data_metrics = stats.metrics("data") if stats else {}
-        self.eval_rows: list[dict] | None = None
-        if eval_dataset is not None:
-            self.eval_rows, eval_stats = self._tokenize(eval_dataset, tokenizer, "eval pairs")
-            if config.eval_limit:
-                self.eval_rows = self.eval_rows[: config.eval_limit]
-            if eval_stats:
-                self.data_metrics.update(eval_stats.metrics("data/eval"))
+        self.prepare_data(train_dataset, eval_dataset, tokenizer, what="pairs")
         super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks)
         self.ref_model = None
         if ref_model is not None:
@@ -160,25 +132,6 @@ class DPOTrainer(_SupervisedMixin, Trainer):
             self.precompute_reference(self.train_rows)
             if self.eval_rows:
                 self.precompute_reference(self.eval_rows)
-
-    def _tokenize(self, dataset: Any, tokenizer: Any, name: str) -> tuple[list[dict], DataStats | None]:
-        if isinstance(dataset, list) and dataset and "chosen_ids" in dataset[0]:
-            return dataset, None
-        cfg = self.config
-        return tokenize_preferences(
-            dataset, tokenizer, max_length=cfg.max_length, truncation=cfg.truncation, name=name
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_rows,
-            batch_size=self.config.per_device_train_batch_size,
-            shuffle=True,
-            collate_fn=functools.partial(collate_preferences, pad_token_id=self.pad_token_id),
-        )
-
-    def num_items(self, batch: dict[str, torch.Tensor]) -> int:
-        return batch["input_ids"].shape[0] // 2  # pairs: the loss is a mean over pairs
 
     # ----------------------------------------------------------------------------------------------
     # Reference log-probs.
@@ -256,7 +209,8 @@ class DPOTrainer(_SupervisedMixin, Trainer):
             chosen, rejected, ref_chosen, ref_rejected, beta=cfg.beta, label_smoothing=cfg.label_smoothing
         )
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The DPO (or IPO) loss of the micro-batch's pairs (mean over pairs)."""
         # Reference first: its activations are freed before the policy's, which backward needs, are made.
         ref_chosen, ref_rejected = self.reference_logprobs(batch)
         logps, counts = pair_logprobs(self.model, batch)
@@ -266,43 +220,37 @@ class DPOTrainer(_SupervisedMixin, Trainer):
         metrics["logps/rejected"] = rejected.detach().mean()
         return loss, metrics
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The DPO (or IPO) loss of the micro-batch's pairs (mean over pairs)."""
-        self._count_tokens(batch["attention_mask"], batch["input_ids"])
-        return self._loss(batch)
-
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out ``eval/loss`` and ``eval/rewards/{chosen,rejected,margins,accuracy}`` (means over pairs)."""
         if not self.eval_rows:
             return {}
-        acc = self.accelerator
-        was_training = self.model.training
-        self.model.eval()
         keys = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy"]
-        sums = torch.zeros(len(keys) + 1, device=acc.device, dtype=torch.float64)
-        try:
-            for rows, w in eval_shards(self.eval_rows, self.config.per_device_eval_batch_size, acc):
-                batch = {k: v.to(acc.device) for k, v in collate_preferences(rows, self.pad_token_id).items()}
-                ref_chosen, ref_rejected = self.reference_logprobs(batch)
-                logps, counts = pair_logprobs(self.model, batch)
-                real = w > 0  # padding rows of the last shard do not count
-                n = int(real.sum())
-                if n == 0:
-                    continue
-                pick = [x.chunk(2) for x in (logps, counts)]
-                loss, m = self._pair_loss(
-                    pick[0][0][real], pick[0][1][real], ref_chosen[real], ref_rejected[real],
-                    pick[1][0][real], pick[1][1][real],
-                )  # fmt: skip
-                values = {"loss": loss, **m}
-                for k, key in enumerate(keys):
-                    sums[k] += float(values[key]) * n  # batch means back to sums
-                sums[-1] += n
-        finally:
-            self.model.train(was_training)
-        sums = acc.reduce(sums, "sum") if acc.num_processes > 1 else sums
-        n_all = float(sums[-1].clamp(min=1))
-        out = {f"eval/{key}": float(sums[k]) / n_all for k, key in enumerate(keys)}
-        out["eval/pairs"] = float(sums[-1])
+
+        def sums(batch: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:  # keys, then pairs
+            out = torch.zeros(len(keys) + 1, dtype=torch.float64, device=w.device)
+            ref_chosen, ref_rejected = self.reference_logprobs(batch)
+            logps, counts = pair_logprobs(self.model, batch)
+            real = w > 0  # padding rows of the last shard do not count
+            n = int(real.sum())
+            if n == 0:
+                return out
+            (chosen, rejected), (n_chosen, n_rejected) = logps.chunk(2), counts.chunk(2)
+            loss, m = self._pair_loss(
+                chosen[real],
+                rejected[real],
+                ref_chosen[real],
+                ref_rejected[real],
+                n_chosen[real],
+                n_rejected[real],
+            )
+            values = {"loss": loss, **m}
+            for k, key in enumerate(keys):
+                out[k] = float(values[key]) * n  # batch means back to sums
+            out[-1] = n
+            return out
+
+        total = self.eval_sums(len(keys) + 1, sums)
+        n_all = float(total[-1].clamp(min=1))
+        out = {f"eval/{key}": float(total[k]) / n_all for k, key in enumerate(keys)}
+        out["eval/pairs"] = float(total[-1])
         return out

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from safetensors.torch import load_file
 
 from align.chat_data import load_rows
 from align.config import load_config, parse_config
+from align.testing import reset_accelerate_state
 from align.trainer import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,17 +32,7 @@ rm_recipe = _load_recipe("reward_model")
 dpo_recipe = _load_recipe("dpo")
 
 
-def _reset() -> None:
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    _reset()
-    yield
-    _reset()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +160,9 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_model_dir, small_data, recip
     )
     # 32 rows / batch 4 = 8 batches per epoch: 10 steps cross an epoch boundary after the resume point
     run("full", "--max_steps", "10")
-    _reset()
+    reset_accelerate_state()
     run("cut", "--max_steps", "3")
-    _reset()
+    reset_accelerate_state()
     run("cut", "--max_steps", "10", "--resume_from_checkpoint", "latest")
     assert same_weights(tmp_path / "full" / "model", tmp_path / "cut" / "model")
     assert [r["step"] for r in read_metrics(tmp_path / "cut")] == list(range(1, 11))
@@ -206,13 +196,13 @@ def test_sft_batch8_acc1_equals_batch2_acc4(tmp_path, tiny_tokenizer, monkeypatc
     from align.trainers.sft import SFTTrainer
 
     a = _sft_params(tmp_path, tiny_tokenizer, "a", 8, 1)
-    _reset()
+    reset_accelerate_state()
     b = _sft_params(tmp_path, tiny_tokenizer, "b", 2, 4)
     assert _max_diff(a, b) < 1e-5
     assert _max_diff(a, tiny_causal_lm(tiny_tokenizer).state_dict()) > 5e-4  # both did train
     # without the token count, averaging micro-batch means differs: the test above has teeth
     monkeypatch.setattr(SFTTrainer, "num_items", lambda self, batch: None)
-    _reset()
+    reset_accelerate_state()
     c = _sft_params(tmp_path, tiny_tokenizer, "c", 2, 4)
     assert _max_diff(a, c) > 1e-4
 
@@ -272,7 +262,7 @@ def test_bad_rows_are_counted_in_metrics(tmp_path, tiny_model_dir, small_data):
     assert row["data/skipped/too_long"] == 1
     assert summary["data/skipped/too_long"] == 1
     (tmp_path / "nocol.jsonl").write_text(json.dumps({"prompt": "x", "answer": "y"}) + "\n")
-    _reset()
+    reset_accelerate_state()
     with pytest.raises(ValueError, match=r"missing column\(s\) \['chosen', 'rejected'\]"):
         dpo_recipe.main(
             common(tmp_path, tiny_model_dir, tmp_path / "nocol.jsonl", "out2", "--max_steps", "1")
@@ -285,7 +275,7 @@ def test_grpo_trains_against_a_trained_reward_model(tmp_path, tiny_model_dir, sm
     from align.trainers.grpo import GRPOConfig, GRPOTrainer
 
     rm_recipe.main(common(tmp_path, tiny_model_dir, small_data / "prefs", "rm", "--max_steps", "2"))
-    _reset()
+    reset_accelerate_state()
     reward = make_reward_model_reward(tmp_path / "rm" / "model", batch_size=4)
     prompts = load_rows(small_data / "prefs", "train").select_columns(["prompt"])
     cfg = parse_config(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.state import AcceleratorState, GradientState
 
 from align.trainer import Callback, NonFiniteError, read_metrics
 from tests.integration import tiny_supervised
@@ -16,16 +16,7 @@ from tests.integration import tiny_supervised
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    # accelerate keeps process-wide singletons; each in-process run here must start clean.
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each in-process run here starts clean
 
 
 def _run(tmp: Path, name: str, *extra: str, callbacks=None) -> tuple[dict, list[dict]]:

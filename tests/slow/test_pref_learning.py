@@ -15,27 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from align.chat_data import load_rows
 from align.config import parse_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _reset() -> None:
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    _reset()
-    yield
-    _reset()
 
 
 @pytest.fixture(scope="module")

@@ -173,7 +173,7 @@ def test_packing_best_fit_keeps_every_example(tiny_tokenizer):
 
 def test_packed_forward_equals_separate_examples(tiny_tokenizer, tiny_model):
     """Packed examples must not attend to each other: their log-probs equal those of unpacked runs."""
-    from align.trainers.sft import completion_logprobs
+    from align.trainers.common import completion_logprobs
 
     data = [{"messages": conv(f"What is {i} + {i}?", f"{i} + {i} = {2 * i}.")} for i in range(1, 5)]
     rows, _ = tokenize_sft(data, tiny_tokenizer)

@@ -8,26 +8,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from align.chat_data import collate_preferences, collate_sft, tokenize_preferences, tokenize_sft
 from align.config import ConfigError, parse_config
-from align.testing import save_tiny_model, tiny_causal_lm, tiny_sequence_classifier
-from align.trainers import sft as sft_module
+from align.testing import reset_accelerate_state, save_tiny_model, tiny_causal_lm, tiny_sequence_classifier
+from align.trainers import common as common_module
+from align.trainers.common import completion_logprobs, selected_logits
 from align.trainers.dpo import DPOConfig, DPOTrainer
 from align.trainers.reward_model import RewardModelConfig, RewardModelTrainer
-from align.trainers.sft import SFTConfig, SFTTrainer, completion_logprobs, selected_logits
+from align.trainers.sft import SFTConfig, SFTTrainer
 
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def close(actual, expected, atol=1e-5, rtol=1e-5):
@@ -100,10 +91,10 @@ def test_completion_logprobs_equal_plain_computation(tiny_tokenizer, tiny_model,
 def test_selected_logits_without_boolean_logits_to_keep(tiny_tokenizer, tiny_model, monkeypatch):
     rows, _ = tokenize_sft(chats(), tiny_tokenizer)
     b = collate_sft(rows, tiny_tokenizer.pad_token_id)
-    keep = sft_module.label_positions(b["mask"])
+    keep = common_module.label_positions(b["mask"])
     with torch.no_grad():
         fast = selected_logits(tiny_model, b["input_ids"], b["attention_mask"], keep)
-        monkeypatch.setattr(sft_module, "_takes_bool_logits_to_keep", lambda cls: False)
+        monkeypatch.setattr(common_module, "_takes_bool_logits_to_keep", lambda cls: False)
         slow = selected_logits(tiny_model, b["input_ids"], b["attention_mask"], keep)
         full = tiny_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[keep]
     assert fast.shape == (int(keep.sum()), tiny_model.config.vocab_size)
@@ -319,8 +310,7 @@ def test_dpo_precomputed_reference_equals_live_reference(tmp_path, tiny_tokenize
         tiny_tokenizer,
         pairs(),
     )
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     pre = DPOTrainer(
         parse_config(
             DPOConfig, args(tmp_path / "b", "--max_steps", "1", "--precompute_ref_logprobs", "true")
@@ -391,6 +381,43 @@ def test_reward_model_reward_scores_like_training(tmp_path, tiny_tokenizer):
         make_reward_model_reward(tmp_path / "missing")
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_saved_reward_model_scores_through_get_reward_funcs(tmp_path, tiny_tokenizer, lora):
+    """``reward_model:<path>`` in a GRPO/PPO config: full weights, or a LoRA adapter with its score head."""
+    from align.models import apply_lora, load_sequence_classifier, save_pretrained
+    from align.rewards import get_reward_funcs
+    from align.trainers.reward_model import pair_rewards
+
+    base_dir = save_tiny_model(tmp_path / "base", tokenizer=tiny_tokenizer, kind="sequence_classifier")
+    model = load_sequence_classifier(base_dir)  # the adapter records its base model's path
+    if lora:
+        model = apply_lora(model, r=4, task_type="SEQ_CLS")
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # as if trained: the adapter and the head both change the scores
+            for name, p in model.named_parameters():
+                if "lora_B" in name or "modules_to_save" in name:
+                    p.add_(0.5 * torch.randn(p.shape, generator=g))
+    path = save_pretrained(model, tiny_tokenizer, tmp_path / "rm")
+    assert (path / "adapter_config.json").is_file() == lora
+    (reward,) = get_reward_funcs([f"reward_model:{path}"])
+    assert reward.__name__ == "reward_model"
+    data = pairs(4)
+    scores = reward([p["prompt"] for p in data], [p["chosen"] for p in data])
+    rows, _ = tokenize_preferences(data, tiny_tokenizer)
+    with torch.no_grad():
+        expected, _ = pair_rewards(model.eval(), collate_preferences(rows, tiny_tokenizer.pad_token_id))
+    close(scores, expected, atol=1e-5)
+    if lora:  # the adapter matters: the bare backbone with a fresh head scores differently
+        base = load_sequence_classifier(base_dir).eval()
+        with torch.no_grad():
+            plain, _ = pair_rewards(base, collate_preferences(rows, tiny_tokenizer.pad_token_id))
+        assert not torch.allclose(plain, expected, atol=1e-3)
+    with pytest.raises(ValueError, match="'reward_model' needs a path"):
+        get_reward_funcs(["reward_model"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        get_reward_funcs([f"reward_model:{tmp_path / 'missing'}"])
+
+
 @pytest.mark.parametrize("pipeline", ["sft", "reward_model", "dpo"])
 def test_shipped_yaml_configs_parse(pipeline):
     from align.data import repo_root
@@ -410,3 +437,63 @@ def test_trainers_use_the_fused_adamw_kernel(tmp_path, tiny_tokenizer):
     assert opt.defaults["fused"] is True
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]  # no decay on norms, as the base
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(trainer.model.parameters()))
+
+
+# --- bad input through the trainers: counted in data/skipped/*, or an error naming the file ------------
+
+
+@pytest.mark.parametrize("pipeline", ["sft", "reward_model", "dpo"])
+def test_trainers_count_bad_rows_and_name_the_file_in_errors(tmp_path, tiny_tokenizer, pipeline):
+    import json
+
+    from align.chat_data import load_rows
+
+    if pipeline == "sft":
+        cls, trainer_cls, model = SFTConfig, SFTTrainer, tiny_causal_lm
+        good = [
+            {"prompt": f"Count to {i}.", "completion": " ".join(map(str, range(i + 2)))} for i in range(4)
+        ]
+        bad = [
+            {"prompt": "Hi", "completion": ""},
+            {"prompt": "Hi"},
+            {"prompt": "Hi", "completion": "w " * 90},
+        ]
+        expected = {"data/skipped/empty_completion": 2.0, "data/skipped/too_long": 1.0}
+        no_column = {"answer": "x"}
+    else:
+        cls, trainer_cls = (
+            (RewardModelConfig, RewardModelTrainer) if pipeline == "reward_model" else (DPOConfig, DPOTrainer)
+        )
+        model = tiny_sequence_classifier if pipeline == "reward_model" else tiny_causal_lm
+        good = [
+            {"prompt": f"What is {i} + {i}?", "chosen": str(2 * i), "rejected": str(2 * i + 1)}
+            for i in range(4)
+        ]
+        bad = [
+            {"prompt": "Q", "chosen": "", "rejected": "x"},
+            {"prompt": "Q", "rejected": "x"},
+            {"prompt": "Q", "chosen": "same", "rejected": "same"},
+            {"prompt": "Q", "chosen": "w " * 90, "rejected": "x"},
+        ]
+        expected = {
+            "data/skipped/empty_completion": 2.0,
+            "data/skipped/identical_pair": 1.0,
+            "data/skipped/too_long": 1.0,
+        }
+        no_column = {"prompt": "x", "answer": "y"}
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in good + bad))
+    flags = ["--max_steps", "1", "--max_length", "64", "--dataset_name", str(path)]
+    cfg = parse_config(cls, args(tmp_path / "a", *flags, "--truncation", "skip"))
+    trainer = trainer_cls(cfg, model(tiny_tokenizer), tiny_tokenizer, load_rows(path))
+    assert len(trainer.train_rows) == 4 and trainer.data_metrics["data/kept"] == 4.0
+    assert {k: v for k, v in trainer.data_metrics.items() if "skipped" in k} == expected
+    reset_accelerate_state()
+    cfg = parse_config(cls, args(tmp_path / "b", *flags, "--truncation", "error"))
+    with pytest.raises(
+        ValueError, match=rf"train .*\({path}\): row {len(good + bad) - 1}: .*longer than max_length=64"
+    ):
+        trainer_cls(cfg, model(tiny_tokenizer), tiny_tokenizer, load_rows(path))
+    path.write_text(json.dumps(no_column) + "\n")
+    with pytest.raises(ValueError, match=rf"\({path}\): .*\['answer'.*expected"):
+        trainer_cls(cfg, model(tiny_tokenizer), tiny_tokenizer, load_rows(path))
