@@ -18,39 +18,22 @@ Outputs in output_dir: metrics.jsonl, config.yaml, summary.json (held-out reward
 before and after), model/ (full weights, or the LoRA adapter).
 """
 
-import json
-import sys
-from pathlib import Path
-
-from align.chat_data import load_train_and_eval
-from align.config import ConfigError, parse_config
-from align.models import apply_lora, load_causal_lm, load_tokenizer
+from align.recipe_helpers import (
+    finish_recipe,
+    load_chat_datasets,
+    load_policy_and_tokenizer,
+    parse_recipe_config,
+)
 from align.trainers.dpo import DPOConfig, DPOTrainer
-from align.trainers.sft import save_final_model
 
 
 def main(args: list[str] | None = None) -> dict:
-    try:
-        cfg = parse_config(DPOConfig, args)
-    except ConfigError as e:
-        sys.exit(f"dpo: {e}")
-    tokenizer = load_tokenizer(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
-    model = load_causal_lm(
-        cfg.model_name_or_path,
-        dtype=cfg.dtype,
-        trust_remote_code=cfg.trust_remote_code,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        attn_implementation=cfg.attn_implementation,
-    )
-    if cfg.use_lora:
-        model = apply_lora(model, **cfg.lora_kwargs())
-    train, heldout = load_train_and_eval(
-        cfg.dataset_name, cfg.dataset_split, cfg.eval_dataset_name, cfg.eval_split, default="prefs"
-    )
+    cfg = parse_recipe_config(DPOConfig, args, "dpo")
+    model, tokenizer = load_policy_and_tokenizer(cfg)
+    train, heldout = load_chat_datasets(cfg, default="prefs")
     trainer = DPOTrainer(cfg, model, tokenizer, train, eval_dataset=heldout)
     trainer.train()
     after = trainer.evaluate()
-    save_final_model(trainer, Path(cfg.output_dir) / "model", merge_lora=cfg.merge_lora_on_save)
     summary = {
         "eval_rewards_accuracy": after.get("eval/rewards/accuracy"),
         "eval_rewards_margins": after.get("eval/rewards/margins"),
@@ -59,15 +42,13 @@ def main(args: list[str] | None = None) -> dict:
         "eval_loss": after.get("eval/loss"),
         "eval_pairs": after.get("eval/pairs"),
         "steps": trainer.state.step,
-        **{k: v for k, v in trainer.data_metrics.items() if "skipped" in k or "truncated" in k},
     }
-    if trainer.accelerator.is_main_process:
-        Path(cfg.output_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if after:
-            print(f"held-out preference accuracy {summary['eval_rewards_accuracy']:.3f} (before training: 0, all "
-                  f"margins are 0), mean margin {summary['eval_rewards_margins']:.4f} after {summary['steps']} "
-                  f"steps; outputs in {cfg.output_dir}")  # fmt: skip
-    return summary
+    message = None
+    if after:
+        message = (f"held-out preference accuracy {after['eval/rewards/accuracy']:.3f} (before training: 0, all "
+                   f"margins are 0), mean margin {after['eval/rewards/margins']:.4f} after {trainer.state.step} "
+                   f"steps; outputs in {cfg.output_dir}")  # fmt: skip
+    return finish_recipe(trainer, cfg, summary, message)
 
 
 if __name__ == "__main__":

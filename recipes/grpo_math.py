@@ -18,31 +18,17 @@ after), model/ (full weights or the LoRA adapter).
 """
 
 import json
-import sys
 from pathlib import Path
 
-from align.config import ConfigError, parse_config
 from align.data import load_math_dataset
-from align.models import apply_lora, load_causal_lm, load_tokenizer
+from align.recipe_helpers import load_policy_and_tokenizer, parse_recipe_config
 from align.rewards import get_reward_funcs, make_math_reward
 from align.trainers.grpo import GRPOConfig, GRPOTrainer
 
 
 def main(args: list[str] | None = None) -> dict:
-    try:
-        cfg = parse_config(GRPOConfig, args)
-    except ConfigError as e:
-        sys.exit(f"grpo_math: {e}")
-    tokenizer = load_tokenizer(cfg.model_name_or_path)
-    model = load_causal_lm(
-        cfg.model_name_or_path,
-        dtype=cfg.dtype,
-        trust_remote_code=cfg.trust_remote_code,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        attn_implementation=cfg.attn_implementation,
-    )
-    if cfg.use_lora:
-        model = apply_lora(model, **cfg.lora_kwargs())
+    cfg = parse_recipe_config(GRPOConfig, args, "grpo_math")
+    model, tokenizer = load_policy_and_tokenizer(cfg)
     kw = {} if cfg.instruction is None else {"instruction": cfg.instruction}
     train = load_math_dataset(cfg.dataset_name, cfg.dataset_split, **kw)
     heldout = load_math_dataset(cfg.eval_dataset_name or cfg.dataset_name, cfg.eval_split, **kw)

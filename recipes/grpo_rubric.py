@@ -12,14 +12,12 @@ Outputs as every recipe, plus rubric_scores.json (per-criterion means before and
 """
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from align.config import ConfigError, parse_config
 from align.data import load_math_dataset, repo_root
 from align.generation import SamplingParams
-from align.models import apply_lora, load_causal_lm, load_tokenizer
+from align.recipe_helpers import load_policy_and_tokenizer, parse_recipe_config
 from align.rewards import make_rubric_reward
 from align.trainers.grpo import GRPOConfig, GRPOTrainer
 
@@ -64,18 +62,12 @@ def _mean(values) -> float:
 
 
 def main(args: list[str] | None = None) -> dict:
-    try:
-        cfg = parse_config(GRPORubricConfig, args)
-    except ConfigError as e:
-        sys.exit(f"grpo_rubric: {e}")
+    cfg = parse_recipe_config(GRPORubricConfig, args, "grpo_rubric")
     path = Path(cfg.rubric)
     if not path.exists() and (repo_root() / path).exists():
         path = repo_root() / path
     rubric = make_rubric_reward(path)
-    tokenizer = load_tokenizer(cfg.model_name_or_path)
-    model = load_causal_lm(cfg.model_name_or_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    if cfg.use_lora:
-        model = apply_lora(model, **cfg.lora_kwargs())
+    model, tokenizer = load_policy_and_tokenizer(cfg)
     kw = {} if cfg.instruction is None else {"instruction": cfg.instruction}
     train = load_math_dataset(cfg.dataset_name, cfg.dataset_split, **kw)
     heldout = load_math_dataset(

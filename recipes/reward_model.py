@@ -17,43 +17,23 @@ The saved model/ is a reward function for GRPO and PPO: the reward name `reward_
 accuracy before and after), model/ (full weights, or the LoRA adapter with the trained score head).
 """
 
-import json
-import sys
-from pathlib import Path
-
-from align.chat_data import load_train_and_eval
-from align.config import ConfigError, parse_config
-from align.models import apply_lora, load_sequence_classifier, load_tokenizer
+from align.recipe_helpers import (
+    finish_recipe,
+    load_chat_datasets,
+    load_classifier_and_tokenizer,
+    parse_recipe_config,
+)
 from align.trainers.reward_model import RewardModelConfig, RewardModelTrainer
-from align.trainers.sft import save_final_model
 
 
 def main(args: list[str] | None = None) -> dict:
-    try:
-        cfg = parse_config(RewardModelConfig, args)
-    except ConfigError as e:
-        sys.exit(f"reward_model: {e}")
-    tokenizer = load_tokenizer(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
-    model = load_sequence_classifier(
-        cfg.model_name_or_path,
-        num_labels=1,
-        dtype=cfg.dtype,
-        trust_remote_code=cfg.trust_remote_code,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    if cfg.use_lora:
-        model = apply_lora(model, task_type="SEQ_CLS", **cfg.lora_kwargs())
-    train, heldout = load_train_and_eval(
-        cfg.dataset_name, cfg.dataset_split, cfg.eval_dataset_name, cfg.eval_split, default="prefs"
-    )
+    cfg = parse_recipe_config(RewardModelConfig, args, "reward_model")
+    model, tokenizer = load_classifier_and_tokenizer(cfg, num_labels=1)
+    train, heldout = load_chat_datasets(cfg, default="prefs")
     trainer = RewardModelTrainer(cfg, model, tokenizer, train, eval_dataset=heldout)
     before = trainer.evaluate() if not cfg.resume_from_checkpoint else {}
     trainer.train()
     after = trainer.evaluate()
-    save_final_model(trainer, Path(cfg.output_dir) / "model", merge_lora=cfg.merge_lora_on_save)
     summary = {
         "eval_accuracy_before": before.get("eval/accuracy"),
         "eval_accuracy_after": after.get("eval/accuracy"),
@@ -61,15 +41,13 @@ def main(args: list[str] | None = None) -> dict:
         "eval_loss_after": after.get("eval/loss"),
         "eval_pairs": after.get("eval/pairs"),
         "steps": trainer.state.step,
-        **{k: v for k, v in trainer.data_metrics.items() if "skipped" in k or "truncated" in k},
     }
-    if trainer.accelerator.is_main_process:
-        Path(cfg.output_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if after:
-            was = f"{summary['eval_accuracy_before']:.3f} before -> " if before else ""
-            print(f"held-out pair accuracy: {was}{summary['eval_accuracy_after']:.3f} after "
-                  f"{summary['steps']} steps; outputs in {cfg.output_dir}")  # fmt: skip
-    return summary
+    message = None
+    if after:
+        was = f"{before['eval/accuracy']:.3f} before -> " if before else ""
+        message = (f"held-out pair accuracy: {was}{after['eval/accuracy']:.3f} after {trainer.state.step} "
+                   f"steps; outputs in {cfg.output_dir}")  # fmt: skip
+    return finish_recipe(trainer, cfg, summary, message)
 
 
 if __name__ == "__main__":

@@ -18,39 +18,23 @@ after), model/ (full weights, or the LoRA adapter; merged weights with --merge_l
 Resume with --resume_from_checkpoint latest (with --save_steps N to write checkpoints).
 """
 
-import json
-import sys
-from pathlib import Path
-
-from align.chat_data import load_train_and_eval
-from align.config import ConfigError, parse_config
-from align.models import apply_lora, load_causal_lm, load_tokenizer
-from align.trainers.sft import SFTConfig, SFTTrainer, save_final_model
+from align.recipe_helpers import (
+    finish_recipe,
+    load_chat_datasets,
+    load_policy_and_tokenizer,
+    parse_recipe_config,
+)
+from align.trainers.sft import SFTConfig, SFTTrainer
 
 
 def main(args: list[str] | None = None) -> dict:
-    try:
-        cfg = parse_config(SFTConfig, args)
-    except ConfigError as e:
-        sys.exit(f"sft: {e}")
-    tokenizer = load_tokenizer(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
-    model = load_causal_lm(
-        cfg.model_name_or_path,
-        dtype=cfg.dtype,
-        trust_remote_code=cfg.trust_remote_code,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        attn_implementation=cfg.attn_implementation,
-    )
-    if cfg.use_lora:
-        model = apply_lora(model, **cfg.lora_kwargs())
-    train, heldout = load_train_and_eval(
-        cfg.dataset_name, cfg.dataset_split, cfg.eval_dataset_name, cfg.eval_split, default="sft"
-    )
+    cfg = parse_recipe_config(SFTConfig, args, "sft")
+    model, tokenizer = load_policy_and_tokenizer(cfg)
+    train, heldout = load_chat_datasets(cfg, default="sft")
     trainer = SFTTrainer(cfg, model, tokenizer, train, eval_dataset=heldout)
     before = trainer.evaluate() if not cfg.resume_from_checkpoint else {}
     trainer.train()
     after = trainer.evaluate()
-    save_final_model(trainer, Path(cfg.output_dir) / "model", merge_lora=cfg.merge_lora_on_save)
     summary = {
         "eval_loss_before": before.get("eval/loss"),
         "eval_loss_after": after.get("eval/loss"),
@@ -58,15 +42,13 @@ def main(args: list[str] | None = None) -> dict:
         "eval_perplexity_after": after.get("eval/perplexity"),
         "eval_tokens": after.get("eval/tokens"),
         "steps": trainer.state.step,
-        **{k: v for k, v in trainer.data_metrics.items() if "skipped" in k or "truncated" in k},
     }
-    if trainer.accelerator.is_main_process:
-        Path(cfg.output_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if after:
-            was = f"{summary['eval_loss_before']:.4f} before -> " if before else ""
-            print(f"held-out loss: {was}{summary['eval_loss_after']:.4f} after {summary['steps']} steps; "
-                  f"outputs in {cfg.output_dir}")  # fmt: skip
-    return summary
+    message = None
+    if after:
+        was = f"{before['eval/loss']:.4f} before -> " if before else ""
+        message = (f"held-out loss: {was}{after['eval/loss']:.4f} after {trainer.state.step} steps; "
+                   f"outputs in {cfg.output_dir}")  # fmt: skip
+    return finish_recipe(trainer, cfg, summary, message)
 
 
 if __name__ == "__main__":
