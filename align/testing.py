@@ -29,6 +29,7 @@ __all__ = [
     "tiny_sequence_classifier",
     "save_tiny_model",
     "reset_accelerate_state",
+    "bare_trl_trainer",
 ]
 
 CHATML_TEMPLATE = (
@@ -215,3 +216,27 @@ def reset_accelerate_state() -> None:
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+def bare_trl_trainer(cls: type, model, **attributes):
+    """A TRL trainer of class ``cls`` without its ``__init__`` (no datasets, no accelerate state): only
+    ``model``, a one-process CPU stand-in for its accelerator, empty metric logs and ``attributes``. For
+    parity tests that call TRL's ``compute_loss`` on the same batch as ours."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    accelerator = SimpleNamespace(
+        device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x, num_processes=1,
+        parallelism_config=None, unwrap_model=lambda m: m,
+    )  # fmt: skip
+    trainer = object.__new__(cls)
+    common = dict(
+        model=model,
+        accelerator=accelerator,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    for name, value in {**common, **attributes}.items():
+        object.__setattr__(trainer, name, value)
+    return trainer

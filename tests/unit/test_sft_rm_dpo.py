@@ -2,7 +2,6 @@
 ``compute_loss`` against TRL 1.16's trainers on the same batch, configs, and the reward-model reward."""
 
 import copy
-from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +10,13 @@ import torch.nn.functional as F
 
 from align.chat_data import collate_preferences, collate_sft, tokenize_preferences, tokenize_sft
 from align.config import ConfigError, parse_config
-from align.testing import reset_accelerate_state, save_tiny_model, tiny_causal_lm, tiny_sequence_classifier
+from align.testing import (
+    bare_trl_trainer,
+    reset_accelerate_state,
+    save_tiny_model,
+    tiny_causal_lm,
+    tiny_sequence_classifier,
+)
 from align.trainers import common as common_module
 from align.trainers.common import completion_logprobs, selected_logits
 from align.trainers.dpo import DPOConfig, DPOTrainer
@@ -142,26 +147,6 @@ def test_sft_compute_loss_is_token_mean_cross_entropy(tmp_path, tiny_tokenizer):
     assert trainer.num_items(batch) == int((labels != -100).sum()) == int(metrics["sft/tokens"])
 
 
-_ACC = SimpleNamespace(
-    device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x, num_processes=1,
-    parallelism_config=None, unwrap_model=lambda m: m,
-)  # fmt: skip
-
-
-def _bare(cls, model, **attributes):
-    trainer = object.__new__(cls)
-    common = dict(
-        model=model,
-        accelerator=_ACC,
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
-        _total_train_tokens=0,
-        _tp_size=1,
-    )
-    for name, value in {**common, **attributes}.items():
-        object.__setattr__(trainer, name, value)
-    return trainer
-
-
 def test_sft_loss_matches_trl_sft_trainer(tmp_path, tiny_tokenizer):
     from trl import SFTTrainer as TRLSFTTrainer
     from trl.trainer.utils import add_fused_lm_head
@@ -174,7 +159,7 @@ def test_sft_loss_matches_trl_sft_trainer(tmp_path, tiny_tokenizer):
 
     trl_model = copy.deepcopy(model).train()
     add_fused_lm_head(trl_model, outputs=("log_probs", "entropy", "is_top1"))
-    trl = _bare(
+    trl = bare_trl_trainer(
         TRLSFTTrainer,
         trl_model,
         args=SimpleNamespace(loss_type="nll", average_tokens_across_devices=False),
@@ -222,7 +207,9 @@ def test_reward_compute_loss_matches_trl_reward_trainer(tmp_path, tiny_tokenizer
     ]
     inputs = DataCollatorForPreference(pad_token_id=tiny_tokenizer.pad_token_id)(trl_rows)
     assert torch.equal(inputs["input_ids"], batch["input_ids"])
-    trl = _bare(TRLRewardTrainer, model, args=SimpleNamespace(center_rewards_coefficient=center or None))
+    trl = bare_trl_trainer(
+        TRLRewardTrainer, model, args=SimpleNamespace(center_rewards_coefficient=center or None)
+    )
     close(loss, trl.compute_loss(model, inputs))
     assert 0.0 <= float(metrics["reward/accuracy"]) <= 1.0
 
@@ -237,7 +224,7 @@ def _trl_dpo_loss(model, ref, rows, pad_id, loss_type, beta, label_smoothing=0.0
 
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
     add_fused_lm_head(ref)
-    trainer = _bare(
+    trainer = bare_trl_trainer(
         TRLDPOTrainer,
         model,
         ref_model=ref,

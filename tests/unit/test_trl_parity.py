@@ -5,7 +5,6 @@ the method reads), with a stand-in model that returns fixed log-probs or rewards
 live inside long methods that need a full rollout, so their lines are copied verbatim (file and line cited).
 """
 
-from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
@@ -24,6 +23,7 @@ from align.losses import (
     ppo_clip_loss,
     sequence_logprobs,
 )
+from align.testing import bare_trl_trainer
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor | float) -> None:
@@ -41,23 +41,6 @@ class _FixedOutputs:
 
     def __call__(self, **kwargs) -> SimpleNamespace:
         return self.outputs
-
-
-_ACCELERATOR = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x)
-
-
-def _bare(cls: type, model: _FixedOutputs, **attributes) -> object:
-    trainer = object.__new__(cls)
-    common = dict(
-        model=model,
-        accelerator=_ACCELERATOR,
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
-        _total_train_tokens=0,
-        _tp_size=1,
-    )
-    for name, value in {**common, **attributes}.items():
-        object.__setattr__(trainer, name, value)
-    return trainer
 
 
 def _preference_batch(num_pairs: int, seed: int) -> dict[str, torch.Tensor]:
@@ -87,7 +70,7 @@ def _trl_dpo(batch: dict[str, torch.Tensor], loss_type: str, beta: float, label_
         mean_logits=torch.zeros_like(logps),
         is_top1=torch.zeros_like(logps, dtype=torch.bool),
     )
-    trainer = _bare(
+    trainer = bare_trl_trainer(
         DPOTrainer,
         model,
         aux_loss_enabled=False,
@@ -169,7 +152,7 @@ def test_ipo_matches_trl():
 def _trl_reward_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin=None, center=None) -> torch.Tensor:
     """TRL 1.16 RewardTrainer.compute_loss (trl/trainer/reward_trainer.py:778) on fixed rewards."""
     model = _FixedOutputs(logits=torch.cat([chosen, rejected])[:, None])
-    trainer = _bare(RewardTrainer, model, args=SimpleNamespace(center_rewards_coefficient=center))
+    trainer = bare_trl_trainer(RewardTrainer, model, args=SimpleNamespace(center_rewards_coefficient=center))
     inputs = {"attention_mask": torch.ones(2 * len(chosen), 3, dtype=torch.long)}
     if margin is not None:
         inputs["margin"] = margin
