@@ -555,18 +555,23 @@ def _completion_text(completion: Any) -> str:
     return ""
 
 
+def _skip_or_raise(policy: str, length: str, max_length: int, index: int) -> None:
+    """A row over ``max_length`` under truncation ``skip`` (a counted ``too_long`` skip) or ``error``."""
+    if policy == "skip":
+        raise SkipRow("too_long", f"{length} longer than max_length {max_length}")
+    if policy == "error":
+        raise ValueError(
+            f"row {index}: {length} longer than max_length={max_length} (truncation='error'); raise max_length "
+            "or choose truncation keep_start, keep_end or skip"
+        )
+
+
 def _truncate(
     ids: list[int], mask: list[int], max_length: int | None, policy: str, index: int
 ) -> tuple[list[int], list[int], bool]:
     if not max_length or len(ids) <= max_length:
         return ids, mask, False
-    if policy == "skip":
-        raise SkipRow("too_long", f"{len(ids)} tokens > max_length {max_length}")
-    if policy == "error":
-        raise ValueError(
-            f"row {index}: {len(ids)} tokens is longer than max_length={max_length} (truncation='error'); "
-            "raise max_length or choose truncation keep_start, keep_end or skip"
-        )
+    _skip_or_raise(policy, f"{len(ids)} tokens is", max_length, index)
     if policy == "keep_start":
         return ids[:max_length], mask[:max_length], True
     return ids[-max_length:], mask[-max_length:], True
@@ -882,13 +887,7 @@ def _truncate_pair(
     longest = len(p) + max(len(c), len(r))
     if not max_length or longest <= max_length:
         return p, c, r, False
-    if policy == "skip":
-        raise SkipRow("too_long", f"{longest} tokens > max_length {max_length}")
-    if policy == "error":
-        raise ValueError(
-            f"row {index}: prompt + completion is {longest} tokens, longer than max_length={max_length} "
-            "(truncation='error'); raise max_length or choose truncation skip, keep_start or keep_end"
-        )
+    _skip_or_raise(policy, f"prompt + completion is {longest} tokens,", max_length, index)
     if policy == "keep_start":
         if len(p) >= max_length:
             raise SkipRow(
