@@ -1,0 +1,89 @@
+r"""Generate the offline RL datasets of the Decision Transformer (align.rl.offline_data), D4RL-style.
+
+    python data/make_offline_rl.py                       # CartPole-v1 and FrozenLake-v1, all five kinds, seed 0
+    python data/make_offline_rl.py --env_id CartPole-v1 --kinds medium medium-replay --out /tmp/offline
+    python data/make_offline_rl.py --format jsonl --steps 5000 --out /tmp/small
+
+Datasets are made at run time, not shipped: the recipes and tests call the same function
+(``ensure_offline_dataset``) and cache the files under ``$ALIGN_CACHE_DIR/offline_rl`` (default
+``~/.cache/align/offline_rl``; ``--out`` here). Each file is a function of (environment, kind, seed,
+steps): the same command writes the same episodes. Only the return statistics are committed:
+``data/offline_rl/stats.json`` (``--stats`` rewrites it).
+
+Kinds (per environment, ``steps`` environment steps per part, whole episodes):
+
+    random         uniform actions
+    medium         the expert with each action uniformly random with probability eps (CartPole 0.5,
+                   FrozenLake 0.15): a third to a half of the expert's return
+    medium-replay  a "training run" from random to medium: eps falls linearly from 1 to the medium eps
+    medium-expert  the medium part, then as many steps of the expert
+    expert         the expert
+
+Experts are the project's own: on CartPole-v1 a hand-written PD controller of the pole (return 500 from every
+start tried; training a DQN or PPO agent would take minutes instead of milliseconds), on FrozenLake-v1 (4x4,
+slippery) the greedy policy of value iteration on the exact model (success rate 0.74, the optimum).
+
+Each file is Parquet (or JSONL) with one row per episode: observations, actions, rewards, terminals,
+timeouts, timesteps, policy; ``<name>.stats.json`` beside it holds its return statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from align.rl.offline_data import (
+    DATASET_KINDS,
+    dataset_file_name,
+    dataset_summary_line,
+    make_offline_dataset,
+    offline_data_dir,
+    save_offline_dataset,
+)
+
+STATS_FILE = Path(__file__).parent / "offline_rl" / "stats.json"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--env_id", nargs="+", default=["CartPole-v1", "FrozenLake-v1"], help="environments")
+    p.add_argument(
+        "--kinds", nargs="+", default=list(DATASET_KINDS), choices=DATASET_KINDS, help="dataset kinds"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the random actions")
+    p.add_argument(
+        "--steps", type=int, default=None, help="environment steps per part (default: per environment)"
+    )
+    p.add_argument("--out", default=None, help="output folder (default: $ALIGN_CACHE_DIR/offline_rl)")
+    p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="file format")
+    p.add_argument(
+        "--stats",
+        default=None,
+        help=f"also write all return statistics to this JSON file (e.g. {STATS_FILE})",
+    )
+    args = p.parse_args(argv)
+    out = offline_data_dir(args.out)
+    all_stats = {}
+    for env_id in args.env_id:
+        for kind in args.kinds:
+            t0 = time.perf_counter()
+            ds = make_offline_dataset(env_id, kind, seed=args.seed, steps=args.steps)
+            name = dataset_file_name(env_id, kind, args.seed, args.steps)
+            if args.format == "jsonl":
+                name = name.replace(".parquet", ".jsonl")
+            path = save_offline_dataset(ds, out / name)
+            stats = ds.stats()
+            all_stats[f"{env_id}/{kind}"] = {"file": name, **stats}
+            print(f"{dataset_summary_line(stats)} -> {path} ({time.perf_counter() - t0:.1f} s)")
+    if args.stats:
+        Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.stats).write_text(json.dumps(all_stats, indent=2) + "\n")
+    return all_stats
+
+
+if __name__ == "__main__":
+    main()
