@@ -27,11 +27,11 @@ from align.recipe_helpers import (
 from align.trainers.dpo import DPOConfig, DPOTrainer
 
 
-def main(args: list[str] | None = None) -> dict:
+def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
     cfg = parse_recipe_config(DPOConfig, args, "dpo")
     model, tokenizer = load_policy_and_tokenizer(cfg)
     train, heldout = load_chat_datasets(cfg, default="prefs")
-    trainer = DPOTrainer(cfg, model, tokenizer, train, eval_dataset=heldout)
+    trainer = DPOTrainer(cfg, model, tokenizer, train, eval_dataset=heldout, callbacks=callbacks)
     trainer.train()
     after = trainer.evaluate()
     summary = {

@@ -26,11 +26,11 @@ from align.recipe_helpers import (
 from align.trainers.reward_model import RewardModelConfig, RewardModelTrainer
 
 
-def main(args: list[str] | None = None) -> dict:
+def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
     cfg = parse_recipe_config(RewardModelConfig, args, "reward_model")
     model, tokenizer = load_classifier_and_tokenizer(cfg, num_labels=1)
     train, heldout = load_chat_datasets(cfg, default="prefs")
-    trainer = RewardModelTrainer(cfg, model, tokenizer, train, eval_dataset=heldout)
+    trainer = RewardModelTrainer(cfg, model, tokenizer, train, eval_dataset=heldout, callbacks=callbacks)
     before = trainer.evaluate() if not cfg.resume_from_checkpoint else {}
     trainer.train()
     after = trainer.evaluate()

@@ -27,11 +27,11 @@ from align.recipe_helpers import (
 from align.trainers.sft import SFTConfig, SFTTrainer
 
 
-def main(args: list[str] | None = None) -> dict:
+def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
     cfg = parse_recipe_config(SFTConfig, args, "sft")
     model, tokenizer = load_policy_and_tokenizer(cfg)
     train, heldout = load_chat_datasets(cfg, default="sft")
-    trainer = SFTTrainer(cfg, model, tokenizer, train, eval_dataset=heldout)
+    trainer = SFTTrainer(cfg, model, tokenizer, train, eval_dataset=heldout, callbacks=callbacks)
     before = trainer.evaluate() if not cfg.resume_from_checkpoint else {}
     trainer.train()
     after = trainer.evaluate()

@@ -817,12 +817,13 @@ class PPOTrainer(Trainer):
         # A resumed run starts a fresh rollout: the queue of the interrupted iteration is not saved.
         self._queue.clear()
 
-    def save_model(self, path: str | Path, *, merge_lora: bool = False) -> Path:
+    def save_model(self, path: str | Path, *, merge_lora: bool | None = None) -> Path:
         """Save the policy (adapter or full weights, with the tokenizer) to ``path``; a separate value model
         goes to ``path/../value_model`` and a shared value head to ``path/value_head.safetensors``."""
         from align.models import save_pretrained
 
         path = Path(path)
+        merge_lora = self.config.merge_lora_on_save if merge_lora is None else merge_lora
         acc = self.accelerator
         acc.wait_for_everyone()
         inner = unwrap_model(self.model)

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from datasets import Dataset
 
 from align.advantages import gae
@@ -22,19 +21,7 @@ from align.trainers.ppo import (
     per_token_rewards,
 )
 
-
-def _reset() -> None:
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_state():
-    _reset()
-    torch.set_num_threads(1)
-    yield
-    _reset()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 # ----------------------------------------------------------------------------------------------------------
