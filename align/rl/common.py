@@ -566,22 +566,6 @@ class RLTrainer(Trainer):
         """The deterministic action for one observation (used by ``evaluate``)."""
         raise NotImplementedError
 
-    def create_optimizer(self, model: nn.Module) -> torch.optim.Optimizer | None:
-        """The base's AdamW (same groups and hyperparameters) with the fused kernel when torch has it.
-
-        Small networks make many small updates; the fused step was measured 2.6x faster than the default
-        per-tensor loop for a 256x256 MLP on one CPU thread (157 vs 413 us), the same arithmetic.
-        """
-        opt = super().create_optimizer(model)
-        if opt is None:
-            return None
-        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
-        d = opt.defaults
-        try:
-            return torch.optim.AdamW(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            return opt
-
     # -- loop additions ------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
         with torch_threads(self.config.torch_threads):

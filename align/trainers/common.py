@@ -1,7 +1,7 @@
 r"""What the SFT, reward-model and DPO trainers share (and what PPO can reuse): the chat-data config fields,
 logits only where a label counts, per-sequence log-probs, sharded evaluation, the final save, and a mixin
 with the supervised trainers' data plumbing (tokenise once, a shuffled loader, a token count per step,
-evaluation sums over all processes, torch's fused AdamW).
+evaluation sums over all processes).
 
 Each trainer keeps only its algorithm: which tokeniser and collator its rows need (``tokenize_rows``,
 ``collate``), how a batch becomes a loss (``batch_loss``) and which sums its evaluation reports.
@@ -226,10 +226,6 @@ def save_final_model(trainer: Trainer, path: str | Path, *, merge_lora: bool = F
     return trainer.save_model(path)
 
 
-_FUSED_DEVICES = ("cpu", "cuda")
-_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
 class SupervisedTrainerMixin:
     """What the SFT, reward-model and DPO trainers share on top of the ``Trainer`` base (list it first:
     ``class SFTTrainer(SupervisedTrainerMixin, Trainer)``).
@@ -243,12 +239,6 @@ class SupervisedTrainerMixin:
     - ``train_dataloader`` (shuffled, dynamic padding) and ``compute_loss`` (counts the step's tokens for
       ``throughput/tokens_per_second``, then ``batch_loss``);
     - :meth:`eval_sums`, the sharded, no-grad, eval-mode loop over ``eval_rows`` that evaluations share;
-    - torch's fused AdamW kernel. It updates every parameter in one pass and makes no per-parameter
-      temporaries; torch's default AdamW on CPU loops over parameters with several temporaries each. On the
-      embedded 135M model (fp32, CPU) one optimizer step takes 0.8 s fused against 22 s unfused on the
-      shared 2-core machine, so full fine-tuning would otherwise spend most of its time in the optimizer
-      (TRL / transformers default to the fused kernel too). Used for single- and multi-process runs on CPU
-      or CUDA; DeepSpeed and FSDP keep the base's optimizer.
     """
 
     collate: Callable[..., dict[str, Any]]
@@ -330,24 +320,6 @@ class SupervisedTrainerMixin:
         finally:
             model.train(was_training)
         return acc.reduce(sums, "sum") if acc.num_processes > 1 else sums
-
-    def create_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer | None:
-        from accelerate.utils import DistributedType
-
-        optimizer = super().create_optimizer(model)  # type: ignore[misc]
-        acc = getattr(self, "accelerator", None)
-        plain = acc is None or acc.distributed_type in (
-            DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU,
-        )  # fmt: skip
-        if type(optimizer) is not torch.optim.AdamW or not plain:
-            return optimizer
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        if not all(p.device.type in _FUSED_DEVICES and p.dtype in _FUSED_DTYPES for p in params):
-            return optimizer
-        keep = ("params", "lr", "betas", "eps", "weight_decay")
-        groups = [{k: g[k] for k in keep} for g in optimizer.param_groups]
-        d = optimizer.defaults
-        return torch.optim.AdamW(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], fused=True)
 
     def _count_tokens(self, attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> None:
         n = attention_mask.sum() if attention_mask is not None else torch.tensor(input_ids.numel())
