@@ -15,8 +15,10 @@ Datasets (D4RL's names, Fu et al. 2020), made deterministically from a seed by `
 The experts are the project's own controllers, not trained networks (a DQN or PPO run takes minutes on a
 CPU; these take milliseconds and are reproducible to the bit): on CartPole-v1 a hand-written linear
 controller of the pole angle and velocity, ``a = [theta + 0.5 theta' + 0.01 x + 0.1 x' > 0]``, which holds
-the pole for all 500 steps from every start tried; on the toy-text grid worlds (FrozenLake, CliffWalking,
-Taxi) the greedy policy of ``align.rl.tabular.value_iteration`` on the environment's exact model.
+the pole for all 500 steps from every start tried; on the toy-text grid worlds the greedy policy of
+``align.rl.tabular.value_iteration`` on the environment's exact model. CartPole-v1 and FrozenLake-v1 (4x4,
+slippery) are the tuned ones (``MEDIUM_EPS``); CliffWalking-v1 and Taxi-v4 work with the untuned default
+0.5 (CliffWalking has no time limit, so its random episodes can run to thousands of steps).
 
 Storage (Parquet, or JSONL with the same fields): one row per episode with list columns
 
