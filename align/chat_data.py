@@ -909,6 +909,12 @@ def collate_preferences(rows: list[dict[str, Any]], pad_token_id: int) -> dict[s
     Right padding to the batch's longest sequence (no sorting, no fixed length). Returns ``input_ids``,
     ``attention_mask``, ``mask`` (1 = completion token), and when the rows have them ``margin`` ``(B,)``,
     ``ref_chosen_logps`` and ``ref_rejected_logps`` ``(B,)``.
+
+    Also the same B pairs one row each, for a forward that runs each prompt once
+    (``align.trainers.reward_model.pair_rewards``): ``shared_ids`` ``(B, S)``, the left-padded prompt, then
+    the chosen and the rejected completion back to back, then right padding; ``shared_branch`` ``(B, S)``
+    (0 = prompt, 1 = chosen, 2 = rejected, -1 = padding) and ``shared_positions`` ``(B, S)``, each
+    completion's positions continuing from its prompt's end, as in its own sequence.
     """
     seqs = [r["prompt_ids"] + r["chosen_ids"] for r in rows] + [
         r["prompt_ids"] + r["rejected_ids"] for r in rows
@@ -924,6 +930,22 @@ def collate_preferences(rows: list[dict[str, Any]], pad_token_id: int) -> dict[s
         attention[b, : len(s)] = 1
         mask[b, p : len(s)] = 1
     out = {"input_ids": input_ids, "attention_mask": attention, "mask": mask}
+    # The same pairs, one row each: [left-padded prompt | chosen | rejected | right padding].
+    P = max(len(r["prompt_ids"]) for r in rows)
+    L = max(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows)
+    shared = torch.full((len(rows), P + L), pad_token_id, dtype=torch.long)
+    branch = torch.full((len(rows), P + L), -1, dtype=torch.long)
+    positions = torch.zeros((len(rows), P + L), dtype=torch.long)
+    for b, r in enumerate(rows):
+        p, c, j = r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]
+        shared[b, P - len(p) : P + len(c) + len(j)] = torch.tensor(p + c + j, dtype=torch.long)
+        branch[b, P - len(p) : P] = 0
+        branch[b, P : P + len(c)] = 1
+        branch[b, P + len(c) : P + len(c) + len(j)] = 2
+        positions[b, P - len(p) : P] = torch.arange(len(p))
+        positions[b, P : P + len(c)] = torch.arange(len(p), len(p) + len(c))
+        positions[b, P + len(c) : P + len(c) + len(j)] = torch.arange(len(p), len(p) + len(j))
+    out |= {"shared_ids": shared, "shared_branch": branch, "shared_positions": positions}
     for key in ("margin", "ref_chosen_logps", "ref_rejected_logps"):
         if key in rows[0]:
             out[key] = torch.tensor([float(r[key]) for r in rows], dtype=torch.float32)

@@ -9,9 +9,18 @@ maximises with the implicit reward ``beta * log(pi / pi_ref)`` (``align.trainers
 
 The model is ``AutoModelForSequenceClassification`` with ``num_labels=1`` on a causal LM backbone
 (``align.models.load_sequence_classifier``): a fresh linear ``score`` head reads the hidden state of each
-row's last non-pad token. Chosen and rejected sequences go through one forward pass (2B rows, right
-padding to the batch's longest). Under LoRA (``task_type="SEQ_CLS"``) the head trains in full next to the
-adapters and is saved with them.
+row's last non-pad token. A pair's chosen and rejected sequences share their prompt, and chat-templated
+prompts (system prompt, turn markers) are most of the tokens: by default (``share_prompt``) each pair is one
+row, ``[prompt | chosen | rejected]``, under an attention mask that hides each completion from the other,
+with each completion's positions continuing from the prompt, so every token computes what it computes in its
+own sequence while the prompt runs once; the head reads each completion's last non-pad token. Rewards and
+gradients equal the plain forward's (2B rows of prompt + completion, right-padded) to float rounding
+(tested), with about a third fewer token positions on data/prefs. (Running the prompt once with a KV cache
+gathered for both completions, as ``align.forward`` does for GRPO, saves less here: the completions' padding
+and a second forward's weight-gradient and embedding-gradient passes.) The plain forward remains behind the
+flag, for DeepSpeed / FSDP, for attention implementations without custom 4D masks (flash attention), and
+for classifiers without a per-position ``score`` head. Under LoRA (``task_type="SEQ_CLS"``) the head trains
+in full next to the adapters and is saved with them.
 
 A trained reward model serves as a reward function for GRPO / PPO: ``align.rewards.reward_model``.
 """
@@ -45,18 +54,99 @@ class RewardModelConfig(PreferenceDataConfig, ModelConfig, TrainConfig):
     """Require r_w - r_l to exceed each pair's margin: its `margin` column, else score_chosen - score_rejected."""
     center_rewards_coefficient: float = 0.0
     """Weight of mean((r_w + r_l)^2), which keeps rewards centred on 0 (TRL: e.g. 0.01); 0 = off."""
+    share_prompt: bool = True
+    """Run each pair as one row, its prompt once, both completions masked from each other (same rewards and
+    gradients, fewer tokens); off, or under DeepSpeed / FSDP or flash attention, each sequence runs whole."""
 
     def validate(self) -> None:
         super().validate()
         check_range("center_rewards_coefficient", self.center_rewards_coefficient, 0.0)
 
 
-def pair_rewards(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scalar rewards ``(B,)`` of the chosen and the rejected rows of a preference batch (one forward)."""
+def pair_rewards(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, share_prompt: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scalar rewards ``(B,)`` of the chosen and the rejected rows of a preference batch (one forward).
+
+    Plain: the 2B whole sequences (``input_ids``, right-padded). With ``share_prompt`` (and a batch from
+    ``collate_preferences``, which has ``shared_ids``): one row per pair, its prompt once (see the module
+    docstring). The same numbers either way; the plain forward whenever the shared one does not apply.
+    """
+    if share_prompt and "shared_ids" in batch:
+        rewards = _shared_prompt_rewards(model, batch)
+        if rewards is not None:
+            return rewards
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     rewards = out.logits.squeeze(-1).float()  # (2B,)
     chosen, rejected = rewards.chunk(2)
     return chosen, rejected
+
+
+def _score_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The classifier inside DDP / peft wrappers and its ``score`` head, when the shared-prompt mask applies:
+    a transformers classifier with a linear ``score`` head on every position (not yet pooled), an attention
+    that takes a custom 4D mask (sdpa, eager) and no sliding-window layers (the mask would replace theirs)."""
+    from align.models import unwrap_model
+
+    inner = unwrap_model(model)
+    get_base = getattr(inner, "get_base_model", None)  # peft: the classifier, LoRA layers injected in place
+    head = get_base() if callable(get_base) else inner
+    score = getattr(head, "score", None)
+    config = getattr(head, "config", None)
+    if not isinstance(score, torch.nn.Module) or config is None:
+        return None
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if "sliding_attention" in (getattr(text, "layer_types", None) or []):
+        return None
+    return head, score
+
+
+def _shared_prompt_rewards(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rewards from one row per pair, ``[prompt | chosen | rejected]``, under a mask that hides each completion
+    from the other: every token sees what it sees in its own sequence, at the same position. ``None`` (use
+    the plain forward) where that does not hold."""
+    found = _score_head(model)
+    if found is None:
+        return None
+    head, score = found
+    ids, branch = batch["shared_ids"], batch["shared_branch"]  # (B, S)
+    config = head.config.get_text_config() if hasattr(head.config, "get_text_config") else head.config
+    pad = getattr(config, "pad_token_id", None)
+    # The classifier reads each sequence's last non-pad token: the completion's, which is the whole sequence's
+    # only when the completion has one (a completion of padding alone is read in the prompt: plain forward).
+    S = ids.shape[1]
+    col = torch.arange(S, device=ids.device)
+    last = []
+    for which in (1, 2):
+        counts = (branch == which) & (ids != pad) if pad is not None else branch == which
+        if not bool(counts.any(1).all()):
+            return None
+        last.append((col * counts).argmax(1))  # (B,) rightmost such token
+    # Query q sees key k <= q in the prompt or in its own completion; each token also sees itself, so that
+    # padding rows are never empty (their outputs are never read).
+    real = branch >= 0
+    same = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])  # (B, S_q, S_k)
+    visible = same & real[:, None, :] & real[:, :, None] & (col[None, :, None] >= col[None, None, :])
+    visible = (visible | torch.eye(S, dtype=torch.bool, device=ids.device))[:, None]  # (B, 1, S, S)
+    if config._attn_implementation == "eager":  # an additive mask
+        dtype = next(head.parameters()).dtype
+        visible = torch.zeros(visible.shape, dtype=dtype, device=ids.device).masked_fill(
+            ~visible, torch.finfo(dtype).min
+        )
+    captured: list[torch.Tensor] = []
+    hook = score.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        # Through the (DDP / peft) wrapper: one forward per backward, as DDP needs.
+        model(input_ids=ids, attention_mask=visible, position_ids=batch["shared_positions"], use_cache=False)
+    finally:
+        hook.remove()
+    scores = captured[-1].squeeze(-1).float()  # (B, S): the head at every position
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    return scores[rows, last[0]], scores[rows, last[1]]
 
 
 class RewardModelTrainer(PairTrainerMixin, Trainer):
@@ -99,9 +189,21 @@ class RewardModelTrainer(PairTrainerMixin, Trainer):
     def use_margin(self) -> bool:  # type: ignore[override]
         return self.config.use_margin
 
+    @property
+    def share_prompt(self) -> bool:
+        """``config.share_prompt``, except under DeepSpeed and FSDP, where the shared forward (a custom mask, a
+        hook on the sharded head) is untested: the plain forward there."""
+        from accelerate.utils import DistributedType
+
+        return self.config.share_prompt and self.accelerator.distributed_type in (
+            DistributedType.NO,
+            DistributedType.MULTI_CPU,
+            DistributedType.MULTI_GPU,
+        )
+
     def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         """Bradley-Terry loss of the micro-batch's pairs (mean over pairs)."""
-        chosen, rejected = pair_rewards(self.model, batch)
+        chosen, rejected = pair_rewards(self.model, batch, share_prompt=self.share_prompt)
         loss, metrics = bradley_terry_loss(
             chosen, rejected, margin=batch.get("margin"), center_coef=self.config.center_rewards_coefficient
         )
@@ -115,7 +217,7 @@ class RewardModelTrainer(PairTrainerMixin, Trainer):
             return {}
 
         def sums(batch: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:  # loss, correct, margin, n
-            chosen, rejected = pair_rewards(self.model, batch)
+            chosen, rejected = pair_rewards(self.model, batch, share_prompt=self.share_prompt)
             diff = (chosen - rejected).double()
             margin = batch.get("margin")
             logits = diff if margin is None else diff - margin.double()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from align.chat_data import collate_preferences, collate_sft, tokenize_preferences, tokenize_sft
 from align.config import ConfigError, parse_config
+from align.losses import bradley_terry_loss
 from align.testing import (
     bare_trl_trainer,
     reset_accelerate_state,
@@ -20,7 +21,7 @@ from align.testing import (
 from align.trainers import common as common_module
 from align.trainers.common import completion_logprobs, selected_logits
 from align.trainers.dpo import DPOConfig, DPOTrainer
-from align.trainers.reward_model import RewardModelConfig, RewardModelTrainer
+from align.trainers.reward_model import RewardModelConfig, RewardModelTrainer, pair_rewards
 from align.trainers.sft import SFTConfig, SFTTrainer
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -212,6 +213,88 @@ def test_reward_compute_loss_matches_trl_reward_trainer(tmp_path, tiny_tokenizer
     )
     close(loss, trl.compute_loss(model, inputs))
     assert 0.0 <= float(metrics["reward/accuracy"]) <= 1.0
+
+
+def _rm_grads(model, batch, share_prompt):
+    model.zero_grad()
+    chosen, rejected = pair_rewards(model, batch, share_prompt=share_prompt)
+    # A loss that weighs every reward differently, so that a reward swapped between rows would show.
+    w = torch.arange(1, 2 * len(chosen) + 1, dtype=torch.float32)
+    (torch.cat([chosen, rejected]) * w).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return chosen.detach(), rejected.detach(), grads
+
+
+@pytest.mark.parametrize(
+    ("lora", "attn", "checkpointing"),
+    [(False, "sdpa", False), (True, "sdpa", False), (False, "eager", False), (False, "sdpa", True)],
+)
+def test_reward_shared_prompt_equals_plain_forward(tiny_tokenizer, monkeypatch, lora, attn, checkpointing):
+    """Each pair as one row (prompt once, completions masked from each other): the rewards and every gradient
+    equal the plain forward's, with prompts of different lengths (left padding) and completion pairs of
+    different lengths (right padding), for a plain classifier and a LoRA (SEQ_CLS) one, under sdpa and
+    eager attention, with and without activation checkpointing."""
+    import align.trainers.reward_model as rm
+    from align.models import apply_lora
+
+    model = tiny_sequence_classifier(tiny_tokenizer).train()
+    model.config._attn_implementation = attn
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if lora:
+        model = apply_lora(model, r=4, dropout=0.0, task_type="SEQ_CLS")
+        with torch.no_grad():  # LoRA's B starts at zero, which would leave A without gradient
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+    rows, _ = tokenize_preferences(pairs(5), tiny_tokenizer)
+    batch = collate_preferences(rows, tiny_tokenizer.pad_token_id)
+    assert (batch["shared_branch"][:, 0] == -1).any() and (batch["shared_branch"][:, -1] == -1).any()
+    assert len({len(r["prompt_ids"]) for r in rows}) > 1
+
+    shared = []
+    split = rm._shared_prompt_rewards
+    monkeypatch.setattr(rm, "_shared_prompt_rewards", lambda *a: shared.append(split(*a)) or shared[-1])
+    c0, r0, g0 = _rm_grads(model, batch, share_prompt=False)
+    assert shared == []
+    c1, r1, g1 = _rm_grads(model, batch, share_prompt=True)
+    assert len(shared) == 1 and shared[0] is not None  # the shared forward ran
+    close(c1, c0)
+    close(r1, r0)
+    assert g0.keys() == g1.keys() and len(g0) > 0
+    assert any("score" in n for n in g0) and (not lora or any("lora_A" in n for n in g0))
+    for n in g0:
+        close(g1[n], g0[n], atol=1e-5, rtol=1e-4)
+
+
+def test_reward_shared_prompt_falls_back_to_plain_forward(tiny_tokenizer):
+    """The plain forward where the shared one does not apply: a completion of padding alone (the plain head
+    reads the prompt's last token then), an attention without custom masks, a model without a score head."""
+    import align.trainers.reward_model as rm
+
+    model = tiny_sequence_classifier(tiny_tokenizer).train()
+    rows, _ = tokenize_preferences(pairs(3), tiny_tokenizer)
+    pad = tiny_tokenizer.pad_token_id
+    assert rm._shared_prompt_rewards(model, collate_preferences(rows, pad)) is not None
+    odd = [dict(rows[0], rejected_ids=[pad]), *rows[1:]]
+    batch = collate_preferences(odd, pad)
+    assert rm._shared_prompt_rewards(model, batch) is None
+    close(torch.cat(pair_rewards(model, batch, share_prompt=True)), torch.cat(pair_rewards(model, batch)))
+    model.config._attn_implementation = "flash_attention_2"
+    assert rm._score_head(model) is None
+    assert rm._score_head(tiny_causal_lm(tiny_tokenizer)) is None
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_reward_trainer_share_prompt_flag(tmp_path, tiny_tokenizer, share):
+    model = tiny_sequence_classifier(tiny_tokenizer).train()
+    cfg = parse_config(RewardModelConfig, args(tmp_path, "--max_steps", "1", "--share_prompt", str(share)))
+    trainer = RewardModelTrainer(cfg, model, tiny_tokenizer, pairs())
+    assert trainer.share_prompt is share
+    batch = collate_preferences(trainer.train_rows, tiny_tokenizer.pad_token_id)
+    loss, _ = trainer.compute_loss(batch)
+    plain, _ = bradley_terry_loss(*pair_rewards(model, batch))
+    close(loss, plain)
 
 
 # --- DPO ---------------------------------------------------------------------------------------------
