@@ -27,8 +27,10 @@ __all__ = ["reward_and_kl", "sequence_logprobs_of_rollout"]
 
 
 @torch.no_grad()
-def sequence_logprobs_of_rollout(model: nn.Module, rollout: Any, batch_size: int = 16) -> torch.Tensor:
-    """``(N, C)`` log-probs of a rollout's completion tokens under ``model`` (0 on padding)."""
+def sequence_logprobs_of_rollout(
+    model: nn.Module, rollout: Any, batch_size: int = 16, *, temperature: float = 1.0
+) -> torch.Tensor:
+    """``(N, C)`` log-probs of a rollout's completion tokens under ``model`` at ``temperature`` (0 on padding)."""
     ids, attn = rollout.input_ids(), rollout.attention_mask()
     C = rollout.completion_ids.shape[1]
     out = []
@@ -41,7 +43,7 @@ def sequence_logprobs_of_rollout(model: nn.Module, rollout: Any, batch_size: int
             logits_to_keep=C + 1,
             use_cache=False,
         ).logits[:, :-1]
-        lp = selective_log_softmax(logits.float(), rollout.completion_ids[sl])
+        lp = selective_log_softmax(logits.float() / temperature, rollout.completion_ids[sl])
         out.append(lp * rollout.completion_mask[sl])
     return torch.cat(out)
 

@@ -25,20 +25,16 @@ Everything algorithmic is a call into ``align.losses`` and ``align.advantages``:
 """
 
 import dataclasses
-import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader
 
 from align.advantages import group_advantages, group_std
 from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
 from align.forward import completion_logits
-from align.generation import Rollout, SamplingParams, make_generator
+from align.generation import Rollout
 from align.losses import (
     aggregate,
     entropy_from_logits,
@@ -50,6 +46,7 @@ from align.losses import (
 from align.models import make_reference, reference_model
 from align.rewards import CombinedReward
 from align.trainer import Trainer
+from align.trainers.rollout import RolloutMixin
 
 
 @dataclass
@@ -192,7 +189,7 @@ class MicroBatch:
     """Generation-time metrics, carried by the first micro-batch of a generation batch."""
 
 
-class GRPOTrainer(Trainer):
+class GRPOTrainer(RolloutMixin, Trainer):
     """Group Relative Policy Optimization on the Trainer base (see the module docstring).
 
     Args:
@@ -237,66 +234,22 @@ class GRPOTrainer(Trainer):
             self.ref_model = (
                 self.accelerator.prepare_model(ref, evaluation_mode=True) if ref is not None else None
             )
-        kwargs: dict[str, Any] = {}
-        if config.generation_backend == "hf":
-            kwargs["batch_size"] = config.generation_batch_size
-        elif config.generation_backend == "vllm":
-            kwargs["gpu_memory_utilization"] = config.vllm_gpu_memory_utilization
-        else:
-            kwargs.update(host=config.vllm_server_host, port=config.vllm_server_port)
-        self.generator = make_generator(config.generation_backend, self.model, tokenizer, **kwargs)
-        self._queue: deque[MicroBatch] = deque()
-        self._weights_version = -1
+        self.init_rollouts(self.model, tokenizer)
 
     # ----------------------------------------------------------------------------------------------
     # Data: prompts -> rollouts -> micro-batches.
     # ----------------------------------------------------------------------------------------------
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.config.prompts_per_step,
-            shuffle=True,
-            drop_last=True,
-            collate_fn=list,  # rows stay dicts of Python objects (chat messages, answers)
-        )
-
-    def get_batch(self) -> MicroBatch:
-        if not self._queue:
-            self._queue.extend(self._make_micro_batches(super().get_batch()))
-        return self._queue.popleft()
-
-    def sampling_params(self) -> SamplingParams:
-        cfg = self.config
-        return SamplingParams(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
-            num_generations=cfg.num_generations,
-            # Old log-probs come from the sampler only when a second pass needs them.
-            return_logprobs=cfg.num_iterations > 1,
-        )
+    @property
+    def prompts_per_rollout(self) -> int:
+        return self.config.prompts_per_step
 
     @torch.no_grad()
     def _make_micro_batches(self, rows: list[dict[str, Any]]) -> list[MicroBatch]:
         cfg, acc = self.config, self.accelerator
         G = cfg.num_generations
-        t0 = time.perf_counter()
-        if self._weights_version != self.state.step:
-            self.generator.sync_weights(self.model)
-            self._weights_version = self.state.step
-        rollout: Rollout = self.generator.generate([r["prompt"] for r in rows], self.sampling_params())
-        t_gen = time.perf_counter() - t0
-
-        # Rewards, with the other dataset columns passed by name (TRL's contract).
-        columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
-        completions: list[Any] = rollout.completion_texts
-        if isinstance(rows[0]["prompt"], list):  # conversational: completions as assistant messages, as TRL
-            completions = [[{"role": "assistant", "content": c}] for c in completions]
-        t1 = time.perf_counter()
-        out = self.reward(rollout.prompts, completions, **columns)
-        t_reward = time.perf_counter() - t1
+        # Old log-probs come from the sampler only when a second pass needs them.
+        rollout, out, timing = self.sample_and_score(rows, self.model, return_logprobs=cfg.num_iterations > 1)
         rewards = torch.tensor(out.total, dtype=torch.float32, device=rollout.completion_ids.device)
         scale = "std" if cfg.scale_rewards == "group" else "none"
         advantages = group_advantages(rewards, G, scale=scale)
@@ -325,10 +278,8 @@ class GRPOTrainer(Trainer):
             "completions/clipped_ratio": float((~rollout.is_eos).float().mean()),
             "completions/tokens": float(lengths.sum()),
             "completions/skipped_fraction": float((~keep).float().mean()),
-            "time/generation_seconds": t_gen,
-            "time/reward_seconds": t_reward,
+            **timing,
         }
-        self._log_samples(rows, rollout, out.total)
 
         idx = keep.nonzero().squeeze(-1)
         if idx.numel() == 0:
@@ -481,31 +432,6 @@ class GRPOTrainer(Trainer):
             accelerator=self.accelerator,
         )
         return {"eval/accuracy": res["accuracy"], "eval/mean_length": res["mean_length"]}
-
-    def _log_samples(self, rows: list[dict], rollout: Rollout, totals: list[float]) -> None:
-        n = self.config.log_completions
-        if not n or not self.accelerator.is_main_process or (self.state.step + 1) % self.config.logging_steps:
-            return
-        import json
-
-        path = Path(self.config.output_dir) / "completions.jsonl"
-        G = rollout.num_generations
-        with open(path, "a") as f:
-            for i in range(min(n, len(rollout))):
-                row = rows[i // G]
-                f.write(
-                    json.dumps(
-                        {
-                            "step": self.state.step + 1,
-                            "prompt": row["prompt"],
-                            "completion": rollout.completion_texts[i],
-                            "reward": totals[i],
-                            **{k: v for k, v in row.items() if k in ("answer", "answerKey")},
-                        },
-                        default=str,
-                    )
-                    + "\n"
-                )
 
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "MicroBatch"]

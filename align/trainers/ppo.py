@@ -36,7 +36,6 @@ Roles (the four models of InstructGPT):
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +43,12 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from align.advantages import gae, whiten
 from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
+from align.eval.reward_kl import sequence_logprobs_of_rollout
 from align.forward import position_ids
-from align.generation import Rollout, SamplingParams, make_generator
+from align.generation import Rollout
 from align.losses import (
     entropy_from_logits,
     kl_estimate,
@@ -62,6 +61,7 @@ from align.losses import (
 from align.models import make_reference, reference_model, unwrap_model
 from align.rewards import CombinedReward
 from align.trainer import NonFiniteError, Trainer
+from align.trainers.rollout import RolloutMixin
 
 __all__ = [
     "AdaptiveKLController",
@@ -167,8 +167,14 @@ class PPOConfig(ModelConfig, TrainConfig):
 
     generation_backend: Literal["hf", "vllm", "vllm-server"] = "hf"
     """Sampler: transformers generate, vLLM colocated, or a `trl vllm-serve` server."""
+    generation_batch_size: int | None = None
+    """Most sequences per generate call (memory); default all of a rollout's completions at once."""
     vllm_gpu_memory_utilization: float = 0.3
     """vLLM colocated: fraction of GPU memory for its weights and KV cache."""
+    vllm_server_host: str = "127.0.0.1"
+    """vllm-server backend: host of `trl vllm-serve`."""
+    vllm_server_port: int = 8000
+    """vllm-server backend: port of `trl vllm-serve`."""
     log_completions: int = 2
     """Write this many sample completions per logged iteration to completions.jsonl (0 = none)."""
 
@@ -469,7 +475,7 @@ class PPOMicroBatch:
     """Rollout metrics, carried by the first micro-batch of an iteration."""
 
 
-class PPOTrainer(Trainer):
+class PPOTrainer(RolloutMixin, Trainer):
     """PPO-RLHF on the Trainer base (see the module docstring).
 
     Args:
@@ -539,12 +545,7 @@ class PPOTrainer(Trainer):
             if config.adaptive_kl
             else FixedKLController(config.kl_coef)
         )
-        kwargs: dict[str, Any] = {}
-        if config.generation_backend == "vllm":
-            kwargs["gpu_memory_utilization"] = config.vllm_gpu_memory_utilization
-        self.generator = make_generator(config.generation_backend, self.policy, tokenizer, **kwargs)
-        self._queue: deque[PPOMicroBatch] = deque()
-        self._weights_version = -1
+        self.init_rollouts(self.policy, tokenizer)
         self._ptx_iter: Any = None
         self._ptx_epoch = 0
         self._iteration_start = time.perf_counter()
@@ -558,30 +559,9 @@ class PPOTrainer(Trainer):
     # Data
     # ----------------------------------------------------------------------------------------------
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.config.rollout_batch_size // self.config.num_generations,
-            shuffle=True,
-            drop_last=True,
-            collate_fn=list,
-        )
-
-    def get_batch(self) -> PPOMicroBatch:
-        if not self._queue:
-            self._queue.extend(self._make_micro_batches(super().get_batch()))
-        return self._queue.popleft()
-
-    def sampling_params(self) -> SamplingParams:
-        cfg = self.config
-        return SamplingParams(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
-            num_generations=cfg.num_generations,
-            return_logprobs=False,  # recomputed below in the same forward as the values
-        )
+    @property
+    def prompts_per_rollout(self) -> int:
+        return self.config.rollout_batch_size // self.config.num_generations
 
     @torch.no_grad()
     def _rollout_forward(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -589,7 +569,7 @@ class PPOTrainer(Trainer):
         cfg = self.config
         ids, attn = rollout.input_ids(), rollout.attention_mask()
         C = rollout.completion_ids.shape[1]
-        old, vals, refs = [], [], []
+        old, vals = [], []
         self.model.eval()
         try:
             for s in range(0, len(rollout), cfg.per_device_train_batch_size):
@@ -599,20 +579,13 @@ class PPOTrainer(Trainer):
                     selective_log_softmax(logits.float() / cfg.temperature, rollout.completion_ids[sl])
                 )
                 vals.append(values.float())
-                with reference_model(self.policy, self.ref_model) as ref:
-                    ref_logits = ref(
-                        input_ids=ids[sl],
-                        attention_mask=attn[sl],
-                        position_ids=position_ids(attn[sl]),
-                        logits_to_keep=C + 1,
-                        use_cache=False,
-                    ).logits[:, :-1]
-                refs.append(
-                    selective_log_softmax(ref_logits.float() / cfg.temperature, rollout.completion_ids[sl])
+            with reference_model(self.policy, self.ref_model) as ref:
+                refs = sequence_logprobs_of_rollout(
+                    ref, rollout, cfg.per_device_train_batch_size, temperature=cfg.temperature
                 )
         finally:
             self.model.train()
-        return torch.cat(old), torch.cat(vals), torch.cat(refs)
+        return torch.cat(old), torch.cat(vals), refs
 
     def _check_values(self, values: torch.Tensor, mask: torch.Tensor, where: str) -> None:
         bad = ~torch.isfinite(values) & mask.bool()
@@ -625,21 +598,8 @@ class PPOTrainer(Trainer):
     @torch.no_grad()
     def _make_micro_batches(self, rows: list[dict[str, Any]]) -> list[PPOMicroBatch]:
         cfg, acc = self.config, self.accelerator
-        G = cfg.num_generations
-        t0 = time.perf_counter()
-        if self._weights_version != self.state.step:
-            self.generator.sync_weights(self.policy)
-            self._weights_version = self.state.step
-        rollout: Rollout = self.generator.generate([r["prompt"] for r in rows], self.sampling_params())
-        t_gen = time.perf_counter() - t0
-
-        columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
-        completions: list[Any] = rollout.completion_texts
-        if isinstance(rows[0]["prompt"], list):
-            completions = [[{"role": "assistant", "content": c}] for c in completions]
-        t1 = time.perf_counter()
-        out = self.reward(rollout.prompts, completions, **columns)
-        t_reward = time.perf_counter() - t1
+        # Log-probs are recomputed below, in the same forward as the values.
+        rollout, out, timing = self.sample_and_score(rows, self.policy, return_logprobs=False)
         device = rollout.completion_ids.device
         scores = torch.tensor(out.total, dtype=torch.float32, device=device)
         if cfg.missing_eos_penalty is not None:
@@ -680,13 +640,11 @@ class PPOTrainer(Trainer):
             "completions/mean_length": float(lengths.mean()),
             "completions/eos_fraction": float(rollout.is_eos.float().mean()),
             "completions/tokens": float(lengths.sum()),
-            "time/generation_seconds": t_gen,
-            "time/reward_seconds": t_reward,
+            **timing,
             "throughput/completion_tokens_per_second": float(lengths.sum())
             / max(now - self._iteration_start, 1e-9),
         }
         self._iteration_start = now
-        self._log_samples(rollout, out.total)
 
         ids, attn = rollout.input_ids(), rollout.attention_mask()
         N = len(rollout)
@@ -863,20 +821,3 @@ class PPOTrainer(Trainer):
             generator=self.generator,
         )
         return {f"eval/{k}": v for k, v in res.items()}
-
-    def _log_samples(self, rollout: Rollout, totals: list[float]) -> None:
-        n = self.config.log_completions
-        if not n or not self.accelerator.is_main_process:
-            return
-        import json
-
-        path = Path(self.config.output_dir) / "completions.jsonl"
-        with open(path, "a") as f:
-            for i in range(min(n, len(rollout))):
-                record = {
-                    "step": self.state.step + 1,
-                    "prompt": rollout.prompts[i],
-                    "completion": rollout.completion_texts[i],
-                    "score": totals[i],
-                }
-                f.write(json.dumps(record, default=str) + "\n")

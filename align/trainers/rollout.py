@@ -1,0 +1,112 @@
+"""What the on-policy LLM trainers (GRPO, PPO-RLHF) share: prompts in, scored rollouts out.
+
+Both draw a batch of prompt rows from the dataset, sample completions with the current policy, score them
+with ``align.rewards`` (the other dataset columns passed by name, TRL's contract), and turn the rollout into
+a queue of micro-batches that the base loop consumes one optimizer step at a time. Only the last step, the
+algorithm (group advantages, or KL-shaped rewards, values and GAE), differs; it lives in each trainer's
+``_make_micro_batches``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from align.generation import Rollout, SamplingParams, make_generator
+
+__all__ = ["RolloutMixin"]
+
+
+class RolloutMixin:
+    """Mixed into a ``Trainer`` subclass (listed first). The subclass sets ``train_dataset``, ``reward`` (a
+    ``CombinedReward``) and ``config`` (with ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
+    ``num_generations``, ``log_completions``), defines :attr:`prompts_per_rollout` and
+    ``_make_micro_batches(rows) -> list``, and calls :meth:`init_rollouts` after ``Trainer.__init__``."""
+
+    #: prompts drawn from the dataset per rollout (per process).
+    prompts_per_rollout: int
+
+    def init_rollouts(self, policy: Any, tokenizer: Any) -> None:
+        """The sampler (``config.generation_backend``) and the empty micro-batch queue."""
+        cfg = self.config
+        kwargs: dict[str, Any] = {}
+        if cfg.generation_backend == "hf":
+            if getattr(cfg, "generation_batch_size", None):
+                kwargs["batch_size"] = cfg.generation_batch_size
+        elif cfg.generation_backend == "vllm":
+            kwargs["gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
+        else:
+            kwargs.update(host=cfg.vllm_server_host, port=cfg.vllm_server_port)
+        self.generator = make_generator(cfg.generation_backend, policy, tokenizer, **kwargs)
+        self._queue: deque[Any] = deque()
+        self._weights_version = -1
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.prompts_per_rollout,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=list,  # rows stay dicts of Python objects (chat messages, answers)
+        )
+
+    def get_batch(self) -> Any:
+        if not self._queue:
+            self._queue.extend(self._make_micro_batches(super().get_batch()))
+        return self._queue.popleft()
+
+    def sampling_params(self, *, return_logprobs: bool) -> SamplingParams:
+        cfg = self.config
+        return SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            num_generations=cfg.num_generations,
+            return_logprobs=return_logprobs,
+        )
+
+    def sample_and_score(
+        self, rows: list[dict[str, Any]], policy: Any, *, return_logprobs: bool
+    ) -> tuple[Rollout, Any, dict[str, float]]:
+        """Sample ``num_generations`` completions per row's prompt (weights synced to the sampler once per
+        optimizer step) and score them. Returns the rollout, the ``RewardOutput`` and timing metrics."""
+        G = self.config.num_generations
+        t0 = time.perf_counter()
+        if self._weights_version != self.state.step:
+            self.generator.sync_weights(policy)
+            self._weights_version = self.state.step
+        params = self.sampling_params(return_logprobs=return_logprobs)
+        rollout: Rollout = self.generator.generate([r["prompt"] for r in rows], params)
+        t_gen = time.perf_counter() - t0
+        columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
+        completions: list[Any] = rollout.completion_texts
+        if isinstance(rows[0]["prompt"], list):  # conversational: completions as assistant messages, as TRL
+            completions = [[{"role": "assistant", "content": c}] for c in completions]
+        t1 = time.perf_counter()
+        out = self.reward(rollout.prompts, completions, **columns)
+        timing = {"time/generation_seconds": t_gen, "time/reward_seconds": time.perf_counter() - t1}
+        self._log_samples(rows, rollout, out.total)
+        return rollout, out, timing
+
+    def _log_samples(self, rows: list[dict], rollout: Rollout, totals: list[float]) -> None:
+        n = self.config.log_completions
+        if not n or not self.accelerator.is_main_process or (self.state.step + 1) % self.config.logging_steps:
+            return
+        G = rollout.num_generations
+        with open(Path(self.config.output_dir) / "completions.jsonl", "a") as f:
+            for i in range(min(n, len(rollout))):
+                row = rows[i // G]
+                record = {
+                    "step": self.state.step + 1,
+                    "prompt": row["prompt"],
+                    "completion": rollout.completion_texts[i],
+                    "reward": totals[i],
+                    **{k: v for k, v in row.items() if k in ("answer", "answerKey")},
+                }
+                f.write(json.dumps(record, default=str) + "\n")
