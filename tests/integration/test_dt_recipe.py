@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
+from align.testing import reset_accelerate_state
 from align.trainer import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,18 +17,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 import decision_transformer  # noqa: E402
 
-
-def _reset_accelerate():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    _reset_accelerate()
-    yield
-    _reset_accelerate()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _quick(tmp_path, out, *extra):
@@ -63,10 +52,10 @@ def test_recipe_resumes_exactly(tmp_path):
         warnings.simplefilter("ignore")
         full = tmp_path / "full"
         decision_transformer.main(_quick(tmp_path, full, "--max_steps", "6", "--bc_max_steps", "0"))
-        _reset_accelerate()
+        reset_accelerate_state()
         part = tmp_path / "part"
         decision_transformer.main(_quick(tmp_path, part, "--save_steps", "3", "--bc_max_steps", "0"))
-        _reset_accelerate()
+        reset_accelerate_state()
         decision_transformer.main(
             _quick(
                 tmp_path,

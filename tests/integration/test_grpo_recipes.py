@@ -3,18 +3,11 @@
 import json
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
-from align.testing import save_tiny_model
+from align.testing import reset_accelerate_state, save_tiny_model
 from align.trainer import read_metrics
 
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +50,11 @@ def test_grpo_math_recipe_outputs_and_resume(tmp_path, tiny_dir):
                 "reward/zero_std_group_fraction", "throughput/completion_tokens_per_second", "time/step_seconds"):  # fmt: skip
         assert key in rows[0], key
     # An existing run is not overwritten...
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     with pytest.raises(FileExistsError):
         recipe.main([*args, "--max_steps", "3"])
     # ...but resumes.
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     recipe.main([*args, "--max_steps", "3", "--resume_from_checkpoint", "latest"])
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
 

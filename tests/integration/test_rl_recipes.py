@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from align.rl.common import load_model, parse_rl_config
 from align.rl.dqn import DQNConfig, DQNTrainer
 from align.rl.policy_gradient import PPOConfig, PPOTrainer
 from align.rl.tabular_trainer import TabularConfig, TabularTrainer
+from align.testing import reset_accelerate_state
 from align.trainer import Callback, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,19 +25,7 @@ import ppo_cartpole  # noqa: E402
 import reinforce_cartpole  # noqa: E402
 import tabular_frozenlake  # noqa: E402
 
-
-def _reset_accelerate():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    # accelerate keeps process-wide singletons; each in-process run here must start clean.
-    _reset_accelerate()
-    yield
-    _reset_accelerate()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 QUICK = ["--disable_progress_bar", "true", "--logging_steps", "1", "--eval_episodes", "3"]
@@ -153,11 +141,11 @@ def _run(trainer_cls, config, interrupt_at=None):
 def _resume_equals_uninterrupted(tmp_path, config_cls, trainer_cls, args, interrupt_at, state_of):
     full = _run(trainer_cls, parse_rl_config(config_cls, ["--output_dir", str(tmp_path / "full"), *args]))
     full_state, full_rows = state_of(full), read_metrics(tmp_path / "full")
-    _reset_accelerate()
+    reset_accelerate_state()
     cut_args = ["--output_dir", str(tmp_path / "cut"), *args]
     with pytest.raises(KeyboardInterrupt):
         _run(trainer_cls, parse_rl_config(config_cls, cut_args), interrupt_at)
-    _reset_accelerate()
+    reset_accelerate_state()
     resumed = _run(
         trainer_cls, parse_rl_config(config_cls, [*cut_args, "--resume_from_checkpoint", "latest"])
     )

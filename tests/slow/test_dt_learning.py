@@ -11,37 +11,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))
 
 import decision_transformer  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
-
-def _reset():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
 
 
 def test_decision_transformer_beats_data_and_bc_and_follows_the_target(tmp_path):
-    _reset()
-    try:
-        s = decision_transformer.main(
-            [
-                "--output_dir",
-                str(tmp_path / "dt"),
-                "--data_dir",
-                str(tmp_path / "data"),
-                "--disable_progress_bar",
-                "true",
-            ]
-        )
-    finally:
-        _reset()
+    s = decision_transformer.main(
+        [
+            "--output_dir",
+            str(tmp_path / "dt"),
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--disable_progress_bar",
+            "true",
+        ]
+    )
     ds = s["dataset"]
     assert ds["kind"] == "medium-replay" and ds["return_max"] == 500.0 and 60 < ds["return_mean"] < 110
     rows = sorted(s["dt"].values(), key=lambda r: r["target"])

@@ -8,20 +8,16 @@ tokens, lr 2e-5, beta 0), on CPU, seed 42. Held-out accuracy is greedy on the fi
 import json
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from align.trainer import read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
 
 
 def test_grpo_raises_heldout_accuracy(tmp_path, embedded_model_dir):
     import importlib.util
     from pathlib import Path
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
     path = Path(__file__).resolve().parents[2] / "recipes" / "grpo_math.py"
     spec = importlib.util.spec_from_file_location("recipe_grpo_math", path)
     recipe = importlib.util.module_from_spec(spec)

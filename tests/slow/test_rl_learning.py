@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -19,27 +18,9 @@ import ppo_cartpole  # noqa: E402
 import reinforce_cartpole  # noqa: E402
 import tabular_frozenlake  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
 
 QUIET = ["--disable_progress_bar", "true"]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    # accelerate keeps process-wide singletons; each in-process run here must start clean.
-    for reset in (
-        lambda: AcceleratorState._reset_state(True),
-        GradientState._reset_state,
-        PartialState._reset_state,
-    ):
-        reset()
-    yield
-    for reset in (
-        lambda: AcceleratorState._reset_state(True),
-        GradientState._reset_state,
-        PartialState._reset_state,
-    ):
-        reset()
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from align.config import ConfigError
 from align.rl.decision_transformer import (
@@ -38,6 +37,7 @@ from align.rl.offline_data import (
     sample_starts,
     save_offline_dataset,
 )
+from align.testing import reset_accelerate_state
 
 
 @pytest.fixture(autouse=True)
@@ -46,12 +46,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
-
-
-def _reset_accelerate():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 def _episode(obs, actions, rewards):
@@ -368,11 +362,11 @@ def test_context_longer_than_every_episode_is_refused(tmp_path):
         ValueError, match=r"context_length=6 is longer than every episode .*longest has 5 steps"
     ):
         check_context_length(ds, 6)
-    _reset_accelerate()
+    reset_accelerate_state()
     cfg = DTConfig(output_dir=str(tmp_path / "o"), context_length=6, hidden_size=8, n_layer=1, max_steps=1)
     with pytest.raises(ValueError, match="at most 5"):
         DecisionTransformerTrainer(cfg, dataset=ds)
-    _reset_accelerate()
+    reset_accelerate_state()
 
 
 def test_config_errors_name_the_field():
@@ -399,7 +393,7 @@ def test_a_few_training_steps_lower_the_loss_and_resume_exactly(tmp_path):
         disable_progress_bar=True,
         logging_steps=1,
     )
-    _reset_accelerate()
+    reset_accelerate_state()
     t = DecisionTransformerTrainer(
         DTConfig(output_dir=str(tmp_path / "a"), max_steps=30, **common), dataset=_toy_dataset()
     )
@@ -407,23 +401,23 @@ def test_a_few_training_steps_lower_the_loss_and_resume_exactly(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss/action"] < 0.5 * rows[0]["loss/action"]
     # Interrupt at step 4 and resume to 6: same metrics as 6 uninterrupted steps.
-    _reset_accelerate()
+    reset_accelerate_state()
     full = DecisionTransformerTrainer(
         DTConfig(output_dir=str(tmp_path / "f"), max_steps=6, **common), dataset=_toy_dataset()
     )
     full.train()
-    _reset_accelerate()
+    reset_accelerate_state()
     part = DecisionTransformerTrainer(
         DTConfig(output_dir=str(tmp_path / "p"), max_steps=4, save_steps=4, **common), dataset=_toy_dataset()
     )
     part.train()
-    _reset_accelerate()
+    reset_accelerate_state()
     resumed = DecisionTransformerTrainer(
         DTConfig(output_dir=str(tmp_path / "p"), max_steps=6, resume_from_checkpoint="latest", **common),
         dataset=_toy_dataset(),
     )
     resumed.train()
-    _reset_accelerate()
+    reset_accelerate_state()
     a = [json.loads(x)["loss"] for x in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x)["loss"] for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
     assert a == pytest.approx(b, rel=1e-6)

@@ -4,20 +4,14 @@ import math
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from datasets import Dataset
 
 from align.config import ConfigError, parse_config
 from align.generation import build_rollout, eos_token_ids
-from align.testing import tiny_causal_lm, tiny_tokenizer
+from align.testing import reset_accelerate_state, tiny_causal_lm, tiny_tokenizer
 from align.trainers.grpo import GRPOConfig, GRPOTrainer, MicroBatch
 
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    for s in (AcceleratorState, GradientState, PartialState):
-        s._reset_state(True) if s is AcceleratorState else s._reset_state()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 class FakeGenerator:
@@ -138,8 +132,7 @@ def test_accumulation_invariance(tmp_path):
     a = _trainer(tmp_path, "a", per_device_train_batch_size=8, gradient_accumulation_steps=1, max_steps=1)
     a.train()
     pa = _params(a)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     b = _trainer(tmp_path, "b", per_device_train_batch_size=2, gradient_accumulation_steps=4, max_steps=1)
     b.train()
     assert torch.allclose(pa, _params(b), atol=1e-6)
@@ -149,8 +142,7 @@ def test_accumulation_invariance(tmp_path):
 
 
 def _reinit(tmp_path):
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     return _trainer(tmp_path, "init", max_steps=1)
 
 
@@ -174,8 +166,7 @@ def test_dropping_zero_std_groups_changes_nothing(tmp_path, loss_type):
         max_steps=1,
     )
     a.train()
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     b = _trainer(
         tmp_path,
         "b",

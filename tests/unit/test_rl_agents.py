@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from align.advantages import discounted_returns, gae
 from align.config import ConfigError
@@ -33,20 +32,9 @@ from align.rl.policy_gradient import (
 )
 from align.rl.tabular import policy_iteration, value_iteration
 from align.rl.tabular_trainer import TabularConfig, TabularTrainer, success_probability
+from align.testing import reset_accelerate_state
 
-
-def _reset_accelerate():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    # accelerate keeps process-wide singletons; each trainer built here must start clean.
-    _reset_accelerate()
-    yield
-    _reset_accelerate()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _common(tmp_path, name="run"):
@@ -282,7 +270,7 @@ def test_continuous_actions_gaussian_policy(tmp_path, trainer_cls, config_cls):
 def test_a2c_nstep_and_gae_lambda_one_give_the_same_update(tmp_path):
     params = {}
     for advantage in ("gae", "nstep"):
-        _reset_accelerate()
+        reset_accelerate_state()
         tr = A2CTrainer(
             A2CConfig(
                 **_common(tmp_path, advantage), n_steps=5, max_steps=3, advantage=advantage, gae_lambda=1.0
