@@ -87,3 +87,50 @@ def completion_logits(
     )
     # The prompt's last logit predicts completion token 0; completion position t predicts token t + 1.
     return torch.cat([first.logits[:, -1:][row_to_prompt], rest.logits[:, :-1]], 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Preference pairs: one row per pair, [prompt | chosen | rejected], the prompt run once.
+# --------------------------------------------------------------------------------------------------
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside DDP / DeepSpeed / FSDP / compile and peft wrappers (LoRA layers are
+    injected in place, so its modules are the ones that run)."""
+    from align.models import unwrap_model
+
+    inner = unwrap_model(model)
+    get_base = getattr(inner, "get_base_model", None)  # peft
+    return get_base() if callable(get_base) else inner
+
+
+def pair_attention_mask(model: nn.Module, branch: torch.Tensor) -> torch.Tensor | None:
+    """The 4D mask under which one row ``[prompt | chosen | rejected]`` computes what two sequences do.
+
+    ``branch`` ``(B, S)``: 0 = prompt, 1 = chosen, 2 = rejected, -1 = padding (``collate_preferences``'s
+    ``shared_branch``; each completion's ``shared_positions`` continue from its prompt). Query ``q`` sees key
+    ``k <= q`` in the prompt or in its own completion, so the rejected completion never sees the chosen one
+    and each token's output equals its output in its own sequence; each token also sees itself, so that
+    padding rows are never empty (their outputs are never read). Returns ``(B, 1, S, S)``, boolean for sdpa,
+    additive for eager attention, or ``None`` where a custom mask does not apply (other attention
+    implementations; sliding-window layers, whose own mask it would replace): run the sequences whole then.
+    """
+    config = getattr(base_model(model), "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in ("sdpa", "eager"):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if "sliding_attention" in (getattr(text, "layer_types", None) or []):
+        return None
+    S = branch.shape[1]
+    col = torch.arange(S, device=branch.device)
+    real = branch >= 0
+    same = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])  # (B, S_q, S_k)
+    visible = same & real[:, None, :] & real[:, :, None] & (col[:, None] >= col[None, :])
+    visible = (visible | torch.eye(S, dtype=torch.bool, device=branch.device))[:, None]
+    if impl == "eager":
+        dtype = next(base_model(model).parameters()).dtype
+        return torch.zeros(visible.shape, dtype=dtype, device=branch.device).masked_fill(
+            ~visible, torch.finfo(dtype).min
+        )
+    return visible

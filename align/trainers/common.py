@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from align.chat_data import TRUNCATION_POLICIES, DataStats, collate_preferences, tokenize_preferences
 from align.config import check_choice, check_range
+from align.forward import pair_attention_mask
 from align.losses import selective_log_softmax
 from align.trainer import Trainer
 
@@ -35,6 +36,7 @@ __all__ = [
     "label_positions",
     "save_final_model",
     "selected_logits",
+    "shared_pair_logprobs",
 ]
 
 
@@ -184,6 +186,44 @@ def completion_logprobs(
     rows = torch.arange(B, device=input_ids.device)[:, None].expand_as(counted)[counted]
     logps = torch.zeros(B, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
     return logps, counted.sum(-1)
+
+
+def shared_pair_logprobs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``completion_logprobs`` of a preference batch's 2B sequences (chosen, then rejected), computed from
+    one row per pair with the prompt run once (``collate_preferences``'s ``shared_ids``, under
+    ``align.forward.pair_attention_mask``): summed log-probs ``(2B,)`` and token counts ``(2B,)``.
+
+    A completion's first token is predicted by the prompt's last position (shared by both completions), each
+    later token by the position before it. ``None`` (run the sequences whole) where the mask does not apply
+    or a prompt is empty (the whole sequence's first token is then predicted by nothing).
+    """
+    ids, branch, positions = batch["shared_ids"], batch["shared_branch"], batch["shared_positions"]  # (B, S)
+    B, S = ids.shape
+    prompt = branch == 0
+    if not bool(prompt.any(1).all()):
+        return None
+    mask = pair_attention_mask(model, branch)
+    if mask is None:
+        return None
+    col = torch.arange(S, device=ids.device)
+    prompt_end = (col * prompt).argmax(1, keepdim=True)  # (B, 1): the prompt's last position
+    counted = branch > 0  # (B, S): every completion token counts
+    starts = counted & (branch != torch.cat([branch[:, :1], branch[:, :-1]], 1))
+    source = torch.where(starts, prompt_end, col - 1)  # (B, S): the position whose logits predict each token
+    keep = torch.zeros_like(counted)
+    rows = torch.arange(B, device=ids.device)[:, None].expand(B, S)[counted]
+    keep[rows, source[counted]] = True
+    logits = selected_logits(model, ids, mask, keep, positions)  # (N, V), row-major over keep
+    index = (keep.flatten().long().cumsum(0) - 1).view(B, S)[rows, source[counted]]
+    token_logps = selective_log_softmax(logits[index].unsqueeze(0), ids[counted].unsqueeze(0)).squeeze(0)
+    sequence = rows + B * (branch[counted] - 1)  # chosen rows 0..B-1, rejected rows B..2B-1
+    logps = torch.zeros(2 * B, dtype=token_logps.dtype, device=ids.device).index_add(0, sequence, token_logps)
+    counts = torch.zeros(2 * B, dtype=torch.long, device=ids.device).index_add(
+        0, sequence, torch.ones_like(sequence)
+    )
+    return logps, counts
 
 
 def eval_shards(
@@ -362,3 +402,15 @@ class PairTrainerMixin(SupervisedTrainerMixin):
 
     def num_items(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input_ids"].shape[0] // 2  # pairs: the loss is a mean over pairs
+
+    @property
+    def share_prompt(self) -> bool:
+        """The config's ``share_prompt`` (one row per pair, its prompt once), except under DeepSpeed and FSDP,
+        where that forward (a custom mask, a hook on a sharded head) is untested: whole sequences there."""
+        from accelerate.utils import DistributedType
+
+        return bool(getattr(self.config, "share_prompt", False)) and self.accelerator.distributed_type in (  # type: ignore[attr-defined]
+            DistributedType.NO,
+            DistributedType.MULTI_CPU,
+            DistributedType.MULTI_GPU,
+        )

@@ -9,8 +9,11 @@ with conservative label smoothing (cDPO) or the IPO loss (Azar et al. 2023) as o
 ``align.losses.dpo_loss`` and ``align.losses.ipo_loss``. This file computes their inputs:
 
 - ``log pi(y | x)``, the summed log-probs of a completion's tokens, for the chosen and rejected completions
-  of B pairs in one forward pass of 2B rows (right padding to the batch's longest), with logits computed
-  only at completion positions (``align.trainers.common.completion_logprobs``);
+  of B pairs in one forward pass, with logits computed only where they predict a completion token: by
+  default (``share_prompt``) one row per pair, ``[prompt | chosen | rejected]``, the prompt run once under
+  a mask that hides each completion from the other (``align.trainers.common.shared_pair_logprobs``, the
+  same numbers as the reward model's ``pair_rewards``), else 2B rows of whole sequences, right-padded
+  (``align.trainers.common.completion_logprobs``);
 - ``log pi_ref(y | x)`` from the reference policy: with LoRA the policy with its adapter disabled (no extra
   memory), else a frozen copy made before training, or, with ``precompute_ref_logprobs``, once over the
   data before the first step (stored with each pair, after which no reference model is kept at all: for
@@ -33,7 +36,13 @@ from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, ch
 from align.losses import dpo_loss, ipo_loss
 from align.models import make_reference, reference_model
 from align.trainer import Trainer
-from align.trainers.common import PairTrainerMixin, PreferenceDataConfig, completion_logprobs, eval_shards
+from align.trainers.common import (
+    PairTrainerMixin,
+    PreferenceDataConfig,
+    completion_logprobs,
+    eval_shards,
+    shared_pair_logprobs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +67,9 @@ class DPOConfig(PreferenceDataConfig, ModelConfig, TrainConfig):
     """sigmoid: DPO (with label_smoothing: cDPO); ipo: IPO's squared loss on per-token log-ratios."""
     label_smoothing: float = 0.0
     """cDPO: the probability that a preference label is flipped, in [0, 0.5) (sigmoid loss only)."""
+    share_prompt: bool = True
+    """Run each pair as one row, its prompt once, both completions masked from each other (same log-probs and
+    gradients, fewer tokens); off, or under DeepSpeed / FSDP or flash attention, each sequence runs whole."""
     precompute_ref_logprobs: bool = False
     """Compute the reference log-probs once over the training (and eval) pairs before training, then keep no
     reference model: saves a forward pass per step and, for full fine-tuning, the reference copy's memory."""
@@ -74,9 +86,17 @@ class DPOConfig(PreferenceDataConfig, ModelConfig, TrainConfig):
 
 
 def pair_logprobs(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, share_prompt: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs ``(2B,)`` (chosen rows, then rejected rows) and token counts ``(2B,)``."""
+    """Summed completion log-probs ``(2B,)`` (chosen rows, then rejected rows) and token counts ``(2B,)``.
+
+    With ``share_prompt``, from one row per pair, its prompt once (``shared_pair_logprobs``; the same numbers),
+    where that applies; else from the 2B whole sequences.
+    """
+    if share_prompt and "shared_ids" in batch:
+        out = shared_pair_logprobs(model, batch)
+        if out is not None:
+            return out
     return completion_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["mask"])
 
 
@@ -151,12 +171,12 @@ class DPOTrainer(PairTrainerMixin, Trainer):
             was_training = self.model.training
             self.model.eval()
             try:
-                logps, _ = pair_logprobs(self.model, batch)
+                logps, _ = pair_logprobs(self.model, batch, share_prompt=self.share_prompt)
             finally:
                 self.model.train(was_training)
             return logps.chunk(2)
         with reference_model(self.model, self.ref_model) as ref:
-            logps, _ = pair_logprobs(ref, batch)
+            logps, _ = pair_logprobs(ref, batch, share_prompt=self.share_prompt)
         return logps.chunk(2)
 
     @torch.no_grad()
@@ -213,7 +233,7 @@ class DPOTrainer(PairTrainerMixin, Trainer):
         """The DPO (or IPO) loss of the micro-batch's pairs (mean over pairs)."""
         # Reference first: its activations are freed before the policy's, which backward needs, are made.
         ref_chosen, ref_rejected = self.reference_logprobs(batch)
-        logps, counts = pair_logprobs(self.model, batch)
+        logps, counts = pair_logprobs(self.model, batch, share_prompt=self.share_prompt)
         chosen, rejected = logps.chunk(2)
         loss, metrics = self._pair_loss(chosen, rejected, ref_chosen, ref_rejected, *counts.chunk(2))
         metrics["logps/chosen"] = chosen.detach().mean()
@@ -229,7 +249,7 @@ class DPOTrainer(PairTrainerMixin, Trainer):
         def sums(batch: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:  # keys, then pairs
             out = torch.zeros(len(keys) + 1, dtype=torch.float64, device=w.device)
             ref_chosen, ref_rejected = self.reference_logprobs(batch)
-            logps, counts = pair_logprobs(self.model, batch)
+            logps, counts = pair_logprobs(self.model, batch, share_prompt=self.share_prompt)
             real = w > 0  # padding rows of the last shard do not count
             n = int(real.sum())
             if n == 0:

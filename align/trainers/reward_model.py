@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from align.config import ModelConfig, TrainConfig, check_range
+from align.forward import base_model, pair_attention_mask
 from align.losses import bradley_terry_loss
 from align.trainer import Trainer
 from align.trainers.common import PairTrainerMixin, PreferenceDataConfig
@@ -82,66 +83,35 @@ def pair_rewards(
     return chosen, rejected
 
 
-def _score_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
-    """The classifier inside DDP / peft wrappers and its ``score`` head, when the shared-prompt mask applies:
-    a transformers classifier with a linear ``score`` head on every position (not yet pooled), an attention
-    that takes a custom 4D mask (sdpa, eager) and no sliding-window layers (the mask would replace theirs)."""
-    from align.models import unwrap_model
-
-    inner = unwrap_model(model)
-    get_base = getattr(inner, "get_base_model", None)  # peft: the classifier, LoRA layers injected in place
-    head = get_base() if callable(get_base) else inner
-    score = getattr(head, "score", None)
-    config = getattr(head, "config", None)
-    if not isinstance(score, torch.nn.Module) or config is None:
-        return None
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
-        return None
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    if "sliding_attention" in (getattr(text, "layer_types", None) or []):
-        return None
-    return head, score
-
-
 def _shared_prompt_rewards(
     model: torch.nn.Module, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Rewards from one row per pair, ``[prompt | chosen | rejected]``, under a mask that hides each completion
-    from the other: every token sees what it sees in its own sequence, at the same position. ``None`` (use
-    the plain forward) where that does not hold."""
-    found = _score_head(model)
-    if found is None:
+    """Rewards from one row per pair, ``[prompt | chosen | rejected]`` (``align.forward.pair_attention_mask``).
+    ``None`` (use the plain forward) where that does not give the plain forward's numbers."""
+    head = base_model(model)
+    score = getattr(head, "score", None)  # transformers' classifiers: a linear head on every position
+    if not isinstance(score, torch.nn.Module):
         return None
-    head, score = found
     ids, branch = batch["shared_ids"], batch["shared_branch"]  # (B, S)
     config = head.config.get_text_config() if hasattr(head.config, "get_text_config") else head.config
     pad = getattr(config, "pad_token_id", None)
     # The classifier reads each sequence's last non-pad token: the completion's, which is the whole sequence's
     # only when the completion has one (a completion of padding alone is read in the prompt: plain forward).
-    S = ids.shape[1]
-    col = torch.arange(S, device=ids.device)
+    col = torch.arange(ids.shape[1], device=ids.device)
     last = []
     for which in (1, 2):
         counts = (branch == which) & (ids != pad) if pad is not None else branch == which
         if not bool(counts.any(1).all()):
             return None
         last.append((col * counts).argmax(1))  # (B,) rightmost such token
-    # Query q sees key k <= q in the prompt or in its own completion; each token also sees itself, so that
-    # padding rows are never empty (their outputs are never read).
-    real = branch >= 0
-    same = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])  # (B, S_q, S_k)
-    visible = same & real[:, None, :] & real[:, :, None] & (col[None, :, None] >= col[None, None, :])
-    visible = (visible | torch.eye(S, dtype=torch.bool, device=ids.device))[:, None]  # (B, 1, S, S)
-    if config._attn_implementation == "eager":  # an additive mask
-        dtype = next(head.parameters()).dtype
-        visible = torch.zeros(visible.shape, dtype=dtype, device=ids.device).masked_fill(
-            ~visible, torch.finfo(dtype).min
-        )
+    mask = pair_attention_mask(model, branch)
+    if mask is None:
+        return None
     captured: list[torch.Tensor] = []
     hook = score.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         # Through the (DDP / peft) wrapper: one forward per backward, as DDP needs.
-        model(input_ids=ids, attention_mask=visible, position_ids=batch["shared_positions"], use_cache=False)
+        model(input_ids=ids, attention_mask=mask, position_ids=batch["shared_positions"], use_cache=False)
     finally:
         hook.remove()
     scores = captured[-1].squeeze(-1).float()  # (B, S): the head at every position
@@ -188,18 +158,6 @@ class RewardModelTrainer(PairTrainerMixin, Trainer):
     @property
     def use_margin(self) -> bool:  # type: ignore[override]
         return self.config.use_margin
-
-    @property
-    def share_prompt(self) -> bool:
-        """``config.share_prompt``, except under DeepSpeed and FSDP, where the shared forward (a custom mask, a
-        hook on the sharded head) is untested: the plain forward there."""
-        from accelerate.utils import DistributedType
-
-        return self.config.share_prompt and self.accelerator.distributed_type in (
-            DistributedType.NO,
-            DistributedType.MULTI_CPU,
-            DistributedType.MULTI_GPU,
-        )
 
     def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         """Bradley-Terry loss of the micro-batch's pairs (mean over pairs)."""
