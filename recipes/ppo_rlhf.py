@@ -41,21 +41,23 @@ from align.recipe_helpers import (
     parse_recipe_config,
 )
 from align.rewards import get_reward_funcs
-from align.trainer import Callback, read_metrics
+from align.trainer import RUN_MARKERS, Callback, read_metrics
 from align.trainers.ppo import PPOConfig, PPOTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("sft", "reward_model", "ppo", "dpo")
 
 
-def _prompt_rows(rows: Any) -> list[dict]:
-    """Prompt-only rows: preference pairs keep their prompt (and any verifier columns), not the answers."""
+def _prompt_rows(rows: Any, source: str) -> list[dict]:
+    """Prompt-only rows: preference pairs keep their prompt (and any verifier columns), not the answers.
+
+    ``source`` names the dataset and split in the error for a row without a prompt."""
     drop = {"chosen", "rejected", "completion", "messages"}
     out = []
     for i, r in enumerate(rows):
         if "prompt" not in r:
             raise ValueError(
-                f"row {i}: PPO needs a 'prompt' column (messages or text); the row has {sorted(r)}"
+                f"{source}, row {i}: PPO needs a 'prompt' column (messages or text); the row has {sorted(r)}"
             )
         out.append({k: v for k, v in r.items() if k not in drop})
     return out
@@ -110,7 +112,9 @@ def plot_reward_kl(output_dir: str | Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows = [r for r in read_metrics(output_dir) if "score/mean" in r and "kl" in r]
+    rows = [
+        r for r in read_metrics(output_dir) if "completions/tokens" in r and "kl" in r
+    ]  # one row per iteration
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -166,11 +170,13 @@ def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
     if cfg.value_model == "separate":
         value_model, _ = load_classifier_and_tokenizer(_value_model_config(cfg))
     rows = load_rows(cfg.dataset_name, cfg.dataset_split, default="prefs")
-    train = _prompt_rows(rows)
+    train = _prompt_rows(rows, f"{cfg.dataset_name or 'data/prefs'} ({cfg.dataset_split})")
     heldout = None
     if cfg.eval_split.strip().lower() not in ("", "none"):
+        eval_name = cfg.eval_dataset_name or cfg.dataset_name
         heldout = _prompt_rows(
-            load_rows(cfg.eval_dataset_name or cfg.dataset_name, cfg.eval_split, default="prefs")
+            load_rows(eval_name, cfg.eval_split, default="prefs"),
+            f"{eval_name or 'data/prefs'} ({cfg.eval_split})",
         )
     ptx = None
     if cfg.ptx_coef > 0:
@@ -257,6 +263,9 @@ def _stage_args(stage_cfg: dict, output_dir: Path, extra: dict) -> list[str]:
 def run_pipeline(path: str, cli: list[str] | None = None) -> dict:
     """Run the stages named in the pipeline YAML (``stages: [sft, reward_model, ppo, dpo]``).
 
+    A later run with fewer stages reuses the earlier run's outputs in the same ``output_dir`` (its SFT
+    model, its reward model) and replaces only the re-run methods' frontier points.
+
     Each stage's section holds that recipe's config keys; the pipeline wires them together: the policy of
     PPO and DPO is the SFT model when SFT runs (else the stage's own ``model_name_or_path``), PPO's reward
     is the trained reward model, and with ``frontier: {...}`` both PPO and DPO are measured on the same
@@ -285,14 +294,42 @@ def run_pipeline(path: str, cli: list[str] | None = None) -> dict:
     frontier = spec.get("frontier")
     frontier_path = out / "frontier.jsonl"
     rm_path = out / "reward_model" / "model"
+    for stage in stages:
+        # Checked for every stage before any runs, so a refused stage never leaves the pipeline half-done.
+        section = spec.get(stage) or {}
+        found = [m for m in RUN_MARKERS if (out / stage / m).exists()]
+        if found and not (section.get("overwrite_output_dir") or section.get("resume_from_checkpoint")):
+            sys.exit(f"ppo_rlhf: {out / stage} already holds a previous run of the {stage} stage "
+                     f"({', '.join(found)}). Nothing was changed. Set overwrite_output_dir: true (or "
+                     f"resume_from_checkpoint: latest) in the pipeline's {stage} section, drop the stage from "
+                     "stages, or choose another output_dir.")  # fmt: skip
+    if "sft" not in stages and (out / "sft" / "model").is_dir():
+        # An earlier run of this pipeline left its SFT model: later stages start from it, as they did then.
+        policy_path = str(out / "sft" / "model")
+        print(f"ppo_rlhf: the sft stage is not in this run; using its earlier output {policy_path}")
+    needs_rm = ("ppo" in stages and "reward_funcs" not in (spec.get("ppo") or {})) or frontier
+    if needs_rm and "reward_model" not in stages and not rm_path.is_dir():
+        sys.exit(f"ppo_rlhf: {path}: PPO's reward and the frontier need the reward model at {rm_path}, but "
+                 "'reward_model' is not in stages and no earlier run left one there; add the stage")  # fmt: skip
+    if frontier and frontier_path.exists():
+        # A re-run of some stages replaces their points and keeps the others' (e.g. stages: [dpo] after a
+        # full run), so the plot never mixes two runs of one method.
+        rerun = {"ppo", "dpo"} & set(stages)
+        kept = [
+            line
+            for line in frontier_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("method") not in rerun
+        ]
+        frontier_path.write_text("".join(line + "\n" for line in kept))
 
     def callbacks(name: str) -> list:
         if not frontier:
             return []
         from align.rewards.reward_model import make_reward_model_reward
 
+        f_name, f_split = frontier.get("dataset_name"), frontier.get("split", "test")
         rows = _prompt_rows(
-            load_rows(frontier.get("dataset_name"), frontier.get("split", "test"), default="prefs")
+            load_rows(f_name, f_split, default="prefs"), f"frontier data {f_name or 'data/prefs'} ({f_split})"
         )
         rows = rows[: int(frontier.get("limit", 32))]
         reward = make_reward_model_reward(rm_path, batch_size=16)

@@ -508,9 +508,11 @@ class PPOTrainer(RolloutMixin, Trainer):
         ptx_dataset: list[dict[str, list[int]]] | None = None,
         callbacks: list | None = None,
     ) -> None:
+        if len(train_dataset) == 0:
+            raise ValueError("PPOTrainer: train_dataset is empty; it needs rows with a 'prompt' column")
         columns = getattr(train_dataset, "column_names", None) or list(train_dataset[0])
         if "prompt" not in columns:
-            raise ValueError(f"train_dataset needs a 'prompt' column; it has {columns}")
+            raise ValueError(f"PPOTrainer: train_dataset needs a 'prompt' column; it has {columns}")
         if config.value_model == "separate" and value_model is None:
             raise ValueError(
                 "value_model='separate' needs a value model (align.models.load_sequence_classifier(path, "
@@ -662,6 +664,13 @@ class PPOTrainer(RolloutMixin, Trainer):
                         self._slice(ids, attn, rollout, chunk, logprobs, values, advantages, returns, mask)
                     )
                     batches[-1].share = float(mask[chunk].sum()) * acc.num_processes / max(float(tokens), 1.0)
+        # The rollout's statistics describe every optimizer step of this iteration, so each step logs them
+        # (KL, beta and the non-score reward every step); the iteration's counters and timings (tokens,
+        # seconds, throughput) go on its first step only, so that summing them over steps stays true.
+        per_iteration = {"completions/tokens", "throughput/completion_tokens_per_second", *timing}
+        shared = {k: v for k, v in metrics.items() if k not in per_iteration}
+        for i in range(0, len(batches), cfg.gradient_accumulation_steps):
+            batches[i].metrics = dict(shared)
         batches[0].metrics = metrics
         return batches
 

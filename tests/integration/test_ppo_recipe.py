@@ -146,3 +146,20 @@ def test_pipeline_runs_all_stages_and_plots_the_frontier(tmp_path, tiny):
     # at step 0 both policies are the reference: KL exactly 0
     assert all(abs(p["kl"]) < 1e-5 for p in points if p["step"] == 0)
     assert (out / "frontier.png").is_file()
+
+    # A second run of one stage: refused while its output is there (nothing changes), then with overwrite it
+    # starts from the earlier SFT model and replaces only its own frontier points.
+    before = (out / "frontier.jsonl").read_text()
+    spec["stages"] = ["dpo"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit, match="already holds a previous run of the dpo stage"):
+        ppo_recipe.main(["--pipeline", str(path)])
+    assert (out / "frontier.jsonl").read_text() == before
+    spec["dpo"]["overwrite_output_dir"] = True
+    path.write_text(yaml.safe_dump(spec))
+    ppo_recipe.main(["--pipeline", str(path)])
+    dpo_cfg = yaml.safe_load((out / "dpo" / "config.yaml").read_text())
+    assert dpo_cfg["model_name_or_path"] == str(out / "sft" / "model")
+    again = [json.loads(line) for line in (out / "frontier.jsonl").read_text().splitlines()]
+    assert [p for p in again if p["method"] == "ppo"] == [p for p in points if p["method"] == "ppo"]
+    assert [p["step"] for p in again if p["method"] == "dpo"] == [0, 2]

@@ -139,8 +139,12 @@ def test_trainer_runs_and_logs_the_listed_metrics(tmp_path, value_model):
         "throughput/completion_tokens_per_second",
     ):  # fmt: skip
         assert key in first, key
-    # 2 epochs x 1 minibatch per iteration: rollout metrics on steps 1 and 3
-    assert "score/mean" in rows[2] and "score/mean" not in rows[1]
+    # 2 epochs x 1 minibatch per iteration: the rollout's statistics on every step, its counters on the
+    # first step of each iteration (steps 1 and 3)
+    for key in ("score/mean", "kl", "beta", "reward/non_score"):
+        assert all(key in r for r in rows), key
+    assert rows[1]["kl"] == rows[0]["kl"] and rows[3]["kl"] == rows[2]["kl"]
+    assert "completions/tokens" in rows[2] and "completions/tokens" not in rows[1]
     # the adaptive controller moved beta (KL ~ 0 is below the target: beta falls)
     assert rows[2]["beta"] < rows[0]["beta"]
     trainer.save_model(tmp_path / "out" / "model")
@@ -187,16 +191,20 @@ def test_first_epoch_ratio_is_one_and_loss_matches_hand_computation(tmp_path):
     assert metrics["clip/value_fraction"].item() == pytest.approx(expected.item())
 
 
-def test_rollout_microbatches_have_ratio_one_in_first_epoch(tmp_path):
+@pytest.mark.parametrize("temperature", ["1.0", "0.7"])
+def test_rollout_microbatches_have_ratio_one_in_first_epoch(tmp_path, temperature):
+    """The rollout's log-probs, the loss's and the reference's use one temperature: before any update the
+    ratio is exactly 1 (a mismatch, e.g. sampling at 0.7 but scoring at 1, would show here)."""
     tok = tiny_tokenizer()
-    cfg = _config(tmp_path, "--value_model", "shared", "--num_ppo_epochs", "1")
+    cfg = _config(tmp_path, "--value_model", "shared", "--num_ppo_epochs", "1", "--temperature", temperature)
     trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [_length_reward], _dataset())
     mb = trainer.get_batch()
     _, metrics = trainer.compute_loss(mb)
     assert metrics["clip/ratio_mean"].item() == pytest.approx(1.0, abs=1e-5)
     assert metrics["kl/old_approx"].item() == pytest.approx(0.0, abs=1e-6)
-    # the score sits on the last real token, the KL on every token (at step 0 the policy is the reference)
-    assert "score/mean" in metrics
+    # at step 0 the policy is the reference: the KL penalty, and so the non-score reward, is 0
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["reward/non_score"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_lora_reference_is_the_adapter_disabled_no_copy(tmp_path):
@@ -268,7 +276,14 @@ def test_ptx_adds_language_modelling_loss(tmp_path):
     trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [_length_reward], _dataset(), ptx_dataset=rows)
     mb = trainer.get_batch()
     loss, metrics = trainer.compute_loss(mb)
-    assert "loss/ptx" in metrics and metrics["loss/ptx"].item() > 0
+    ptx = metrics["loss/ptx"].item()
+    assert ptx > 0
+    trainer.config.ptx_coef = 0.0
+    without, metrics0 = trainer.compute_loss(mb)
+    assert "loss/ptx" not in metrics0
+    # InstructGPT's objective: the PPO loss plus gamma x the LM loss, split over the accumulation steps
+    gas = cfg.gradient_accumulation_steps
+    assert loss.item() - without.item() == pytest.approx(0.5 * ptx / gas, rel=1e-5)
 
 
 def test_config_errors_name_the_fields(tmp_path):
