@@ -14,8 +14,9 @@ kept. Hub pairs (TRL's schema), on GPUs:
     accelerate launch --config_file accelerate_configs/zero2.yaml recipes/dpo.py \\
         --config recipes/configs/dpo/qwen2.5-0.5b-instruct_full.yaml
 
-Outputs in output_dir: metrics.jsonl, config.yaml, summary.json (held-out rewards/accuracy and margins
-before and after), model/ (full weights, or the LoRA adapter).
+Outputs in output_dir: metrics.jsonl, config.yaml, summary.json (held-out rewards/accuracy, margins,
+chosen and rejected rewards and loss after training; no "before" is measured, since before training the
+policy is its reference and every margin is 0), model/ (full weights, or the LoRA adapter).
 """
 
 from align.recipe_helpers import (

@@ -57,7 +57,7 @@ from align.rl.offline_data import (
     prepare_sequences,
     sample_subsequences,
 )
-from align.trainer import METRICS_FILE, Trainer, read_metrics
+from align.trainer import METRICS_FILE, Callback, Trainer, read_metrics
 
 META_FILE = "dt_meta.json"
 TARGET_FIGURE = "return_vs_target.png"
@@ -436,7 +436,16 @@ class _OfflineTrainer(RLTrainer):
 
     progress_keys = ("loss", "action/accuracy", "eval/return_mean")
 
-    def __init__(self, config: DTConfig, model_fn, dataset: OfflineDataset | None, *, callbacks=None) -> None:
+    def __init__(
+        self,
+        config: DTConfig,
+        model_fn: Callable[[_OfflineTrainer], nn.Module],
+        dataset: OfflineDataset | None,
+        *,
+        callbacks: list[Callback] | None = None,
+    ) -> None:
+        # model_fn is called with the trainer once the data are prepared, since the model's sizes
+        # (state_dim, act_dim) come from the dataset and the environment's spaces.
         cfg = config
         env = make_env(cfg.env_id, **cfg.env_kwargs())
         self.dataset = (
@@ -470,19 +479,26 @@ class _OfflineTrainer(RLTrainer):
         self.eval_generator = torch.Generator()
 
     def log(self, extra: dict[str, float] | None = None) -> dict[str, float]:
-        # No environment steps are taken while training offline: skip RLTrainer's env/steps counters.
+        """``Trainer.log`` without ``RLTrainer``'s ``env/steps`` and ``env/episodes``: offline training takes
+        no environment steps, so those counters would read 0 forever."""
         return Trainer.log(self, extra)
 
     def extra_state_dict(self) -> dict[str, Any]:
+        """The window sampler's RNG state, so that a resumed run draws the same windows as an unbroken one."""
         return {"rng": self.rng.bit_generator.state}
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the window sampler's RNG state saved by ``extra_state_dict``."""
         self.rng.bit_generator.state = state["rng"]
 
     def num_items(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["mask"].sum().item())  # token-mean loss: exact across accumulation
+        """Real (unpadded) steps in the batch: the loss is a mean over them, so accumulated micro-batches
+        are weighed by their share of the steps and the gradient does not depend on the split."""
+        return int(batch["mask"].sum().item())
 
     def predictor(self) -> Predictor:
+        """The function evaluation calls on batched windows ``(n, K, ...)`` to get the last step's prediction
+        ``(n, A)``; each model reads the window differently, so each trainer defines it."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -535,7 +551,13 @@ class DecisionTransformerTrainer(_OfflineTrainer):
     ``_std``), and ``eval/return_mean`` at the highest target.
     """
 
-    def __init__(self, config: DTConfig, dataset: OfflineDataset | None = None, *, callbacks=None) -> None:
+    def __init__(
+        self,
+        config: DTConfig,
+        dataset: OfflineDataset | None = None,
+        *,
+        callbacks: list[Callback] | None = None,
+    ) -> None:
         self.context_length = config.context_length
 
         def model_fn(t: _OfflineTrainer) -> nn.Module:
@@ -545,12 +567,18 @@ class DecisionTransformerTrainer(_OfflineTrainer):
         super().__init__(config, model_fn, dataset, callbacks=callbacks)
 
     def get_batch(self) -> dict[str, torch.Tensor]:
+        """``per_device_train_batch_size`` left-padded windows of K steps (``sample_subsequences``, episodes
+        weighted by length), on the device: states ``(B, K, S)``, actions ``(B, K)`` or ``(B, K, A)``,
+        returns_to_go ``(B, K, 1)``, timesteps and mask ``(B, K)``. Drawn from the checkpointed
+        ``self.rng``, so a resumed run sees the same windows."""
         cfg = self.config
         return self._batch_to_device(
             sample_subsequences(self.data, cfg.per_device_train_batch_size, cfg.context_length, self.rng)
         )
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``dt_action_loss`` of the actions predicted at every real step of the windows (Chen et al. train on
+        all K predictions, not only the last), with its metrics."""
         preds = dt_forward(
             self.model,
             batch["states"],
@@ -564,6 +592,8 @@ class DecisionTransformerTrainer(_OfflineTrainer):
         return dt_action_loss(preds, batch["actions"], batch["mask"], discrete=self.discrete)
 
     def predictor(self) -> Predictor:
+        """Windows ``(n, K, ...)`` on the CPU -> the model's prediction ``(n, A)`` for each window's newest
+        step, back on the CPU, where the environments are."""
         model, dev = self.model, self.accelerator.device
 
         def predict(b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -583,6 +613,8 @@ class DecisionTransformerTrainer(_OfflineTrainer):
         return predict
 
     def evaluate(self) -> dict[str, float]:
+        """Roll out at each of ``target_returns``: ``eval/target_<R>/return_{mean,std}``, and
+        ``eval/return_{mean,std}`` at the highest target (the one the progress bar shows)."""
         res = self.evaluate_targets(self.config.target_returns)
         out: dict[str, float] = {}
         for key, r in res.items():
@@ -619,7 +651,13 @@ class BCTrainer(_OfflineTrainer):
     uniformly sampled steps with the same loss (``dt_action_loss`` with K = 1). Config fields ``bc_*`` set its
     size, steps and learning rate (``bc_config``)."""
 
-    def __init__(self, config: DTConfig, dataset: OfflineDataset | None = None, *, callbacks=None) -> None:
+    def __init__(
+        self,
+        config: DTConfig,
+        dataset: OfflineDataset | None = None,
+        *,
+        callbacks: list[Callback] | None = None,
+    ) -> None:
         self.context_length = 1
 
         def model_fn(t: _OfflineTrainer) -> nn.Module:
@@ -630,21 +668,29 @@ class BCTrainer(_OfflineTrainer):
         self._flat_actions = torch.from_numpy(np.concatenate(self.data.actions))
 
     def get_batch(self) -> dict[str, torch.Tensor]:
+        """``per_device_train_batch_size`` single steps drawn uniformly from all episodes (from the
+        checkpointed ``self.rng``), on the device: states ``(B, S)``, actions ``(B,)`` or ``(B, A)``."""
         idx = torch.from_numpy(
             self.rng.integers(len(self._flat_actions), size=self.config.per_device_train_batch_size)
         )
         return self._batch_to_device({"states": self._flat_states[idx], "actions": self._flat_actions[idx]})
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``dt_action_loss`` on windows of one step: the same loss as the Decision Transformer's, so that the
+        two are compared on what they condition on, not on how they are trained."""
         preds = self.model(batch["states"]).unsqueeze(1)  # (B, 1, A): a window of one step
         actions = batch["actions"].unsqueeze(1)
         mask = torch.ones(actions.shape[:2], device=preds.device)
         return dt_action_loss(preds, actions, mask, discrete=self.discrete)
 
     def num_items(self, batch: dict[str, torch.Tensor]) -> int | None:
+        """``None``: every batch has exactly ``per_device_train_batch_size`` real steps (no padding), so
+        micro-batches weigh the same."""
         return None
 
     def predictor(self) -> Predictor:
+        """Windows ``(n, K, S)`` -> the MLP's prediction ``(n, A)`` from the newest state alone (BC ignores
+        the rest of the window and the return-to-go)."""
         model, dev = self.model, self.accelerator.device
         return lambda b: model(b["states"][:, -1].to(dev)).cpu()
 

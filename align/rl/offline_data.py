@@ -236,7 +236,8 @@ def load_offline_dataset(path: str | Path, env: gym.Env | None = None) -> Offlin
 
     Every problem is an ``OfflineDataError`` naming the file, the row (episode) and the field, and saying what
     was expected: a missing field (e.g. no ``rewards``, so no returns), fields of one episode with different
-    numbers of steps, a null or non-finite reward, observations of the wrong shape, out-of-range actions.
+    numbers of steps, a null or non-finite reward, observation or action, a terminal that is not true or
+    false, a timestep that is not an integer >= 0, observations of the wrong shape, out-of-range actions.
     """
     path = Path(path)
     if not path.is_file():
@@ -270,15 +271,7 @@ def load_offline_dataset(path: str | Path, env: gym.Env | None = None) -> Offlin
                     f"{where}: field {k!r} has {len(row[k])} entries but 'observations' has {n}; every per-step "
                     "field of an episode must have one entry per step"
                 )
-        if any(r is None for r in row["rewards"]):
-            j = next(j for j, r in enumerate(row["rewards"]) if r is None)
-            raise OfflineDataError(f"{where}: field 'rewards' is null at step {j}; expected a number")
-        rewards = np.asarray(row["rewards"], dtype=np.float64)
-        if not np.isfinite(rewards).all():
-            j = int(np.flatnonzero(~np.isfinite(rewards))[0])
-            raise OfflineDataError(
-                f"{where}: field 'rewards' is {rewards[j]} at step {j}; expected a finite number"
-            )
+        rewards = _finite_floats(where, "rewards", np.asarray(row["rewards"]))
         try:
             obs = np.asarray(row["observations"])
             actions = np.asarray(row["actions"])
@@ -286,13 +279,20 @@ def load_offline_dataset(path: str | Path, env: gym.Env | None = None) -> Offlin
             raise OfflineDataError(
                 f"{where}: observations or actions have steps of different shapes ({e})"
             ) from None
+        # Checked before the casts below, which would turn a null into NaN (floats) without a word
+        obs_f = _finite_floats(where, "observations", obs)
+        actions_f = _finite_floats(where, "actions", actions)
         ep = {
-            "observations": obs.astype(np.int64) if obs.ndim == 1 else obs.astype(np.float32),
-            "actions": actions.astype(np.int64) if actions.ndim == 1 else actions.astype(np.float32),
+            "observations": obs.astype(np.int64) if obs.ndim == 1 else obs_f.astype(np.float32),
+            "actions": actions.astype(np.int64) if actions.ndim == 1 else actions_f.astype(np.float32),
             "rewards": rewards,
-            "terminals": np.asarray(row["terminals"], dtype=bool),
-            "timeouts": np.asarray(row.get("timeouts") or [False] * n, dtype=bool),
-            "timesteps": np.asarray(row["timesteps"], dtype=np.int64),
+            "terminals": _bools(where, "terminals", row["terminals"]),
+            "timeouts": (
+                _bools(where, "timeouts", row["timeouts"])
+                if row.get("timeouts") is not None
+                else np.zeros(n, dtype=bool)
+            ),
+            "timesteps": _timesteps(where, row["timesteps"]),
         }
         if i > 0:
             first = episodes[0]
@@ -309,6 +309,81 @@ def load_offline_dataset(path: str | Path, env: gym.Env | None = None) -> Offlin
         episodes.append(ep)
         policies.append(str(row.get("policy") or ""))
     return OfflineDataset(episodes, policies, str(path), meta)
+
+
+def _at(index: Sequence[int]) -> str:
+    """Where an entry sits in a per-step field: "step 3", or "step 3, entry 1" inside a (T, *obs) field."""
+    j, *rest = (int(v) for v in index)
+    if not rest:
+        return f"step {j}"
+    return f"step {j}, entry {rest[0] if len(rest) == 1 else tuple(rest)}"
+
+
+def _finite_floats(where: str, name: str, values: np.ndarray) -> np.ndarray:
+    """``values`` (T, ...) as float64, or an ``OfflineDataError`` at the first null, non-number or non-finite.
+
+    numpy casts a null to NaN silently, and one NaN observation makes the state normalisation NaN for the
+    whole dataset, so training would fail much later with an error that does not point at the file.
+    """
+    if values.dtype == object:
+        null = np.equal(values, None)
+        if null.any():
+            raise OfflineDataError(
+                f"{where}: field {name!r} is null at {_at(np.argwhere(null)[0])}; expected a finite number"
+            )
+    try:
+        floats = values.astype(np.float64)
+    except (TypeError, ValueError):
+        for index in np.ndindex(values.shape):  # only to name the culprit; the cast above is the fast path
+            v = values[index]
+            v = v.item() if isinstance(v, np.generic) else v  # 'x', not np.str_('x'), in the message
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise OfflineDataError(
+                    f"{where}: field {name!r} is {v!r} at {_at(index)}; expected a finite number"
+                ) from None
+        raise
+    bad = ~np.isfinite(floats)
+    if bad.any():
+        index = tuple(np.argwhere(bad)[0])
+        raise OfflineDataError(
+            f"{where}: field {name!r} is {floats[index]} at {_at(index)}; expected a finite number"
+        )
+    return floats
+
+
+def _bools(where: str, name: str, values: Sequence[Any]) -> np.ndarray:
+    """``values`` (T,) as bools, or an ``OfflineDataError`` at the first entry not true, false, 0 or 1.
+
+    ``np.asarray(..., dtype=bool)`` reads a null as False and any string as True, which would silently move
+    episode ends (and with them the returns-to-go of a D4RL-style terminal).
+    """
+    for j, v in enumerate(values):
+        if v is None:
+            raise OfflineDataError(f"{where}: field {name!r} is null at step {j}; expected true or false")
+        if not isinstance(v, (bool, np.bool_, int, float, np.integer, np.floating)) or v not in (0, 1):
+            raise OfflineDataError(f"{where}: field {name!r} is {v!r} at step {j}; expected true or false")
+    return np.asarray(values, dtype=bool)
+
+
+def _timesteps(where: str, values: Sequence[Any]) -> np.ndarray:
+    """``values`` (T,) as int64, or an ``OfflineDataError`` at the first entry that is not an integer >= 0.
+
+    The timesteps index the Decision Transformer's timestep embedding: a negative one would index from its
+    end (or fail inside the model), a fractional one would be truncated.
+    """
+    for j, v in enumerate(values):
+        whole = isinstance(v, (int, np.integer)) or (
+            isinstance(v, (float, np.floating)) and float(v).is_integer()
+        )
+        if v is None or isinstance(v, (bool, np.bool_)) or not whole or v < 0:
+            got = "null" if v is None else repr(v)
+            raise OfflineDataError(
+                f"{where}: field 'timesteps' is {got} at step {j}; expected an integer >= 0 "
+                f"({FIELD_HELP['timesteps']})"
+            )
+    return np.asarray(values, dtype=np.int64)
 
 
 def _check_space(where: str, name: str, values: np.ndarray, space: gym.Space) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "PreferenceDataConfig",
     "SupervisedTrainerMixin",
     "completion_logprobs",
+    "disable_dropout",
     "eval_shards",
     "label_positions",
     "save_final_model",
@@ -69,6 +70,8 @@ class ChatDataConfig:
     the start), error."""
 
     def validate(self) -> None:
+        """Check the data fields (``max_length``, ``truncation``, ``eval_limit``, eval batch size), raising
+        ``ConfigError`` naming the field, after the checks of the classes later in the config's MRO."""
         # Cooperative, as ModelConfig: the pipeline config's MRO continues to ModelConfig and TrainConfig.
         parent = getattr(super(), "validate", None)
         if parent is not None:
@@ -98,8 +101,36 @@ class PreferenceDataConfig(ChatDataConfig):
 
 
 # --------------------------------------------------------------------------------------------------
-# Logits only where they are needed, sequence log-probs, sharded evaluation, the final save.
+# Dropout off, logits only where they are needed, sequence log-probs, sharded evaluation, the final save.
 # --------------------------------------------------------------------------------------------------
+
+_DROPOUT_MODULES = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability in ``model`` to 0, in place; the model stays in train mode.
+
+    TRL's ``disable_dropout=True`` (PPO, DPO, reward model): a loss that compares the trained model's outputs
+    with a reference's (eval mode, no dropout) or with its own earlier outputs (PPO's ratio) is then exactly
+    the comparison intended at step 0, not noise from dropout masks. Besides ``nn.Dropout`` modules (TRL's
+    ``disable_dropout_in_model``), this zeroes ``nn.MultiheadAttention.dropout`` and transformers' float
+    ``attention_dropout`` (Llama, Qwen2, Mistral, ...), which their forward reads in train mode and which
+    TRL's version leaves on. The model's config is not changed, so a saved model keeps its dropout.
+    """
+    for module in model.modules():
+        if isinstance(module, _DROPOUT_MODULES):
+            module.p = 0.0
+        elif isinstance(module, torch.nn.MultiheadAttention):
+            module.dropout = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def label_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -290,9 +321,14 @@ class SupervisedTrainerMixin:
     _step_tokens: float = 0.0
 
     def tokenize_rows(self, dataset: Any, tokenizer: Any, name: str) -> tuple[list[dict], DataStats]:
+        """Tokenise raw rows into the rows ``collate`` takes, with counts of kept / cut / skipped rows; each
+        trainer's rows differ (SFT sequences, preference pairs), so each defines it. ``name`` names the
+        rows in errors."""
         raise NotImplementedError
 
     def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The algorithm's loss of one collated micro-batch (a mean over its ``num_items``) and its metrics;
+        ``compute_loss`` calls it after counting the batch's tokens."""
         raise NotImplementedError
 
     def _rows(self, dataset: Any, tokenizer: Any, name: str) -> tuple[list[dict], DataStats | None]:
@@ -324,6 +360,8 @@ class SupervisedTrainerMixin:
                 self.data_metrics.update(eval_stats.metrics("data/eval"))
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled micro-batches of ``per_device_train_batch_size`` tokenised rows, padded per batch (to
+        the batch's longest row, not ``max_length``) by the trainer's ``collate``."""
         return DataLoader(
             self.train_rows,
             batch_size=self.config.per_device_train_batch_size,  # type: ignore[attr-defined]
@@ -390,6 +428,8 @@ class PairTrainerMixin(SupervisedTrainerMixin):
     use_margin: bool = False
 
     def tokenize_rows(self, dataset: Any, tokenizer: Any, name: str) -> tuple[list[dict], DataStats]:
+        """Preference rows -> ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` (``tokenize_preferences``)
+        under the config's ``max_length`` and ``truncation``, with each pair's margin if ``use_margin``."""
         cfg: Any = self.config  # type: ignore[attr-defined]
         return tokenize_preferences(
             dataset,
@@ -401,7 +441,9 @@ class PairTrainerMixin(SupervisedTrainerMixin):
         )
 
     def num_items(self, batch: dict[str, torch.Tensor]) -> int:
-        return batch["input_ids"].shape[0] // 2  # pairs: the loss is a mean over pairs
+        """Pairs in the batch (half its 2B rows): the loss is a mean over pairs, so micro-batches of unequal
+        size (the last of an epoch) are weighed by their pairs."""
+        return batch["input_ids"].shape[0] // 2
 
     @property
     def share_prompt(self) -> bool:

@@ -40,6 +40,7 @@ from align.trainers.common import (
     PairTrainerMixin,
     PreferenceDataConfig,
     completion_logprobs,
+    disable_dropout,
     eval_shards,
     shared_pair_logprobs,
 )
@@ -73,8 +74,13 @@ class DPOConfig(PreferenceDataConfig, ModelConfig, TrainConfig):
     precompute_ref_logprobs: bool = False
     """Compute the reference log-probs once over the training (and eval) pairs before training, then keep no
     reference model: saves a forward pass per step and, for full fine-tuning, the reference copy's memory."""
+    disable_dropout: bool = True
+    """Set the policy's (and reference's) dropout to 0, as TRL does: the reference runs in eval mode, so with
+    dropout on, the log-ratios and margins are noise at step 0, not 0, and the gradient chases the masks."""
 
     def validate(self) -> None:
+        """The shared checks, then ``beta > 0``, ``loss_type``, and ``label_smoothing`` in [0, 0.5) for the
+        sigmoid loss only (IPO has no labels to smooth); a ``ConfigError`` names the field."""
         super().validate()
         check_range("beta", self.beta, 0.0, low_inclusive=False)
         check_choice("loss_type", self.loss_type, ["sigmoid", "ipo"])
@@ -139,6 +145,11 @@ class DPOTrainer(PairTrainerMixin, Trainer):
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
         self.prepare_data(train_dataset, eval_dataset, tokenizer, what="pairs")
+        if config.disable_dropout:
+            # Before the reference copy below is made, so that it has none either
+            for module in (model, ref_model):
+                if module is not None:
+                    disable_dropout(module)
         super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks)
         self.ref_model = None
         if ref_model is not None:

@@ -61,6 +61,7 @@ from align.losses import (
 from align.models import make_reference, reference_model, unwrap_model
 from align.rewards import CombinedReward
 from align.trainer import NonFiniteError, Trainer
+from align.trainers.common import disable_dropout
 from align.trainers.rollout import RolloutMixin
 
 __all__ = [
@@ -369,12 +370,6 @@ def _value_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return backbone, head
 
 
-def _disable_dropout(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
 class PolicyAndValue(nn.Module):
     """The trainable models of PPO behind one ``forward``, so accelerate/DDP wrap and sync them together.
 
@@ -536,7 +531,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         # log-probs and values are those of the model being trained.
         for module in (model, value_model):
             if module is not None:
-                _disable_dropout(module)
+                disable_dropout(module)
         super().__init__(config, PolicyAndValue(model, value_model), tokenizer=tokenizer, callbacks=callbacks)
         self.config: PPOConfig = config
         self.ref_model = (

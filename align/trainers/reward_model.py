@@ -36,7 +36,7 @@ from align.config import ModelConfig, TrainConfig, check_range
 from align.forward import base_model, pair_attention_mask
 from align.losses import bradley_terry_loss
 from align.trainer import Trainer
-from align.trainers.common import PairTrainerMixin, PreferenceDataConfig
+from align.trainers.common import PairTrainerMixin, PreferenceDataConfig, disable_dropout
 
 __all__ = ["RewardModelConfig", "RewardModelTrainer", "pair_rewards"]
 
@@ -58,8 +58,12 @@ class RewardModelConfig(PreferenceDataConfig, ModelConfig, TrainConfig):
     share_prompt: bool = True
     """Run each pair as one row, its prompt once, both completions masked from each other (same rewards and
     gradients, fewer tokens); off, or under DeepSpeed / FSDP or flash attention, each sequence runs whole."""
+    disable_dropout: bool = True
+    """Set the model's dropout to 0, as TRL does: it then trains on the rewards it gives when it scores (eval
+    mode) for GRPO / PPO, and the chosen and rejected scores are not noised differently."""
 
     def validate(self) -> None:
+        """The shared checks, then ``center_rewards_coefficient >= 0``; a ``ConfigError`` names the field."""
         super().validate()
         check_range("center_rewards_coefficient", self.center_rewards_coefficient, 0.0)
 
@@ -153,10 +157,14 @@ class RewardModelTrainer(PairTrainerMixin, Trainer):
             )
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else pad
         self.prepare_data(train_dataset, eval_dataset, tokenizer, what="pairs")
+        if config.disable_dropout:
+            disable_dropout(model)
         super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks)
 
     @property
     def use_margin(self) -> bool:  # type: ignore[override]
+        """The config's ``use_margin``: whether tokenising keeps each pair's margin for the loss (a property,
+        as ``PairTrainerMixin`` reads a class attribute where the trainer has no such option)."""
         return self.config.use_margin
 
     def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -47,6 +47,9 @@ class RolloutMixin:
         self._weights_version = -1
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled batches of ``prompts_per_rollout`` raw prompt rows (lists of dicts, untokenised: the
+        sampler applies the chat template and the rewards read the other columns); a short last batch is
+        dropped so that every rollout has the same size."""
         return DataLoader(
             self.train_dataset,
             batch_size=self.prompts_per_rollout,
@@ -56,11 +59,17 @@ class RolloutMixin:
         )
 
     def get_batch(self) -> Any:
+        """The next micro-batch of the current rollout; when the queue is empty, draw prompt rows (the base
+        ``get_batch``), roll out and score them, and queue the trainer's ``_make_micro_batches`` of them."""
         if not self._queue:
             self._queue.extend(self._make_micro_batches(super().get_batch()))
         return self._queue.popleft()
 
     def sampling_params(self, *, return_logprobs: bool) -> SamplingParams:
+        """The config's sampling settings (``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
+        ``num_generations``) for one rollout; ``return_logprobs`` asks the sampler for the sampled tokens'
+        log-probs only where the algorithm uses them (GRPO's old log-probs when it takes several steps per
+        rollout), since computing them slows sampling."""
         cfg = self.config
         return SamplingParams(
             max_new_tokens=cfg.max_new_tokens,

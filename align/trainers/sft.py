@@ -123,6 +123,9 @@ class SFTTrainer(SupervisedTrainerMixin, Trainer):
         super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks)
 
     def tokenize_rows(self, dataset: Any, tokenizer: Any, name: str) -> tuple[list[dict], DataStats]:
+        """SFT rows -> ``input_ids`` and the loss ``mask`` (``tokenize_sft``) under the config's
+        ``max_length``, ``truncation`` and which tokens count (``assistant_only_loss``,
+        ``completion_only_loss``)."""
         cfg = self.config
         return tokenize_sft(
             dataset,
@@ -135,6 +138,8 @@ class SFTTrainer(SupervisedTrainerMixin, Trainer):
         )
 
     def num_items(self, batch: dict[str, torch.Tensor]) -> int:
+        """Counted label tokens in the batch (a first token has no prediction, so it never counts): the loss
+        is a token mean, so accumulated micro-batches are weighed by their tokens, as one large batch."""
         return int(batch["mask"][:, 1:].sum())
 
     def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -314,6 +314,60 @@ def test_dataset_without_rewards_is_an_error_naming_file_row_and_field(tmp_path)
         load_offline_dataset(path)
 
 
+def _write_rows(path, rows):
+    """Write episode dicts as .jsonl or .parquet (by suffix), the way a user's own dataset file would be."""
+    if path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+_GOOD_ROW = {
+    "observations": [[0.0] * 4] * 3,
+    "actions": [0, 1, 0],
+    "rewards": [1.0, 1.0, 1.0],
+    "terminals": [False, False, True],
+    "timesteps": [0, 1, 2],
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "values", "message"),
+    [
+        # A null inside an observation: numpy would cast it to NaN, and the state normalisation with it
+        (
+            "observations",
+            [[0.0] * 4, [0.0, None, 0.0, 0.0], [0.0] * 4],
+            r"'observations' is null at step 1, entry 1; expected a finite number",
+        ),
+        (
+            "observations",
+            [[0.0] * 4, [0.0] * 4, [0.0, 0.0, 0.0, math.inf]],
+            r"'observations' is inf at step 2, entry 3",
+        ),
+        ("observations", [[math.nan] * 4, [0.0] * 4, [0.0] * 4], r"'observations' is nan at step 0, entry 0"),
+        ("terminals", [False, None, True], r"'terminals' is null at step 1; expected true or false"),
+        ("timesteps", [0, None, 2], r"'timesteps' is null at step 1; expected an integer >= 0"),
+        ("timesteps", [-1, 0, 1], r"'timesteps' is -1 at step 0; expected an integer >= 0"),
+    ],
+)
+@pytest.mark.parametrize("ext", ["jsonl", "parquet"])
+def test_null_or_non_finite_steps_are_an_error_naming_file_row_field_and_step(
+    tmp_path, field, values, message, ext
+):
+    path = _write_rows(tmp_path / f"bad.{ext}", [_GOOD_ROW, {**_GOOD_ROW, field: values}])
+    with pytest.raises(OfflineDataError, match=rf"bad\.{ext}, row 1 \(episode 1\): field {message}"):
+        load_offline_dataset(path)
+
+
+def test_null_discrete_observation_is_an_error_not_a_type_error(tmp_path):
+    row = {**_GOOD_ROW, "observations": [0, None, 5]}
+    path = _write_rows(tmp_path / "lake.jsonl", [row])
+    with pytest.raises(OfflineDataError, match=r"lake\.jsonl, row 0 .*'observations' is null at step 1"):
+        load_offline_dataset(path)
+
+
 def test_mismatched_lengths_are_an_error_naming_row_and_field(tmp_path):
     good = {
         "observations": [[0.0] * 4] * 3,

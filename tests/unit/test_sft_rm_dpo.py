@@ -2,6 +2,7 @@
 ``compute_loss`` against TRL 1.16's trainers on the same batch, configs, and the reward-model reward."""
 
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +17,7 @@ from align.testing import (
     reset_accelerate_state,
     save_tiny_model,
     tiny_causal_lm,
+    tiny_llama_config,
     tiny_sequence_classifier,
 )
 from align.trainers import common as common_module
@@ -469,6 +471,68 @@ def test_dpo_precomputed_reference_equals_live_reference(tmp_path, tiny_tokenize
     batch_pre = collate_preferences(pre.train_rows, tiny_tokenizer.pad_token_id)
     assert "ref_chosen_logps" in batch_pre
     close(torch.stack(live.reference_logprobs(batch_live)), torch.stack(pre.reference_logprobs(batch_pre)))
+
+
+def _lm_with_dropout(tokenizer, kind, p=0.3):
+    """A tiny causal LM with dropout ``p``, in train mode. Llama's attention dropout is a float its attention
+    reads in train mode (no ``nn.Dropout``); GPT-2's are ``nn.Dropout`` modules (embeddings, attention,
+    residuals), the kind TRL's ``disable_dropout_in_model`` turns off."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
+
+    if kind == "llama":
+        config = tiny_llama_config(tokenizer, attention_dropout=p)
+        build = LlamaForCausalLM
+    else:
+        ids = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        config = GPT2Config(
+            vocab_size=len(tokenizer), n_positions=512, n_embd=64, n_layer=2, n_head=4,
+            resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, **ids,
+        )  # fmt: skip
+        build = GPT2LMHeadModel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build(config).train()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("disable", [True, False])
+def test_dpo_disable_dropout_makes_step_0_margins_exactly_zero(tmp_path, tiny_tokenizer, kind, disable):
+    """The reference (a frozen copy of the policy) runs in eval mode and the policy in train mode: with
+    dropout off (the default, as TRL) the log-ratios are exactly 0 at step 0, so the margins are too and the
+    loss is log 2; with dropout left on they are noise."""
+    cfg = parse_config(DPOConfig, args(tmp_path, "--max_steps", "1", "--disable_dropout", str(disable)))
+    assert DPOConfig().disable_dropout is True
+    trainer = DPOTrainer(cfg, _lm_with_dropout(tiny_tokenizer, kind), tiny_tokenizer, pairs())
+    assert trainer.model.training and trainer.ref_model is not None
+    batch = collate_preferences(trainer.train_rows, tiny_tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        loss, metrics = trainer.compute_loss(batch)
+    if disable:
+        assert float(metrics["rewards/margins"]) == 0.0
+        assert float(metrics["rewards/chosen"]) == 0.0 and float(metrics["rewards/rejected"]) == 0.0
+        assert float(loss.detach()) == pytest.approx(math.log(2), abs=1e-6)
+    else:
+        assert abs(float(metrics["rewards/margins"])) > 1e-4
+
+
+def test_reward_model_disable_dropout_scores_as_in_eval_mode(tmp_path, tiny_tokenizer):
+    """With dropout off (the default) the reward model trains on the rewards it gives when scoring (eval
+    mode)."""
+    from transformers import LlamaForSequenceClassification
+
+    config = tiny_llama_config(tiny_tokenizer, num_labels=1, attention_dropout=0.3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForSequenceClassification(config).train()
+    cfg = parse_config(RewardModelConfig, args(tmp_path, "--max_steps", "1"))
+    assert cfg.disable_dropout is True
+    trainer = RewardModelTrainer(cfg, model, tiny_tokenizer, pairs())
+    batch = collate_preferences(trainer.train_rows, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        train_mode = torch.stack(pair_rewards(model, batch))
+        eval_mode = torch.stack(pair_rewards(model.eval(), batch))
+    assert torch.equal(train_mode, eval_mode)
 
 
 # --- configs -----------------------------------------------------------------------------------------
