@@ -691,7 +691,8 @@ def pack_examples(rows: list[dict[str, list[int]]], max_length: int) -> list[dic
 
 
 def collate_sft(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor | None]:
-    """Right-pad rows to the batch's longest: ``input_ids``, ``attention_mask``, ``position_ids``, ``mask``.
+    """Right-pad rows to the batch's longest: ``input_ids``, ``attention_mask``, ``position_ids``, ``mask``
+    (all ``(B, T)``), and ``num_tokens`` (a scalar: the real, unpadded tokens of the batch).
 
     Packed rows (with ``position_ids``) get ``attention_mask=None`` and position ids that continue through
     the padding, so transformers sees packed sequences (see :func:`pack_examples`).
@@ -719,6 +720,8 @@ def collate_sft(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
         "attention_mask": None if packed else attention,
         "position_ids": position_ids,
         "mask": mask,
+        # Packed rows have no attention mask to count real tokens from; throughput needs the true count.
+        "num_tokens": torch.tensor(sum(len(r["input_ids"]) for r in rows)),
     }
 
 

@@ -181,9 +181,11 @@ def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
     ptx = None
     if cfg.ptx_coef > 0:
         name = None if cfg.ptx_dataset_name == "default" else cfg.ptx_dataset_name
-        ptx, _ = tokenize_sft(
-            load_rows(name, "train", default="sft"), tokenizer, max_length=256, name="ptx data"
+        ptx, ptx_stats = tokenize_sft(
+            load_rows(name, "train", default="sft"), tokenizer, max_length=cfg.ptx_max_length, name="ptx data"
         )
+        ptx_stats.log()
+        ptx_stats.check_any_kept()
     rewards = get_reward_funcs(cfg.reward_funcs)
     for r in rewards:  # reward models run in the policy's dtype and batch size unless told otherwise
         if hasattr(r, "batch_size"):

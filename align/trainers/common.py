@@ -371,7 +371,7 @@ class SupervisedTrainerMixin:
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         """The algorithm's ``batch_loss``, after adding the batch's non-padding tokens to the step's count."""
-        self._count_tokens(batch["attention_mask"], batch["input_ids"])
+        self._count_tokens(batch["attention_mask"], batch["input_ids"], batch.get("num_tokens"))
         return self.batch_loss(batch)
 
     @torch.no_grad()
@@ -399,8 +399,18 @@ class SupervisedTrainerMixin:
             model.train(was_training)
         return acc.reduce(sums, "sum") if acc.num_processes > 1 else sums
 
-    def _count_tokens(self, attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> None:
-        n = attention_mask.sum() if attention_mask is not None else torch.tensor(input_ids.numel())
+    def _count_tokens(
+        self,
+        attention_mask: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        num_tokens: torch.Tensor | None = None,
+    ) -> None:
+        if num_tokens is not None:
+            n = num_tokens
+        elif attention_mask is not None:
+            n = attention_mask.sum()
+        else:
+            n = torch.tensor(input_ids.numel())
         self._step_tokens += float(n)
 
     def on_step_end(self, metrics: dict[str, float]) -> None:

@@ -165,6 +165,8 @@ class PPOConfig(ModelConfig, TrainConfig):
     """PPO-ptx: gamma, the weight of the language-modelling loss."""
     ptx_batch_size: int = 4
     """PPO-ptx: SFT rows per micro-batch."""
+    ptx_max_length: int = 256
+    """PPO-ptx: most tokens per SFT row; longer rows are truncated (keeping the start), as in the SFT recipe."""
 
     generation_backend: Literal["hf", "vllm", "vllm-server"] = "hf"
     """Sampler: transformers generate, vLLM colocated, or a `trl vllm-serve` server."""
@@ -224,6 +226,7 @@ class PPOConfig(ModelConfig, TrainConfig):
         check_range("missing_eos_penalty", self.missing_eos_penalty, 0.0, allow_none=True)
         check_range("ptx_coef", self.ptx_coef, 0.0)
         check_range("ptx_batch_size", self.ptx_batch_size, 1)
+        check_range("ptx_max_length", self.ptx_max_length, 1)
         check_range("eval_limit", self.eval_limit, 0)
         check_range("eval_samples", self.eval_samples, 1)
         check_range("log_completions", self.log_completions, 0)
@@ -545,7 +548,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         self.init_rollouts(self.policy, tokenizer)
         self._ptx_iter: Any = None
         self._ptx_epoch = 0
-        self._iteration_start = time.perf_counter()
+        self._iteration_start: float | None = None
 
     @property
     def policy(self) -> nn.Module:
@@ -595,6 +598,9 @@ class PPOTrainer(RolloutMixin, Trainer):
     @torch.no_grad()
     def _make_micro_batches(self, rows: list[dict[str, Any]]) -> list[PPOMicroBatch]:
         cfg, acc = self.config, self.accelerator
+        if self._iteration_start is None:
+            # The first iteration's clock starts here, so evaluations before training do not count as its time.
+            self._iteration_start = time.perf_counter()
         # Log-probs are recomputed below, in the same forward as the values.
         rollout, out, timing = self.sample_and_score(rows, self.policy, return_logprobs=False)
         device = rollout.completion_ids.device

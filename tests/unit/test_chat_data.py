@@ -193,6 +193,16 @@ def test_packed_forward_equals_separate_examples(tiny_tokenizer, tiny_model):
     torch.testing.assert_close(total, torch.tensor([separate]), atol=1e-4, rtol=1e-5)
 
 
+def test_packed_batches_count_real_tokens_not_padding(tiny_tokenizer):
+    """Throughput of packed SFT counts the examples' tokens, not the padding to the batch's longest row."""
+    data = [{"messages": conv(f"What is {i} + {i}?", f"{i} + {i} = {2 * i}." * i)} for i in range(1, 7)]
+    rows, _ = tokenize_sft(data, tiny_tokenizer)
+    packed = pack_examples(rows, max(len(r["input_ids"]) for r in rows) + 8)
+    batch = collate_sft(packed, tiny_tokenizer.pad_token_id)
+    real = sum(len(r["input_ids"]) for r in rows)
+    assert int(batch["num_tokens"]) == real < batch["input_ids"].numel()
+
+
 # --- preferences -----------------------------------------------------------------------------------
 
 
