@@ -7,11 +7,15 @@ conditioned on each target return and prints the table row (dataset | DT per tar
 
     python recipes/decision_transformer.py
     python recipes/decision_transformer.py --dataset medium --output_dir outputs/dt_cartpole_medium
+    python recipes/decision_transformer.py --data_source ppo --output_dir outputs/dt_cartpole_ppo_mr
     python recipes/decision_transformer.py --config recipes/configs/rl/dt_frozenlake.yaml
     python recipes/decision_transformer.py --dataset_path my_episodes.parquet --target_returns 100 300 500
     python recipes/decision_transformer.py --output_dir outputs/dt_cartpole --resume_from_checkpoint latest
 
-Make or inspect the datasets themselves with ``python data/make_offline_rl.py``. Outputs in output_dir:
+``--data_source ppo`` takes the data from the project's PPO agent instead of the noisy controller: its
+partly-trained snapshot (medium) and its own training episodes up to that snapshot (medium-replay); the
+first use trains it (about 20 s, cached). Make or inspect the datasets themselves with
+``python data/make_offline_rl.py``. Outputs in output_dir:
 metrics.jsonl, config.yaml, checkpoints/, model/ (transformers DecisionTransformerModel + dt_meta.json),
 bc/ (the baseline's metrics and model), learning_curve.png, return_vs_target.png (the paper's Figure 4),
 summary.json.

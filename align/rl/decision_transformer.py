@@ -46,6 +46,7 @@ from align.losses import sft_loss
 from align.rl.common import SUMMARY_FILE, RLConfig, RLTrainer, mlp, torch_threads
 from align.rl.envs import make_env
 from align.rl.offline_data import (
+    DATA_SOURCES,
     DATASET_KINDS,
     OfflineDataset,
     SequenceData,
@@ -85,6 +86,10 @@ class DTConfig(RLConfig):
     """Seed of the generated dataset (the data are a function of env_id, dataset, dataset_seed, dataset_steps)."""
     dataset_steps: int = 0
     """Environment steps per generated dataset part; 0 = the default for the environment (50,000 on CartPole)."""
+    data_source: Literal["controller", "ppo"] = "controller"
+    """Behaviour policy of the generated dataset (align.rl.offline_data): 'controller', the project's expert
+    plus random-action noise, or 'ppo', snapshots and training episodes of the project's PPO (CartPole-v1
+    only; the first use trains it, about 20 s). Ignored when dataset_path is set."""
     data_dir: str | None = None
     """Cache folder of generated datasets (default: $ALIGN_CACHE_DIR/offline_rl, else ~/.cache/align/offline_rl)."""
     context_length: int = 20
@@ -139,6 +144,7 @@ class DTConfig(RLConfig):
 
     def validate(self) -> None:
         check_choice("dataset", self.dataset, list(DATASET_KINDS))
+        check_choice("data_source", self.data_source, list(DATA_SOURCES))
         check_range("dataset_steps", self.dataset_steps, 0)
         check_range("context_length", self.context_length, 1)
         check_range("hidden_size", self.hidden_size, 1)
@@ -176,6 +182,7 @@ class DTConfig(RLConfig):
             steps=self.dataset_steps or None,
             cache_dir=self.data_dir,
             env_kwargs=self.env_kwargs(),
+            source=self.data_source,
         )
 
 

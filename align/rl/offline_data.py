@@ -12,13 +12,21 @@ Datasets (D4RL's names, Fu et al. 2020), made deterministically from a seed by `
     medium-expert  the medium episodes followed by as many steps of expert episodes
     expert         the expert alone
 
-The experts are the project's own controllers, not trained networks (a DQN or PPO run takes minutes on a
-CPU; these take milliseconds and are reproducible to the bit): on CartPole-v1 a hand-written linear
+The experts of the default source are the project's own controllers, not trained networks (these take
+milliseconds and are reproducible to the bit; the "ppo" source below trains one): on CartPole-v1 a hand-written linear
 controller of the pole angle and velocity, ``a = [theta + 0.5 theta' + 0.01 x + 0.1 x' > 0]``, which holds
 the pole for all 500 steps from every start tried; on the toy-text grid worlds the greedy policy of
 ``align.rl.tabular.value_iteration`` on the environment's exact model. CartPole-v1 and FrozenLake-v1 (4x4,
 slippery) are the tuned ones (``MEDIUM_EPS``); CliffWalking-v1 and Taxi-v4 work with the untuned default
 0.5 (CliffWalking has no time limit, so its random episodes can run to thousands of steps).
+
+Sources (``source=``): "controller" (the default) is the above. "ppo" (CartPole-v1 only,
+``align.rl.offline_agents``) is closer to D4RL's real training runs: the project's PPO is trained once per
+seed (about 20 s, cached under ``offline_data_dir() / "agents"``) with policy snapshots along the way;
+medium is a partly-trained snapshot (mean return closest to 0.4 of the final policy's), expert the final
+policy, medium-replay the run's own training episodes up to the medium snapshot. Its files carry the source
+in their name, and its stats.json the snapshots used (updates, environment steps, fraction of training,
+mean return).
 
 Storage (Parquet, or JSONL with the same fields): one row per episode with list columns
 
@@ -53,6 +61,21 @@ from align.rl.envs import make_env, resolve_env_id
 
 DATASET_KINDS = ("random", "medium", "medium-replay", "medium-expert", "expert")
 """The dataset names ``make_offline_dataset`` accepts."""
+
+DATA_SOURCES = ("controller", "ppo")
+"""Behaviour sources of the generated datasets: the hand-written / value-iteration experts plus noise, or a
+trained PPO agent's snapshots and training episodes (``align.rl.offline_agents``, CartPole-v1 only)."""
+
+STATS_META_KEYS = (
+    "env_id",
+    "kind",
+    "seed",
+    "source",
+    "expert_return_mean",
+    "medium_snapshot",
+    "expert_snapshot",
+)
+"""Generator metadata copied into ``stats()`` (and so into stats.json)."""
 
 REQUIRED_FIELDS = ("observations", "actions", "rewards", "terminals", "timesteps")
 """Per-step fields every dataset row must have (``timeouts`` and ``policy`` are optional)."""
@@ -146,7 +169,7 @@ class OfflineDataset:
         for p in self.policies:
             by_policy[p] = by_policy.get(p, 0) + 1
         return {
-            **{k: v for k, v in self.meta.items() if k in ("env_id", "kind", "seed")},
+            **{k: v for k, v in self.meta.items() if k in STATS_META_KEYS},
             "episodes": len(self.episodes),
             "steps": int(n.sum()),
             "return_mean": float(ret.mean()),
@@ -501,14 +524,27 @@ def make_offline_dataset(
     seed: int = 0,
     steps: int | None = None,
     env_kwargs: dict[str, Any] | None = None,
+    source: str = "controller",
+    cache_dir: str | Path | None = None,
 ) -> OfflineDataset:
     """Generate the ``kind`` dataset (see the module docstring) on ``env_id``, deterministically from ``seed``.
 
     ``steps``: environment steps per part (default ``DEFAULT_STEPS[env_id]``, else 20,000); whole episodes
     are kept, so a part has at least ``steps`` steps. medium-expert has two parts (medium, then expert).
+    ``source``: "controller" or "ppo" (see the module docstring). ``cache_dir``: where the "ppo" source
+    keeps its trained agent (default ``offline_data_dir()``); the controller source uses no cache.
     """
+    check_source(source)
     if kind not in DATASET_KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {list(DATASET_KINDS)}")
+    if source == "ppo":
+        from align.rl.offline_agents import make_ppo_dataset
+
+        if env_kwargs:
+            raise ValueError(
+                f"env_kwargs: the 'ppo' source trains on the environment as registered; got {env_kwargs}"
+            )
+        return make_ppo_dataset(env_id, kind, seed=seed, steps=steps, cache_dir=cache_dir)
     env_id = resolve_env_id(env_id)
     env = make_env(env_id, **(env_kwargs or {}))
     if not isinstance(env.action_space, gym.spaces.Discrete):
@@ -542,7 +578,14 @@ def make_offline_dataset(
         eps_list, pol = part(lambda i: max(med, 1.0 - (1.0 - med) * i / (n_eps - 1)), env_seed)
         pol = [p if p != "random" else "eps=1.00" for p in pol]
     env.close()
-    meta = {"env_id": env_id, "kind": kind, "seed": seed, "steps_per_part": steps, "medium_eps": med}
+    meta = {
+        "env_id": env_id,
+        "kind": kind,
+        "seed": seed,
+        "source": "controller",
+        "steps_per_part": steps,
+        "medium_eps": med,
+    }
     return OfflineDataset(eps_list, pol, "<generated>", meta)
 
 
@@ -561,10 +604,22 @@ def offline_data_dir(cache_dir: str | Path | None = None) -> Path:
     return align_cache_dir() / "offline_rl"
 
 
-def dataset_file_name(env_id: str, kind: str, seed: int, steps: int | None) -> str:
-    """``<env>_<kind>_s<seed>_<steps>.parquet``: everything that determines the generated data is in the name."""
+def check_source(source: str) -> None:
+    """Raise a ``ValueError`` naming the option when ``source`` is not one of ``DATA_SOURCES``."""
+    if source not in DATA_SOURCES:
+        raise ValueError(f"source: unknown data source {source!r}; expected one of {list(DATA_SOURCES)}")
+
+
+def dataset_file_name(
+    env_id: str, kind: str, seed: int, steps: int | None, source: str = "controller"
+) -> str:
+    """``<env>_<kind>_s<seed>_<steps>.parquet``, with ``_<source>`` after the environment for a source other
+    than "controller": everything that determines the generated data is in the name. The controller's names
+    are those from before sources existed, so caches made then stay valid."""
+    check_source(source)
     steps = int(steps or DEFAULT_STEPS.get(resolve_env_id(env_id), 20_000))
-    return f"{resolve_env_id(env_id).replace('/', '_')}_{kind}_s{seed}_{steps}.parquet"
+    tag = "" if source == "controller" else f"_{source}"
+    return f"{resolve_env_id(env_id).replace('/', '_')}{tag}_{kind}_s{seed}_{steps}.parquet"
 
 
 def ensure_offline_dataset(
@@ -575,13 +630,16 @@ def ensure_offline_dataset(
     steps: int | None = None,
     cache_dir: str | Path | None = None,
     env_kwargs: dict[str, Any] | None = None,
+    source: str = "controller",
 ) -> Path:
-    """The path of the generated dataset, making it first when it is not cached yet (a second or so)."""
-    path = offline_data_dir(cache_dir) / dataset_file_name(env_id, kind, seed, steps)
+    """The path of the generated dataset, making it first when it is not cached yet (a second or so; the
+    first "ppo" dataset of a seed also trains its agent, about 20 s)."""
+    path = offline_data_dir(cache_dir) / dataset_file_name(env_id, kind, seed, steps, source)
     if not path.is_file():
-        save_offline_dataset(
-            make_offline_dataset(env_id, kind, seed=seed, steps=steps, env_kwargs=env_kwargs), path
+        dataset = make_offline_dataset(
+            env_id, kind, seed=seed, steps=steps, env_kwargs=env_kwargs, source=source, cache_dir=cache_dir
         )
+        save_offline_dataset(dataset, path)
     return path
 
 
@@ -730,8 +788,10 @@ def check_context_length(dataset: OfflineDataset, context_length: int) -> None:
 
 def dataset_summary_line(stats: dict[str, Any]) -> str:
     """One line for logs: episodes, steps and the return statistics."""
+    source = stats.get("source", "controller")
+    tag = "" if source == "controller" else f" ({source})"
     return (
-        f"{stats.get('env_id', '?')} {stats.get('kind', '?')}: {stats['episodes']} episodes, {stats['steps']} steps, "
+        f"{stats.get('env_id', '?')} {stats.get('kind', '?')}{tag}: {stats['episodes']} episodes, {stats['steps']} steps, "
         f"return {stats['return_mean']:.1f} +- {stats['return_std']:.1f} (min {stats['return_min']:.1f}, "
         f"max {stats['return_max']:.1f})"
     )
