@@ -31,6 +31,8 @@ ppo_recipe = _load_recipe("ppo_rlhf")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    # One thread for this module's tests, restored after them: later tests must not inherit it.
+    threads = torch.get_num_threads()
     root = tmp_path_factory.mktemp("tiny")
     torch.set_num_threads(1)
     policy = save_tiny_model(root / "policy")
@@ -40,7 +42,8 @@ def tiny(tmp_path_factory):
     for split, n in (("train", 16), ("test", 4)):
         rows = load_rows(None, split, default="prefs", limit=n)
         (data / f"{split}.jsonl").write_text("".join(json.dumps(dict(r)) + "\n" for r in rows))
-    return {"policy": policy, "rm": rm, "data": data}
+    yield {"policy": policy, "rm": rm, "data": data}
+    torch.set_num_threads(threads)
 
 
 def _args(tmp_path, tiny, *extra):

@@ -84,7 +84,7 @@ def _trainer(tmp_path, name="run", reward=length_reward, completions=None, **ove
 
 def test_loss_on_hand_built_batch(tmp_path):
     """compute_loss equals the GRPO objective written out by hand: clipped ratio term + beta * k3, token mean."""
-    trainer = _trainer(tmp_path, beta=0.1, epsilon=0.2)
+    trainer = _trainer(tmp_path, beta=0.1, epsilon=0.2, temperature=1.0)  # the hand sum below is at T = 1
     model = trainer.model
     torch.manual_seed(0)
     prompt = torch.tensor([[5, 6, 7], [8, 9, 10]])
