@@ -1,11 +1,13 @@
 """Shared fixtures: SmolLM2's tokenizer, tiny Llama models built from a config, the embedded model.
 
-Nothing here changes global torch settings: tiny models are seeded inside ``torch.random.fork_rng``.
+Nothing here changes global torch settings for longer than a test: tiny models are seeded inside
+``torch.random.fork_rng`` and ``one_torch_thread`` restores the thread count.
 """
 
 import pytest
 
 from align import models, testing
+from align.rl.common import torch_threads
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +50,12 @@ def fresh_accelerate_state():
     testing.reset_accelerate_state()
     yield
     testing.reset_accelerate_state()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test, then the previous count. For tiny tensors (threads only add
+    synchronisation: a 64x4x64 matvec took 4 us on 1 thread, 1-14 ms on 2 busy ones) and for the learning
+    checks, whose thresholds were measured on one thread."""
+    with torch_threads(1):
+        yield

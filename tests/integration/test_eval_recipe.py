@@ -18,12 +18,7 @@ eval_recipe = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(eval_recipe)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data_args(*tasks: str) -> list[str]:

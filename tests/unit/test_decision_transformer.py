@@ -39,13 +39,7 @@ from align.rl.offline_data import (
 )
 from align.testing import reset_accelerate_state
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _episode(obs, actions, rewards):

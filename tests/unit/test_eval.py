@@ -31,12 +31,7 @@ from align.generation import HFGenerator, SamplingParams, build_rollout, tokeniz
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rows(name: str, **kw):

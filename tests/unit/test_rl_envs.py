@@ -27,15 +27,7 @@ from align.rl.mdp import (
 from align.rl.render import policy_map
 from align.rl.tabular import uniform_policy, value_iteration
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tabular tensors are tiny: intra-op threads only add synchronisation, which costs milliseconds per
-    op when the CPU is oversubscribed (measured: 64x4x64 matvec 4 us on 1 thread, 1-14 ms on 2 busy ones)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------- envs

@@ -38,14 +38,7 @@ METRIC_KEYS = {"episode/return", "episode/length", "td/error_abs_mean", "epsilon
 SMALL_MAZE = ["S..#", ".#..", "...G"]  # 3x4, shortest path 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tabular tensors are tiny: intra-op threads only add synchronisation, which costs milliseconds per
-    op when the CPU is oversubscribed (measured: 64x4x64 matvec 4 us on 1 thread, 1-14 ms on 2 busy ones)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
