@@ -271,6 +271,27 @@ class PPOAgentRun:
         gaps = [abs(s["return_mean"] - target) for s in self.snapshots[:-1]]
         return int(np.argmin(gaps))
 
+    def snapshot_meta(self, index: int) -> dict[str, Any]:
+        """Where snapshot ``index`` sits in training (update, environment steps, fraction) and its return."""
+        s = self.snapshots[index]
+        return {
+            "update": int(s["update"]),
+            "env_steps": int(s["env_steps"]),
+            "progress": round(s["update"] / self.total_updates, 4),
+            "return_mean": round(float(s["return_mean"]), 2),
+        }
+
+    def replay_until(self, index: int) -> tuple[list[dict[str, np.ndarray]], list[str]]:
+        """The training episodes played by policies up to snapshot ``index`` (medium-replay), with labels."""
+        cutoff = int(self.snapshots[index]["update"])
+        keep = [i for i, p in enumerate(self.replay.policies) if policy_update(p) <= cutoff]
+        if not keep:
+            raise ValueError(
+                f"the PPO run (total_timesteps={self.info['total_timesteps']}) finished no episode before its "
+                f"medium snapshot (update {cutoff}); raise total_timesteps"
+            )
+        return [self.replay.episodes[i] for i in keep], [self.replay.policies[i] for i in keep]
+
 
 def agent_run_dir(
     env_id: str, seed: int, total_timesteps: int, snapshot_every: int, cache_dir: str | Path | None = None
@@ -462,15 +483,7 @@ def make_ppo_dataset(
     total_timesteps, snapshot_every = run.info["total_timesteps"], run.info["snapshot_every"]
     med, last = run.medium_index(), len(run.snapshots) - 1
     updates = run.total_updates
-
-    def snap_meta(i: int) -> dict[str, Any]:
-        s = run.snapshots[i]
-        return {
-            "update": int(s["update"]),
-            "env_steps": int(s["env_steps"]),
-            "progress": round(s["update"] / updates, 4),
-            "return_mean": round(float(s["return_mean"]), 2),
-        }
+    snap_meta = run.snapshot_meta
 
     def part(index: int, n: int) -> tuple[list[dict[str, np.ndarray]], list[str]]:
         # Each part has its own environment seeds and generator, so each dataset is reproducible on its own.
@@ -500,15 +513,7 @@ def make_ppo_dataset(
         episodes, labels = e1 + e2, l1 + l2
         meta["medium_snapshot"], meta["expert_snapshot"] = snap_meta(med), snap_meta(last)
     else:  # medium-replay
-        cutoff = int(run.snapshots[med]["update"])
-        keep = [i for i, p in enumerate(run.replay.policies) if policy_update(p) <= cutoff]
-        if not keep:
-            raise ValueError(
-                f"the PPO run (total_timesteps={total_timesteps}) finished no episode before its medium snapshot "
-                f"(update {cutoff}); raise total_timesteps"
-            )
-        episodes = [run.replay.episodes[i] for i in keep]
-        labels = [run.replay.policies[i] for i in keep]
+        episodes, labels = run.replay_until(med)
         meta["medium_snapshot"] = snap_meta(med)
     if kind != "medium-replay":
         meta["steps_per_part"] = steps
