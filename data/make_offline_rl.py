@@ -42,10 +42,12 @@ from pathlib import Path
 
 from align.rl.offline_data import (
     DATA_SOURCES,
-    DATASET_KINDS,
     dataset_file_name,
     dataset_summary_line,
     make_offline_dataset,
+)
+from align.rl.offline_dataset import (
+    DATASET_KINDS,
     offline_data_dir,
     save_offline_dataset,
 )

@@ -47,16 +47,18 @@ from align.rl.common import SUMMARY_FILE, RLConfig, RLTrainer, mlp, torch_thread
 from align.rl.envs import make_env
 from align.rl.offline_data import (
     DATA_SOURCES,
-    DATASET_KINDS,
-    OfflineDataset,
     SequenceData,
     check_context_length,
     dataset_summary_line,
     encode_states,
     ensure_offline_dataset,
-    load_offline_dataset,
     prepare_sequences,
     sample_subsequences,
+)
+from align.rl.offline_dataset import (
+    DATASET_KINDS,
+    OfflineDataset,
+    load_offline_dataset,
 )
 from align.trainer import METRICS_FILE, Callback, Trainer, read_metrics
 

@@ -46,7 +46,7 @@ import torch
 
 from align.rl.common import ActorCritic, build_model, torch_threads
 from align.rl.envs import make_env, resolve_env_id
-from align.rl.offline_data import (
+from align.rl.offline_dataset import (
     DATASET_KINDS,
     DEFAULT_STEPS,
     OfflineDataset,
@@ -141,7 +141,7 @@ def play_episodes(
     """Play whole episodes, ``batch`` side by side with one call of ``act`` per step, episode j reset with seed
     ``seed + j``: exactly ``episodes`` episodes, or the fewest (in order) that hold at least ``min_steps`` steps.
 
-    Returns episodes in ``align.rl.offline_data``'s layout: observations, actions, rewards, terminals,
+    Returns episodes in ``align.rl.offline_dataset``'s layout: observations, actions, rewards, terminals,
     timeouts (a time-limit cut, not a terminal state), timesteps.
     """
     if (episodes is None) == (min_steps is None):

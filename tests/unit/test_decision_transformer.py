@@ -26,15 +26,17 @@ from align.rl.decision_transformer import (
 )
 from align.rl.envs import make_env
 from align.rl.offline_data import (
-    OfflineDataError,
-    OfflineDataset,
     check_context_length,
-    load_offline_dataset,
     make_offline_dataset,
     make_windows,
     prepare_sequences,
     returns_to_go,
     sample_starts,
+)
+from align.rl.offline_dataset import (
+    OfflineDataError,
+    OfflineDataset,
+    load_offline_dataset,
     save_offline_dataset,
 )
 from align.testing import reset_accelerate_state

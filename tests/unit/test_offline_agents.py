@@ -19,12 +19,14 @@ from align.rl.offline_agents import (
     policy_update,
 )
 from align.rl.offline_data import (
-    DATASET_KINDS,
-    REQUIRED_FIELDS,
     dataset_file_name,
     ensure_offline_dataset,
-    load_offline_dataset,
     make_offline_dataset,
+)
+from align.rl.offline_dataset import (
+    DATASET_KINDS,
+    REQUIRED_FIELDS,
+    load_offline_dataset,
 )
 from align.testing import reset_accelerate_state
 
