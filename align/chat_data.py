@@ -3,9 +3,10 @@ r"""Supervised and preference data: loading, formatting with the chat template, 
 Three pipelines read what this module makes: SFT (``align.trainers.sft``), the Bradley-Terry reward model
 (``align.trainers.reward_model``) and DPO (``align.trainers.dpo``).
 
-Loading (``load_rows``): a local ``.jsonl`` / ``.json`` / ``.parquet`` file, a folder holding
-``<split>.jsonl`` (or ``.json``, ``.parquet``, ``<split>-*.parquet``), or a hub dataset name. ``None`` is the
-project's own data, ``data/sft`` or ``data/prefs`` (made by ``data/make_prefs.py``).
+Loading (``load_rows``) goes through the project's one reader, ``align.data.read_rows``: a local ``.jsonl`` /
+``.json`` / ``.parquet`` file, a folder holding ``<split>.jsonl`` (or ``.json``, ``.parquet``,
+``<split>-*.parquet``), or a hub dataset name. ``None`` is the project's own data, ``data/sft`` or
+``data/prefs`` (made by ``data/make_prefs.py``).
 
 SFT schemas, detected from the columns (``sft_format``):
 
@@ -48,9 +49,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from align.data import describe_json_type, read_rows, shipped_data
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +86,6 @@ TRUNCATION_POLICIES = ("keep_start", "keep_end", "skip", "error")
 - ``skip``: leave the row out, counted in ``data/skipped/too_long``;
 - ``error``: raise ``ValueError`` naming the row.
 """
-
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Counting what was skipped
@@ -145,92 +148,10 @@ class DataStats:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _repo_data_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "data"
-
-
-def _split_files(folder: Path, split: str) -> list[Path]:
-    candidates = [folder / f"{split}{s}" for s in LOCAL_SUFFIXES]
-    for pattern in (f"{split}-*", f"{split}_*", f"data/{split}-*", f"data/{split}.*", f"{split}/*"):
-        candidates += sorted(folder.glob(pattern))
-    return [p for p in dict.fromkeys(candidates) if p.is_file() and p.suffix in LOCAL_SUFFIXES]
-
-
-def _read_file(path: Path):
-    import json
-
-    from datasets import Dataset
-
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return Dataset(pq.read_table(path))
-    text = path.read_text(encoding="utf-8")
-    records: Any
-    if path.suffix == ".json":
-        try:
-            records = json.loads(text)
-            if isinstance(records, dict) and isinstance(records.get("data"), list):
-                records = records["data"]
-        except json.JSONDecodeError:
-            records = None
-        if records is not None:
-            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-                raise ValueError(f"{path}: expected a list of JSON objects (or {{'data': [...]}})")
-            return _from_records(path, records, [f"row {i}" for i in range(len(records))])
-    records, where = [], []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not a JSON line: {e}") from e
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
-            where.append(f"line {lineno} (row {len(records) - 1})")
-    return _from_records(path, records, where)
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object" if isinstance(value, dict) else type(value).__name__
-
-
-def _from_records(path: Path, records: list[dict], where: list[str]):
-    """``Dataset.from_list(records)``; a field whose JSON type changes between rows (Arrow needs one type per
-    column) is an error naming the file, the row, the field and the type its first row set."""
-    import pyarrow as pa
-    from datasets import Dataset
-
-    try:
-        return Dataset.from_list(records)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        first: dict[str, tuple[str, str]] = {}
-        for record, at in zip(records, where):
-            for key, value in record.items():
-                if value is None:
-                    continue
-                kind = _json_type(value)
-                seen = first.setdefault(key, (kind, at))
-                if seen[0] != kind and {seen[0], kind} != {"a number"}:
-                    raise ValueError(
-                        f"{path}: {at}: field {key!r} is {kind}, but {seen[1]} has {seen[0]}; expected "
-                        f"{seen[0]} in every row (one type per field: e.g. all strings, or all lists of "
-                        "messages)"
-                    ) from e
-        raise ValueError(f"{path}: cannot read the rows as a table: {e}") from e
-
-
-def load_rows(name_or_path: str | Path | None, split: str = "train", *, default: str = "sft", limit: int = 0):
-    """A ``datasets.Dataset`` from a local file or folder, a hub dataset, or the shipped ``data/<default>``.
+def load_rows(
+    name_or_path: str | Path | None, split: str = "train", *, default: str = "sft", limit: int = 0
+) -> Dataset:
+    """A ``datasets.Dataset`` read by ``align.data.read_rows``, or the shipped ``data/<default>`` folder.
 
     Args:
         name_or_path: a ``.jsonl`` / ``.json`` / ``.parquet`` file; a folder with ``<split>.jsonl`` (or
@@ -241,42 +162,7 @@ def load_rows(name_or_path: str | Path | None, split: str = "train", *, default:
         default: ``"sft"`` or ``"prefs"``, the shipped folder used for ``None``.
         limit: keep the first ``limit`` rows (0 = all).
     """
-    if not name_or_path:
-        source = _repo_data_dir() / default
-        if not source.is_dir():
-            raise FileNotFoundError(
-                f"the shipped data {source} is missing; run `python data/make_prefs.py` or pass a dataset"
-            )
-    else:
-        source = Path(name_or_path).expanduser()
-    if source.exists():
-        if source.is_file():
-            if source.suffix not in LOCAL_SUFFIXES:
-                raise ValueError(f"{source}: unsupported file type; expected one of {list(LOCAL_SUFFIXES)}")
-            ds = _read_file(source)
-        else:
-            files = _split_files(source, split)
-            if not files:
-                raise FileNotFoundError(
-                    f"{source}: no files for split {split!r}; expected {split}.jsonl, {split}.json, "
-                    f"{split}.parquet or {split}-*.parquet"
-                )
-            from datasets import concatenate_datasets
-
-            parts = [_read_file(f) for f in files]
-            ds = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
-    else:
-        text = str(name_or_path)
-        if text.startswith((".", "/", "~")) or Path(text).suffix in LOCAL_SUFFIXES or text.count("/") > 1:
-            raise FileNotFoundError(f"{name_or_path}: no such file or folder")
-        import datasets
-
-        ds = datasets.load_dataset(text, split=split)
-    if limit and limit > 0:
-        ds = ds.select(range(min(limit, len(ds))))
-    if len(ds) == 0:
-        raise ValueError(f"{name_or_path or source}: the dataset (split {split!r}) is empty")
-    return ds
+    return read_rows(name_or_path or shipped_data(default), split, limit=limit or None)
 
 
 def _as_rows(dataset: Any) -> list[dict]:
@@ -812,7 +698,8 @@ def normalize_preference(row: dict, *, use_margin: bool = False) -> dict[str, An
         if not text.strip():
             raise SkipRow(
                 "empty_completion",
-                f"{side} has no text (expected a non-empty string or assistant messages, got {_json_type(value)})",
+                f"{side} has no text (expected a non-empty string or assistant messages, got "
+                f"{describe_json_type(value)})",
             )
     if c_text.strip() == r_text.strip():
         raise SkipRow("identical_pair", "chosen equals rejected")

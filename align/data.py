@@ -1,4 +1,10 @@
-r"""Dataset loading and formatting.
+r"""Dataset loading and formatting: the one reader of every dataset, and the math prompts for RL.
+
+`read_rows` is the project's only reader. It turns a local `.jsonl` / `.json` / `.parquet` file, a folder
+holding a split (`<split>.jsonl`, `<split>-*.parquet`, the layout `datasets` writes, ...) or a Hugging Face
+hub dataset into a `datasets.Dataset`, with errors that name the file, the line and the field. Everything
+else reads through it: math prompts (`load_math_dataset`), SFT and preference data
+(`align.chat_data.load_rows`) and evaluation tasks (`align.eval.tasks.Task.load`).
 
 Math problems for RL (GRPO) and evaluation: `load_math_dataset` turns MATH-500-style, GSM8K-style or the
 project's own generated data into rows with a chat `prompt` and a gold `answer`, which is what the math
@@ -20,15 +26,25 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = [
+    "LOCAL_SUFFIXES",
     "MATH_INSTRUCTION",
     "build_math_prompt",
     "default_data_dir",
+    "describe_json_type",
+    "describe_source",
     "load_math_dataset",
+    "math_gold",
+    "read_rows",
     "repo_root",
+    "shipped_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -39,6 +55,7 @@ MATH_INSTRUCTION = "Please reason step by step, and put your final answer within
 PROBLEM_COLUMNS = ("problem", "question")
 GOLD_COLUMNS = ("answer", "solution")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+_MAKERS = {"math": "make_math.py", "sft": "make_prefs.py", "prefs": "make_prefs.py"}
 
 
 def repo_root() -> Path:
@@ -49,6 +66,18 @@ def repo_root() -> Path:
 def default_data_dir() -> Path:
     """`data/` next to the `align` package: the datasets and rubrics the project ships."""
     return repo_root() / "data"
+
+
+def shipped_data(name: str) -> Path:
+    """The shipped dataset folder `data/<name>` (`math`, `sft`, `prefs`); FileNotFoundError naming the
+    script that makes it when it is missing."""
+    path = default_data_dir() / name
+    if not path.is_dir():
+        maker = _MAKERS.get(name, "make_*.py")
+        raise FileNotFoundError(
+            f"the shipped data {path} is missing; run `python data/{maker}` in the repository or pass a dataset"
+        )
+    return path
 
 
 def build_math_prompt(
@@ -67,62 +96,78 @@ def build_math_prompt(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _read_json_records(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        records = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not a JSON line: {e}") from e
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:  # a .json file in JSON-lines form, as HF datasets writes them
-        return _json_lines(text, path)
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
+def read_rows(
+    source: str | Path,
+    split: str = "train",
+    *,
+    config: str | None = None,
+    limit: int | None = None,
+    required: Sequence[str] = (),
+    name: str = "",
+) -> Dataset:
+    """A `datasets.Dataset` from a local file or folder or a hub dataset: the project's one reader.
+
+    Args:
+        source: a `.jsonl` / `.json` / `.parquet` file; a folder with `<split>.jsonl` (or `.json`,
+            `.parquet`, `<split>-*.parquet`, `data/<split>-*`, `<split>/*`); or a hub name ("name" or
+            "owner/name", loaded with `datasets.load_dataset(name, config, split=split)`, network needed).
+            A string that is not an existing path but looks like one ("./x", "/x", "a/b/c", "x.jsonl") is
+            a missing file, never a hub name.
+        split: which split of a folder or hub dataset (ignored for a single file).
+        config: the hub dataset's configuration (GSM8K gets "main" by default).
+        limit: keep only the first `limit` rows (None = all).
+        required: columns that must be present.
+        name: what the data is for (a task name), put in front of this function's own error messages.
+
+    Raises:
+        FileNotFoundError naming the path (a missing file, a folder without the split); ValueError naming
+        the file, line and field (unreadable JSON, a field whose type changes between rows), an empty
+        dataset, missing required columns (with those found) or a bad `limit`.
+    """
+    prefix = f"{name}: " if name else ""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
+        raise ValueError(f"{prefix}limit must be a positive integer or None, got {limit!r}")
+    path = Path(source).expanduser()
+    if path.exists():
+        ds = _read_local(path, split)
+    elif isinstance(source, Path) or _looks_like_path(str(source)):
+        raise FileNotFoundError(f"{prefix}{source}: no such file or folder")
+    else:
+        import datasets
+
+        if config is None and str(source).rstrip("/").lower().endswith("gsm8k"):
+            config = "main"  # GSM8K has no default config; "main" is the one every paper reports
+        ds = datasets.load_dataset(str(source), config, split=split)
+    where = prefix + describe_source(source, split, config)
+    if len(ds) == 0:
+        raise ValueError(f"{where}: the dataset is empty")
+    missing = [c for c in required if c not in ds.column_names]
+    if missing:
         raise ValueError(
-            f"{path}: expected a list of records (or {{'data': [...]}}), got {type(data).__name__}"
+            f"{where}: missing column(s) {missing}; expected {list(required)}, found {list(ds.column_names)}"
         )
-    return data
+    return ds if limit is None else ds.select(range(min(limit, len(ds))))
 
 
-def _json_lines(text: str, path: Path) -> list[dict]:
-    try:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: neither a JSON document nor JSON lines: {e}") from e
+def describe_source(source: str | Path, split: str, config: str | None = None) -> str:
+    """How error messages name a source: the file, the folder and split, or the hub name, config and split."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return str(path)
+    if path.exists():
+        return f"{path} (split {split!r})"
+    return f"{source}" + (f" ({config})" if config else "") + f" (split {split!r})"
 
 
-def _read_file(path: Path):
-    from datasets import Dataset
-
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return Dataset(pq.read_table(path))
-    records = _read_json_records(path)
-    if records and not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"{path}: expected every record to be a JSON object")
-    return Dataset.from_list(records)
+def _looks_like_path(source: str) -> bool:
+    return (
+        source.startswith((".", "/", "~"))
+        or source.count("/") > 1  # hub names are "name" or "owner/name"
+        or Path(source).suffix in LOCAL_SUFFIXES
+    )
 
 
-def _split_files(folder: Path, split: str) -> list[Path]:
-    """Files of `split` in a folder: <split>.jsonl|json|parquet, <split>-*.parquet, data/<split>-*, <split>/*."""
-    candidates: list[Path] = []
-    for suffix in LOCAL_SUFFIXES:
-        candidates += [folder / f"{split}{suffix}"]
-    patterns = [f"{split}-*", f"{split}_*", f"data/{split}-*", f"data/{split}.*", f"{split}/*"]
-    for pattern in patterns:
-        candidates += sorted(folder.glob(pattern))
-    return [p for p in dict.fromkeys(candidates) if p.is_file() and p.suffix in LOCAL_SUFFIXES]
-
-
-def _load_local(path: Path, split: str):
+def _read_local(path: Path, split: str) -> Dataset:
     from datasets import concatenate_datasets
 
     if path.is_file():
@@ -140,22 +185,104 @@ def _load_local(path: Path, split: str):
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
 
-def _load_hub(name: str, split: str, config: str | None):
-    import datasets
+def _split_files(folder: Path, split: str) -> list[Path]:
+    """Files of `split` in a folder: <split>.jsonl|json|parquet, <split>-*.parquet, data/<split>-*, <split>/*."""
+    candidates = [folder / f"{split}{suffix}" for suffix in LOCAL_SUFFIXES]
+    for pattern in (f"{split}-*", f"{split}_*", f"data/{split}-*", f"data/{split}.*", f"{split}/*"):
+        candidates += sorted(folder.glob(pattern))
+    return [p for p in dict.fromkeys(candidates) if p.is_file() and p.suffix in LOCAL_SUFFIXES]
 
-    if config is None and name.rstrip("/").lower().endswith("gsm8k"):
-        config = "main"
-    return datasets.load_dataset(name, config, split=split)
+
+def _read_file(path: Path) -> Dataset:
+    from datasets import Dataset
+
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return Dataset(pq.read_table(path))
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError:  # a .json file in JSON-lines form, as `datasets` writes them
+            records = None
+        if isinstance(records, dict) and isinstance(records.get("data"), list):
+            records = records["data"]
+        if records is not None:
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise ValueError(
+                    f"{path}: expected a list of JSON objects (or {{'data': [...]}}), got "
+                    f"{describe_json_type(records)}"
+                )
+            return _from_records(path, records, [f"row {i}" for i in range(len(records))])
+    return _from_records(path, *_json_lines(path, text))
+
+
+def _json_lines(path: Path, text: str) -> tuple[list[dict], list[str]]:
+    """The JSON objects of a JSON-lines text and where each came from ("line 3 (row 1)")."""
+    records, where = [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not a JSON line: {e}") from e
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+        where.append(f"line {lineno} (row {len(records) - 1})")
+    return records, where
+
+
+def describe_json_type(value: Any) -> str:
+    """A JSON value's type as error messages say it: "a string", "a number", "a list", "an object", ..."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _from_records(path: Path, records: list[dict], where: list[str]) -> Dataset:
+    """`Dataset.from_list(records)`; a field whose JSON type changes between rows (Arrow needs one type per
+    column) is an error naming the file, the row, the field and the type its first row set."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_list(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        first: dict[str, tuple[str, str]] = {}
+        for record, at in zip(records, where):
+            for key, value in record.items():
+                if value is None:
+                    continue
+                kind = describe_json_type(value)
+                seen = first.setdefault(key, (kind, at))
+                if seen[0] != kind:
+                    raise ValueError(
+                        f"{path}: {at}: field {key!r} is {kind}, but {seen[1]} has {seen[0]}; expected "
+                        f"{seen[0]} in every row (one type per field: e.g. all strings, or all lists of "
+                        "messages)"
+                    ) from e
+        raise ValueError(f"{path}: cannot read the rows as a table: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Normalising
+# Math problems
 # ---------------------------------------------------------------------------------------------------------
 
 _THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
 
-def _gold_from_row(answer: Any, solution: Any) -> str | None:
+def math_gold(answer: Any, solution: Any) -> str | None:
+    """The gold answer of a math row, as training and evaluation both prepare it: the `answer` column
+    (GSM8K's "... #### 1,000" becomes "1000"), else the boxed answer of `solution`; None if neither has one."""
     from align.rewards.math import extract_gold
 
     gold = extract_gold(answer, solution)
@@ -172,14 +299,12 @@ def load_math_dataset(
     config: str | None = None,
     instruction: str = MATH_INSTRUCTION,
     system_prompt: str | None = None,
-):
+) -> Dataset:
     r"""A math dataset as a `datasets.Dataset` with a chat `prompt` and a gold `answer` (other columns kept).
 
     Args:
-        path_or_name: a local `.jsonl` / `.json` / `.parquet` file, a folder holding `<split>.jsonl` (or
-            `.json`, `.parquet`, `<split>-*.parquet`), or a Hugging Face hub dataset name, loaded with
-            `datasets.load_dataset(name, config, split=split)`. None: the shipped `data/math/` folder (see
-            the module docstring).
+        path_or_name: anything `read_rows` reads (a local file or split folder, or a hub dataset name).
+            None: the shipped `data/math/` folder (see the module docstring).
         split: the split of a folder or hub dataset; ignored for a single file.
         limit: keep only the first `limit` rows.
         config: hub dataset configuration (GSM8K gets "main" by default).
@@ -194,28 +319,16 @@ def load_math_dataset(
         FileNotFoundError / ValueError naming the path: a missing file or split, missing columns (with the
         columns found and expected), an empty dataset.
     """
-    source = Path(path_or_name) if path_or_name is not None else default_data_dir() / "math"
-    if path_or_name is None and not source.is_dir():
-        raise FileNotFoundError(
-            f"default math data not found at {source}; run `python data/make_math.py` in the repository or "
-            "pass a path"
-        )
-    if source.exists():
-        ds = _load_local(source, split)
-    elif (
-        isinstance(path_or_name, Path)
-        or str(path_or_name).startswith((".", "/", "~"))
-        or str(path_or_name).count("/") > 1  # hub names are "name" or "owner/name"
-        or Path(str(path_or_name)).suffix in LOCAL_SUFFIXES
-    ):
-        raise FileNotFoundError(f"{path_or_name}: no such file or folder")
-    else:
-        ds = _load_hub(str(path_or_name), split, config)
-    where = f"{source}" + (f" (split {split!r})" if not source.is_file() else "")
+    source = path_or_name or shipped_data("math")
+    ds = read_rows(source, split, config=config, limit=limit)
+    where, columns = describe_source(source, split, config), list(ds.column_names)
+    problem_col = _math_problem_column(columns, where)
+    ds, keep_reasoning = _add_prompt_and_gold(ds, problem_col, instruction, system_prompt)
+    return _drop_rows_without_gold(ds, where, columns, keep_reasoning)
 
-    if len(ds) == 0:
-        raise ValueError(f"{where}: the dataset is empty")
-    columns = list(ds.column_names)
+
+def _math_problem_column(columns: list[str], where: str) -> str:
+    """The problem column; ValueError naming the columns found unless a problem and a gold column exist."""
     problem_col = next((c for c in PROBLEM_COLUMNS if c in columns), None)
     if problem_col is None:
         raise ValueError(
@@ -227,12 +340,15 @@ def load_math_dataset(
             f"{where}: no gold answer column; expected 'answer' (or 'solution' with a \\boxed{{}} answer), "
             f"found columns {columns}"
         )
-    if limit is not None:
-        if not isinstance(limit, int) or limit <= 0:
-            raise ValueError(f"limit must be a positive integer, got {limit!r}")
-        ds = ds.select(range(min(limit, len(ds))))
+    return problem_col
 
-    has_answer, has_solution = "answer" in columns, "solution" in columns
+
+def _add_prompt_and_gold(
+    ds: Dataset, problem_col: str, instruction: str, system_prompt: str | None
+) -> tuple[Dataset, bool]:
+    """Every row with its chat `prompt` and gold `answer` (None where none is found), and whether GSM8K's
+    reasoning was kept as `solution`."""
+    has_answer, has_solution = "answer" in ds.column_names, "solution" in ds.column_names
     keep_reasoning = has_answer and not has_solution  # GSM8K: the answer column is reasoning + "#### N"
 
     def convert(row: dict) -> dict:
@@ -242,13 +358,18 @@ def load_math_dataset(
             "prompt": build_math_prompt(
                 str(row[problem_col]), instruction=instruction, system_prompt=system_prompt
             ),
-            "answer": _gold_from_row(raw_answer, row.get("solution") if has_solution else None),
+            "answer": math_gold(raw_answer, row.get("solution") if has_solution else None),
         }
         if keep_reasoning:
             out["solution"] = raw_answer if raw_answer and "####" in raw_answer else None
         return out
 
-    ds = ds.map(convert, desc=None)
+    return ds.map(convert, desc=None), keep_reasoning
+
+
+def _drop_rows_without_gold(ds: Dataset, where: str, columns: list[str], keep_reasoning: bool) -> Dataset:
+    """Rows without a gold answer dropped with a warning (none left is an error); an all-empty kept
+    `solution` column removed."""
     missing = sum(a is None for a in ds["answer"])
     if missing == len(ds):
         raise ValueError(f"{where}: no row has a usable gold answer (columns {columns})")

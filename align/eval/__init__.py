@@ -20,7 +20,7 @@ from align.eval.hook import EvalHook, make_eval_hook
 from align.eval.loglikelihood import ChoiceRequest, choice_loglikelihoods, encode_choices
 from align.eval.metrics import majority_vote, mean_pass_at_k, normalize_answer, pass_at_k, wilson_interval
 from align.eval.runner import EvalConfig, load_eval_model, run_eval
-from align.eval.tasks import TASKS, ArcTask, GSM8KTask, MathTask, Task, get_task, load_rows
+from align.eval.tasks import TASKS, ArcTask, GSM8KTask, MathTask, Task, get_task
 
 __all__ = [
     "TASKS",
@@ -40,7 +40,6 @@ __all__ = [
     "get_task",
     "heldout_accuracy",
     "load_eval_model",
-    "load_rows",
     "majority_vote",
     "make_eval_hook",
     "mean_pass_at_k",

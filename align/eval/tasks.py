@@ -17,7 +17,7 @@ Multiple-choice tasks also have the log-likelihood form of lm-evaluation-harness
     task.score(rows[0], r"... so the answer is \boxed{\frac{14}{3}}")  # 1.0 / 0.0 / None
 
 Sources. `load(path)` reads a local `.jsonl` / `.json` / `.parquet` file, or a folder holding
-`<split>.jsonl` (or `<split>-*.parquet`, the layout `datasets` writes), with `align.data`'s readers;
+`<split>.jsonl` (or `<split>-*.parquet`, the layout `datasets` writes), with `align.data.read_rows`;
 without a path it loads the task's hub dataset (`HuggingFaceH4/MATH-500`, `openai/gsm8k` config "main",
 `allenai/ai2_arc` config "ARC-Easy" / "ARC-Challenge"). A string that is not an existing path and looks
 like a hub name ("owner/name") loads that hub dataset instead. Rows keep the hub schema exactly:
@@ -33,11 +33,10 @@ not among its labels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from align.data import LOCAL_SUFFIXES, MATH_INSTRUCTION, build_math_prompt, default_data_dir
+from align.data import MATH_INSTRUCTION, build_math_prompt, default_data_dir, math_gold, read_rows
 from align.rewards.choice import extract_choice, make_choice_reward
 from align.rewards.math import extract_answer, extract_gold, make_math_reward
 
@@ -48,64 +47,9 @@ __all__ = [
     "MathTask",
     "Task",
     "get_task",
-    "load_rows",
 ]
 
 MODES = ("generate", "loglikelihood")
-
-
-def _looks_like_path(source: str) -> bool:
-    return (
-        source.startswith((".", "/", "~"))
-        or source.count("/") > 1  # hub names are "name" or "owner/name"
-        or Path(source).suffix in LOCAL_SUFFIXES
-    )
-
-
-def load_rows(
-    source: str | Path | None,
-    *,
-    split: str,
-    hub_name: str,
-    hub_config: str | None = None,
-    required: Sequence[str] = (),
-    limit: int | None = None,
-    task: str = "",
-) -> list[dict]:
-    """Rows (plain dicts) of a local file / folder or a hub dataset, checked to have `required` columns.
-
-    Raises FileNotFoundError for a missing local path and ValueError for an empty dataset, missing columns
-    (named, with the columns found) or a bad `limit`.
-    """
-    # align.data owns the readers (JSON lines, JSON, Parquet, split folders, hub); one code path for both.
-    from align.data import _load_hub, _load_local
-
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
-        raise ValueError(f"{task}: limit must be a positive integer or None, got {limit!r}")
-    if source is None:
-        where = f"{hub_name}" + (f" ({hub_config})" if hub_config else "") + f" split {split!r}"
-        ds = _load_hub(hub_name, split, hub_config)
-    else:
-        path = Path(source).expanduser()
-        if path.exists():
-            where = str(path) + ("" if path.is_file() else f" (split {split!r})")
-            ds = _load_local(path, split)
-        elif isinstance(source, Path) or _looks_like_path(str(source)):
-            raise FileNotFoundError(f"{task}: {source}: no such file or folder")
-        else:
-            where = f"{source} split {split!r}"
-            ds = _load_hub(str(source), split, hub_config)
-    if len(ds) == 0:
-        raise ValueError(f"{task}: {where}: the dataset is empty")
-    missing = [c for c in required if c not in ds.column_names]
-    if missing:
-        raise ValueError(
-            f"{task}: {where}: missing column(s) {missing}; the task needs {list(required)}, "
-            f"found {list(ds.column_names)}"
-        )
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return ds.to_list()
 
 
 class Task:
@@ -137,15 +81,15 @@ class Task:
         self, path: str | Path | None = None, split: str | None = None, limit: int | None = None
     ) -> list[dict]:
         """The task's rows (first `limit` of them), from `path` or the default source (see the module docs)."""
-        rows = load_rows(
-            path if path is not None else self.default_source(),
-            split=split or self.default_split,
-            hub_name=self.hub_name,
-            hub_config=self.hub_config,
-            required=self.required_columns,
+        source = path if path is not None else self.default_source()
+        rows = read_rows(
+            source if source is not None else self.hub_name,
+            split or self.default_split,
+            config=self.hub_config,
             limit=limit,
-            task=self.name,
-        )
+            required=self.required_columns,
+            name=self.name,
+        ).to_list()
         for i, row in enumerate(rows):
             self.check_row(row, i)
         return rows
@@ -247,10 +191,8 @@ class GSM8KTask(MathTask):
             )
 
     def gold(self, row: dict) -> str | None:
-        from align.data import _gold_from_row  # "#### 1,000" -> "1000", as the training data is prepared
-
-        answer = row.get("answer")
-        return _gold_from_row(None if answer is None else str(answer), None)
+        answer = row.get("answer")  # "#### 1,000" -> "1000", as the training data is prepared
+        return math_gold(None if answer is None else str(answer), None)
 
     def score(self, row: dict, completion: Any) -> float | None:
         # The gold as the training data prepares it ("#### 1,000" -> "1000"); None is counted as gold_missing.

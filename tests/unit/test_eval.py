@@ -84,11 +84,11 @@ def test_default_sources(monkeypatch):
 
     calls = []
 
-    def fake_hub(name, split, config):
+    def fake_load_dataset(name, config=None, split=None):
         calls.append((name, split, config))
         return Dataset.from_json(str(FIXTURES / ("arc_easy.jsonl" if "arc" in name else "math500.jsonl")))
 
-    monkeypatch.setattr("align.data._load_hub", fake_hub)
+    monkeypatch.setattr("datasets.load_dataset", fake_load_dataset)
     get_task("math500").load(limit=1)
     get_task("arc_challenge").load(split="validation")
     get_task("arc_easy").load("someone/arc-copy")  # not a path: a hub name
