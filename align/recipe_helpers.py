@@ -27,6 +27,7 @@ __all__ = [
     "load_classifier_and_tokenizer",
     "load_policy_and_tokenizer",
     "parse_recipe_config",
+    "reset_accelerate_state",
 ]
 
 C = TypeVar("C")
@@ -116,3 +117,15 @@ def finish_recipe(
         if message:
             print(message)
     return summary
+
+
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide singletons (``AcceleratorState``, ``GradientState``,
+    ``PartialState``), so the next ``Accelerator`` in this process starts clean. For running several
+    trainers or recipes one after another in one process, as the PPO-RLHF pipeline runs its stages; each
+    would otherwise inherit the first one's mixed precision and accumulation settings."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()

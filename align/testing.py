@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from align.models import EmbeddedModelNotInstalledError, embedded_tokenizer_dir, save_pretrained
+from align.recipe_helpers import reset_accelerate_state  # re-exported: tests call it between runs
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -204,18 +205,6 @@ def save_tiny_model(
     else:
         raise ValueError(f"kind must be 'causal_lm' or 'sequence_classifier', got {kind!r}")
     return save_pretrained(model, tokenizer, path)
-
-
-def reset_accelerate_state() -> None:
-    """Forget accelerate's process-wide singletons (``AcceleratorState``, ``GradientState``,
-    ``PartialState``), so the next ``Accelerator`` in this process starts clean: tests that run several
-    trainers or recipes in one process call it between runs (the ``fresh_accelerate_state`` fixture of
-    ``tests/conftest.py`` calls it before and after a test)."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 def bare_trl_trainer(cls: type, model, **attributes):
