@@ -39,6 +39,7 @@ from align.recipe_helpers import (
     load_classifier_and_tokenizer,
     load_policy_and_tokenizer,
     parse_recipe_config,
+    reset_accelerate_state,
 )
 from align.rewards import get_reward_funcs
 from align.trainer import RUN_MARKERS, Callback, read_metrics
@@ -169,23 +170,7 @@ def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
     value_model = None
     if cfg.value_model == "separate":
         value_model, _ = load_classifier_and_tokenizer(_value_model_config(cfg))
-    rows = load_rows(cfg.dataset_name, cfg.dataset_split, default="prefs")
-    train = _prompt_rows(rows, f"{cfg.dataset_name or 'data/prefs'} ({cfg.dataset_split})")
-    heldout = None
-    if cfg.eval_split.strip().lower() not in ("", "none"):
-        eval_name = cfg.eval_dataset_name or cfg.dataset_name
-        heldout = _prompt_rows(
-            load_rows(eval_name, cfg.eval_split, default="prefs"),
-            f"{eval_name or 'data/prefs'} ({cfg.eval_split})",
-        )
-    ptx = None
-    if cfg.ptx_coef > 0:
-        name = None if cfg.ptx_dataset_name == "default" else cfg.ptx_dataset_name
-        ptx, ptx_stats = tokenize_sft(
-            load_rows(name, "train", default="sft"), tokenizer, max_length=cfg.ptx_max_length, name="ptx data"
-        )
-        ptx_stats.log()
-        ptx_stats.check_any_kept()
+    train, heldout, ptx = _load_data(cfg, tokenizer)
     rewards = get_reward_funcs(cfg.reward_funcs)
     for r in rewards:  # reward models run in the policy's dtype and batch size unless told otherwise
         if hasattr(r, "batch_size"):
@@ -226,6 +211,29 @@ def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
     return finish_recipe(trainer, cfg, summary, message)
 
 
+def _load_data(cfg: PPOConfig, tokenizer: Any) -> tuple[list[dict], list[dict] | None, Any]:
+    """The training prompts, the held-out prompts (None without an eval split) and the tokenised ptx
+    data (None without ``ptx_coef``)."""
+    rows = load_rows(cfg.dataset_name, cfg.dataset_split, default="prefs")
+    train = _prompt_rows(rows, f"{cfg.dataset_name or 'data/prefs'} ({cfg.dataset_split})")
+    heldout = None
+    if cfg.eval_split.strip().lower() not in ("", "none"):
+        eval_name = cfg.eval_dataset_name or cfg.dataset_name
+        heldout = _prompt_rows(
+            load_rows(eval_name, cfg.eval_split, default="prefs"),
+            f"{eval_name or 'data/prefs'} ({cfg.eval_split})",
+        )
+    ptx = None
+    if cfg.ptx_coef > 0:
+        name = None if cfg.ptx_dataset_name == "default" else cfg.ptx_dataset_name
+        ptx, ptx_stats = tokenize_sft(
+            load_rows(name, "train", default="sft"), tokenizer, max_length=cfg.ptx_max_length, name="ptx data"
+        )
+        ptx_stats.log()
+        ptx_stats.check_any_kept()
+    return train, heldout, ptx
+
+
 def _value_model_config(cfg: PPOConfig) -> Any:
     """A ModelConfig-like view for the value model: its own path (default: the policy's), same dtype/LoRA."""
     import copy
@@ -247,13 +255,6 @@ def _load_recipe(name: str) -> Any:
     return module
 
 
-def _reset_accelerate() -> None:
-    # Each stage builds its own Accelerator in this process.
-    from align.testing import reset_accelerate_state
-
-    reset_accelerate_state()
-
-
 def _stage_args(stage_cfg: dict, output_dir: Path, extra: dict) -> list[str]:
     merged = {**stage_cfg, **extra, "output_dir": str(output_dir)}
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +274,56 @@ def run_pipeline(path: str, cli: list[str] | None = None) -> dict:
     is the trained reward model, and with ``frontier: {...}`` both PPO and DPO are measured on the same
     held-out prompts by the same reward model every ``every`` steps (frontier.jsonl / frontier.png).
     """
+    spec, stages = _read_pipeline(path, cli)
+    out = Path(spec.get("output_dir", "outputs/ppo_rlhf_pipeline"))
+    frontier = spec.get("frontier")
+    frontier_path = out / "frontier.jsonl"
+    rm_path = out / "reward_model" / "model"
+    base_model = spec.get("model_name_or_path")
+    policy_path = _check_pipeline_outputs(path, spec, stages, out, rm_path) or base_model
+    if frontier and frontier_path.exists():
+        _drop_frontier_points(frontier_path, {"ppo", "dpo"} & set(stages))
+
+    def callbacks(name: str) -> list:
+        return _frontier_callbacks(name, frontier, frontier_path, rm_path) if frontier else []
+
+    results: dict[str, Any] = {}
+    model_key = {} if base_model is None else {"model_name_or_path": base_model}
+    if "sft" in stages:
+        reset_accelerate_state()  # each stage builds its own Accelerator in this process
+        sft_cfg = {**model_key, **(spec.get("sft") or {})}
+        results["sft"] = _load_recipe("sft").main(
+            _stage_args(sft_cfg, out / "sft", {"merge_lora_on_save": True})
+        )
+        policy_path = str(out / "sft" / "model")
+    if "reward_model" in stages:
+        reset_accelerate_state()
+        rm_cfg = {**model_key, **(spec.get("reward_model") or {})}
+        results["reward_model"] = _load_recipe("reward_model").main(
+            _stage_args(rm_cfg, out / "reward_model", {"merge_lora_on_save": True})
+        )
+    policy_key = {} if policy_path is None else {"model_name_or_path": policy_path}
+    if "ppo" in stages:
+        reset_accelerate_state()
+        ppo_cfg = {**policy_key, **(spec.get("ppo") or {})}
+        ppo_cfg.setdefault("reward_funcs", [f"reward_model:{rm_path}"])
+        results["ppo"] = main(_stage_args(ppo_cfg, out / "ppo", {}), callbacks=callbacks("ppo"))
+    if "dpo" in stages:
+        reset_accelerate_state()
+        dpo_cfg = {**policy_key, **(spec.get("dpo") or {})}
+        results["dpo"] = _load_recipe("dpo").main(
+            _stage_args(dpo_cfg, out / "dpo", {}), callbacks=callbacks("dpo")
+        )
+    if frontier and frontier_path.exists():
+        plot_frontier(frontier_path)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"pipeline {stages} done; outputs in {out}")
+    return results
+
+
+def _read_pipeline(path: str, cli: list[str] | None) -> tuple[dict, list[str]]:
+    """The pipeline file as a mapping, and its stages; a bad file exits with a message naming the key."""
     try:
         spec = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
@@ -289,15 +340,15 @@ def run_pipeline(path: str, cli: list[str] | None = None) -> dict:
         sys.exit(f"ppo_rlhf: {path}: unknown stages {bad}; choose from {list(STAGES)}")
     if cli:
         sys.exit(f"ppo_rlhf: with --pipeline, put options in the pipeline file (got extra arguments {cli})")
-    out = Path(spec.get("output_dir", "outputs/ppo_rlhf_pipeline"))
-    base_model = spec.get("model_name_or_path")
-    policy_path = base_model
-    results: dict[str, Any] = {}
-    frontier = spec.get("frontier")
-    frontier_path = out / "frontier.jsonl"
-    rm_path = out / "reward_model" / "model"
+    return spec, stages
+
+
+def _check_pipeline_outputs(path: str, spec: dict, stages: list[str], out: Path, rm_path: Path) -> str | None:
+    """Refuse, before any stage runs (so a refused stage never leaves the pipeline half-done), a stage whose
+    folder holds a previous run, and a run that needs a reward model it neither trains nor finds. Returns
+    the SFT model an earlier run left when this run has no sft stage (later stages start from it), else None.
+    """
     for stage in stages:
-        # Checked for every stage before any runs, so a refused stage never leaves the pipeline half-done.
         section = spec.get(stage) or {}
         found = [m for m in RUN_MARKERS if (out / stage / m).exists()]
         if found and not (section.get("overwrite_output_dir") or section.get("resume_from_checkpoint")):
@@ -305,76 +356,45 @@ def run_pipeline(path: str, cli: list[str] | None = None) -> dict:
                      f"({', '.join(found)}). Nothing was changed. Set overwrite_output_dir: true (or "
                      f"resume_from_checkpoint: latest) in the pipeline's {stage} section, drop the stage from "
                      "stages, or choose another output_dir.")  # fmt: skip
+    earlier_sft = None
     if "sft" not in stages and (out / "sft" / "model").is_dir():
-        # An earlier run of this pipeline left its SFT model: later stages start from it, as they did then.
-        policy_path = str(out / "sft" / "model")
-        print(f"ppo_rlhf: the sft stage is not in this run; using its earlier output {policy_path}")
-    needs_rm = ("ppo" in stages and "reward_funcs" not in (spec.get("ppo") or {})) or frontier
+        earlier_sft = str(out / "sft" / "model")
+        print(f"ppo_rlhf: the sft stage is not in this run; using its earlier output {earlier_sft}")
+    needs_rm = ("ppo" in stages and "reward_funcs" not in (spec.get("ppo") or {})) or spec.get("frontier")
     if needs_rm and "reward_model" not in stages and not rm_path.is_dir():
         sys.exit(f"ppo_rlhf: {path}: PPO's reward and the frontier need the reward model at {rm_path}, but "
                  "'reward_model' is not in stages and no earlier run left one there; add the stage")  # fmt: skip
-    if frontier and frontier_path.exists():
-        # A re-run of some stages replaces their points and keeps the others' (e.g. stages: [dpo] after a
-        # full run), so the plot never mixes two runs of one method.
-        rerun = {"ppo", "dpo"} & set(stages)
-        kept = [
-            line
-            for line in frontier_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("method") not in rerun
-        ]
-        frontier_path.write_text("".join(line + "\n" for line in kept))
+    return earlier_sft
 
-    def callbacks(name: str) -> list:
-        if not frontier:
-            return []
-        from align.rewards.reward_model import make_reward_model_reward
 
-        f_name, f_split = frontier.get("dataset_name"), frontier.get("split", "test")
-        rows = _prompt_rows(
-            load_rows(f_name, f_split, default="prefs"), f"frontier data {f_name or 'data/prefs'} ({f_split})"
-        )
-        rows = rows[: int(frontier.get("limit", 32))]
-        reward = make_reward_model_reward(rm_path, batch_size=16)
-        return [
-            RewardKLCallback(
-                name, frontier_path, rows, reward, int(frontier.get("every", 4)),
-                max_new_tokens=int(frontier.get("max_new_tokens", 48)), num_samples=int(frontier.get("samples", 1)),
-                seed=int(frontier.get("seed", 0)),
-            )
-        ]  # fmt: skip
+def _drop_frontier_points(frontier_path: Path, rerun: set[str]) -> None:
+    """A re-run of some stages replaces their points and keeps the others' (e.g. stages: [dpo] after a full
+    run), so the plot never mixes two runs of one method."""
+    kept = [
+        line
+        for line in frontier_path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("method") not in rerun
+    ]
+    frontier_path.write_text("".join(line + "\n" for line in kept))
 
-    model_key = {} if base_model is None else {"model_name_or_path": base_model}
-    if "sft" in stages:
-        _reset_accelerate()
-        sft_cfg = {**model_key, **(spec.get("sft") or {})}
-        results["sft"] = _load_recipe("sft").main(
-            _stage_args(sft_cfg, out / "sft", {"merge_lora_on_save": True})
+
+def _frontier_callbacks(name: str, frontier: dict, frontier_path: Path, rm_path: Path) -> list:
+    """The ``RewardKLCallback`` that measures method ``name`` on the frontier's held-out prompts."""
+    from align.rewards.reward_model import make_reward_model_reward
+
+    f_name, f_split = frontier.get("dataset_name"), frontier.get("split", "test")
+    rows = _prompt_rows(
+        load_rows(f_name, f_split, default="prefs"), f"frontier data {f_name or 'data/prefs'} ({f_split})"
+    )
+    rows = rows[: int(frontier.get("limit", 32))]
+    reward = make_reward_model_reward(rm_path, batch_size=16)
+    return [
+        RewardKLCallback(
+            name, frontier_path, rows, reward, int(frontier.get("every", 4)),
+            max_new_tokens=int(frontier.get("max_new_tokens", 48)), num_samples=int(frontier.get("samples", 1)),
+            seed=int(frontier.get("seed", 0)),
         )
-        policy_path = str(out / "sft" / "model")
-    if "reward_model" in stages:
-        _reset_accelerate()
-        rm_cfg = {**model_key, **(spec.get("reward_model") or {})}
-        results["reward_model"] = _load_recipe("reward_model").main(
-            _stage_args(rm_cfg, out / "reward_model", {"merge_lora_on_save": True})
-        )
-    policy_key = {} if policy_path is None else {"model_name_or_path": policy_path}
-    if "ppo" in stages:
-        _reset_accelerate()
-        ppo_cfg = {**policy_key, **(spec.get("ppo") or {})}
-        ppo_cfg.setdefault("reward_funcs", [f"reward_model:{rm_path}"])
-        results["ppo"] = main(_stage_args(ppo_cfg, out / "ppo", {}), callbacks=callbacks("ppo"))
-    if "dpo" in stages:
-        _reset_accelerate()
-        dpo_cfg = {**policy_key, **(spec.get("dpo") or {})}
-        results["dpo"] = _load_recipe("dpo").main(
-            _stage_args(dpo_cfg, out / "dpo", {}), callbacks=callbacks("dpo")
-        )
-    if frontier and frontier_path.exists():
-        plot_frontier(frontier_path)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"pipeline {stages} done; outputs in {out}")
-    return results
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":
