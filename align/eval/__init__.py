@@ -1,4 +1,4 @@
-"""Evaluation: tasks (MATH500, GSM8K, ARC), the harness, and in-training hooks.
+"""Evaluation: tasks (MATH500, GSM8K, ARC) and the harness.
 
 A task's verifier is its reward: `MathTask.score` is the math reward and `ArcTask.score` the choice reward,
 so an evaluation measures what RL optimises.
@@ -10,13 +10,11 @@ so an evaluation measures what RL optimises.
     result.summary["acc"], result.summary["acc_norm"]
 
 Command line: `align eval --task math500 arc_easy --model PATH [--adapter PATH] ...` (see `align.eval.runner`).
-In training: `make_eval_hook(tasks, limit)` (see `align.eval.hook`); the GRPO trainer's quick check is
-`align.eval.heldout.heldout_accuracy`.
+In training, the GRPO trainer's quick check is `align.eval.heldout.heldout_accuracy`.
 """
 
 from align.eval.harness import TaskResult, default_ks, evaluate_generate, evaluate_loglikelihood
 from align.eval.heldout import heldout_accuracy
-from align.eval.hook import EvalHook, make_eval_hook
 from align.eval.loglikelihood import ChoiceRequest, choice_loglikelihoods, encode_choices
 from align.eval.metrics import majority_vote, mean_pass_at_k, normalize_answer, pass_at_k, wilson_interval
 from align.eval.runner import EvalConfig, load_eval_model, run_eval
@@ -27,7 +25,6 @@ __all__ = [
     "ArcTask",
     "ChoiceRequest",
     "EvalConfig",
-    "EvalHook",
     "GSM8KTask",
     "MathTask",
     "Task",
@@ -41,7 +38,6 @@ __all__ = [
     "heldout_accuracy",
     "load_eval_model",
     "majority_vote",
-    "make_eval_hook",
     "mean_pass_at_k",
     "normalize_answer",
     "pass_at_k",

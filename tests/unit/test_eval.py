@@ -1,5 +1,5 @@
 """Evaluation: task loading and validation, extraction and scoring, metrics against closed forms, the
-harness on canned completions, the report files, log-likelihood scoring against lm-eval, the hook."""
+harness on canned completions, the report files, log-likelihood scoring against lm-eval, the config."""
 
 import json
 import math
@@ -19,14 +19,13 @@ from align.eval import (
     evaluate_loglikelihood,
     get_task,
     majority_vote,
-    make_eval_hook,
     mean_pass_at_k,
     normalize_answer,
     pass_at_k,
     wilson_interval,
 )
 from align.eval.report import breakdown, write_outputs
-from align.generation import HFGenerator, SamplingParams, build_rollout, tokenize_prompts
+from align.generation import SamplingParams, build_rollout, tokenize_prompts
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
 
@@ -428,28 +427,8 @@ def test_loglikelihood_mode_needs_choices(tiny_model, tiny_tokenizer):
 
 
 # --------------------------------------------------------------------------------------------------
-# The in-training hook and the config
+# The config
 # --------------------------------------------------------------------------------------------------
-
-
-def test_eval_hook(tiny_model, tiny_tokenizer):
-    hook = make_eval_hook(
-        ["math500", "arc_easy"],
-        limit=2,
-        data_paths={"math500": FIXTURES / "math500.jsonl", "arc_easy": FIXTURES / "arc_easy.jsonl"},
-        max_new_tokens=4,
-    )
-    tiny_model.train()
-    metrics = hook(tiny_model, tiny_tokenizer, generator=HFGenerator(tiny_model, tiny_tokenizer))
-    assert tiny_model.training  # the hook leaves the training mode as it was
-    assert set(metrics) == {
-        "eval/math500/accuracy", "eval/math500/no_answer", "eval/math500/timeouts", "eval/math500/n",
-        "eval/arc_easy/accuracy", "eval/arc_easy/acc_norm", "eval/arc_easy/n",
-    }  # fmt: skip
-    assert metrics["eval/math500/n"] == 2 and metrics["eval/arc_easy/n"] == 2
-    assert 0.0 <= metrics["eval/arc_easy/accuracy"] <= 1.0
-    with pytest.raises(ValueError, match="no 'loglikelihood' mode"):
-        make_eval_hook(["math500"], mode="loglikelihood")
 
 
 def test_eval_config_parsing():
