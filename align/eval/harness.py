@@ -17,6 +17,7 @@ count as wrong (the denominator is every problem); each is counted in the summar
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,75 @@ def evaluate_generate(
         ks: pass@k / maj@k sizes (each <= num_samples); default `default_ks(num_samples)`.
         progress: show a progress bar with the running accuracy.
     """
+    ks = _check_generate_args(task, rows, num_samples, temperature, batch_size, ks)
+    task.pop_stats()  # count only this evaluation's failures
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        num_generations=num_samples,
+        seed=seed,
+        return_logprobs=False,
+    )
+    samples, problems = _sample_and_score(task, rows, generator, params, batch_size, ks, progress)
+    summary = _generate_summary(task, len(rows), num_samples, ks, problems, samples)
+    for p in problems:
+        p.pop("majority")
+    return TaskResult(task.name, "generate", summary, samples, problems)
+
+
+def _sample_and_score(
+    task: Task,
+    rows: Sequence[dict],
+    generator: Generator,
+    params: SamplingParams,
+    batch_size: int,
+    ks: Sequence[int],
+    progress: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Sample ``params.num_generations`` completions per row, ``batch_size`` rows per ``generate`` call with
+    seed ``params.seed + b`` for batch b, and score them: the sample records and the problem records, both
+    in dataset order."""
+    n = params.num_generations
+    prompts = [task.build_prompt(row) for row in rows]
+    order = sorted(range(len(rows)), key=lambda i: -len(str(prompts[i])))
+    per_problem: list[dict[str, Any] | None] = [None] * len(rows)
+    samples: list[list[dict] | None] = [None] * len(rows)
+    correct = done = 0
+    bar = _progress(len(rows), task.name, progress)
+    try:
+        for b, start in enumerate(range(0, len(order), batch_size)):
+            batch = order[start : start + batch_size]
+            seed = None if params.seed is None else params.seed + b
+            rollout = generator.generate([prompts[i] for i in batch], dataclasses.replace(params, seed=seed))
+            # (text, ended with eos, completion tokens) per completion; problem j owns rows j*n .. j*n+n-1
+            completions = list(
+                zip(rollout.completion_texts, rollout.is_eos.tolist(), rollout.completion_lengths.tolist())
+            )
+            for j, i in enumerate(batch):
+                samples[i], per_problem[i] = _score_problem(
+                    task, rows[i], i, prompts[i], completions[j * n : (j + 1) * n], ks
+                )
+                correct += per_problem[i]["correct"]
+                done += 1
+            bar.update(len(batch))
+            bar.set_postfix(acc=f"{correct / (done * n):.3f}")
+    finally:
+        bar.close()
+    records = [rec for group in samples if group for rec in group]
+    return records, [p for p in per_problem if p is not None]
+
+
+def _check_generate_args(
+    task: Task,
+    rows: Sequence[dict],
+    num_samples: int,
+    temperature: float,
+    batch_size: int,
+    ks: Sequence[int] | None,
+) -> list[int]:
+    """Refuse settings ``evaluate_generate`` cannot honour; return the pass@k / maj@k sizes, sorted."""
     if not rows:
         raise ValueError(f"{task.name}: no rows to evaluate")
     if num_samples < 1:
@@ -109,107 +179,80 @@ def evaluate_generate(
     bad = [k for k in ks if not 1 <= k <= num_samples]
     if bad:
         raise ValueError(f"pass@k sizes must be in [1, num_samples={num_samples}], got {bad}")
-    task.pop_stats()  # count only this evaluation's failures
+    return ks
 
-    n = num_samples
-    prompts = [task.build_prompt(row) for row in rows]
-    order = sorted(range(len(rows)), key=lambda i: -len(str(prompts[i])))
-    per_problem: list[dict[str, Any] | None] = [None] * len(rows)
-    samples: list[list[dict] | None] = [None] * len(rows)
-    correct_total = no_answer = unscorable = truncated = tokens = 0
-    done = 0
-    bar = _progress(len(rows), task.name, progress)
-    try:
-        for b, start in enumerate(range(0, len(order), batch_size)):
-            batch = order[start : start + batch_size]
-            params = SamplingParams(
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                num_generations=n,
-                seed=None if seed is None else seed + b,
-                return_logprobs=False,
-            )
-            rollout = generator.generate([prompts[i] for i in batch], params)
-            texts = rollout.completion_texts
-            is_eos = rollout.is_eos.tolist()
-            lengths = rollout.completion_lengths.tolist()
-            for j, i in enumerate(batch):
-                row = rows[i]
-                records, scores, answers = [], [], []
-                for s in range(n):
-                    r = j * n + s
-                    completion = texts[r]
-                    score = task.score(row, completion)
-                    extracted = task.extract(row, completion)
-                    ok = score is not None and score >= 1.0
-                    correct_total += ok
-                    no_answer += extracted is None
-                    unscorable += score is None
-                    truncated += not is_eos[r]
-                    tokens += lengths[r]
-                    scores.append(0.0 if score is None else float(score))
-                    answers.append(extracted)
-                    records.append(
-                        {
-                            "task": task.name,
-                            "index": i,
-                            "id": task.row_id(row, i),
-                            "sample": s,
-                            "prompt": prompts[i],
-                            "completion": completion,
-                            "extracted": extracted,
-                            "gold": task.gold(row),
-                            "correct": bool(ok),
-                            "score": score,
-                            "truncated": not is_eos[r],
-                            "completion_tokens": int(lengths[r]),
-                            **{c: row.get(c) for c in task.breakdown_columns},
-                        }
-                    )
-                c = sum(1 for rec in records if rec["correct"])
-                per_problem[i] = {
-                    "index": i,
-                    "correct": c,
-                    "accuracy": c / n,
-                    "majority": {k: majority_vote(answers[:k], scores[:k])[1] for k in ks},
-                    **{col: row.get(col) for col in task.breakdown_columns},
-                }
-                samples[i] = records
-                done += 1
-            bar.update(len(batch))
-            bar.set_postfix(acc=f"{correct_total / (done * n):.3f}")
-    finally:
-        bar.close()
 
-    problems = [p for p in per_problem if p is not None]
-    counts = [p["correct"] for p in problems]
-    accuracy = correct_total / (len(rows) * n)
+def _score_problem(
+    task: Task,
+    row: dict,
+    i: int,
+    prompt: Any,
+    completions: Sequence[tuple[str, bool, int]],
+    ks: Sequence[int],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score the ``n`` completions ``(text, ended with eos, tokens)`` of problem ``i``: one record per sample
+    for samples.jsonl, and the problem's record (correct count, accuracy, maj@k correctness per k)."""
+    records, scores, answers = [], [], []
+    for s, (completion, is_eos, length) in enumerate(completions):
+        score = task.score(row, completion)
+        extracted = task.extract(row, completion)
+        scores.append(0.0 if score is None else float(score))
+        answers.append(extracted)
+        records.append(
+            {
+                "task": task.name,
+                "index": i,
+                "id": task.row_id(row, i),
+                "sample": s,
+                "prompt": prompt,
+                "completion": completion,
+                "extracted": extracted,
+                "gold": task.gold(row),
+                "correct": bool(score is not None and score >= 1.0),
+                "score": score,
+                "truncated": not is_eos,
+                "completion_tokens": int(length),
+                **{c: row.get(c) for c in task.breakdown_columns},
+            }
+        )
+    c = sum(1 for rec in records if rec["correct"])
+    problem = {
+        "index": i,
+        "correct": c,
+        "accuracy": c / len(completions),
+        "majority": {k: majority_vote(answers[:k], scores[:k])[1] for k in ks},
+        **{col: row.get(col) for col in task.breakdown_columns},
+    }
+    return records, problem
+
+
+def _generate_summary(
+    task: Task, num_rows: int, n: int, ks: Sequence[int], problems: list[dict], records: list[dict]
+) -> dict[str, Any]:
+    """The JSON-ready summary of a generate evaluation: accuracy and its interval, pass@k, maj@k, and the
+    counts of every way a sample can fail (no answer, unscorable gold, verifier timeout, truncation)."""
+    correct = sum(rec["correct"] for rec in records)
+    accuracy = correct / (num_rows * n)
     stats = task.pop_stats()
-    summary: dict[str, Any] = {
+    counts = [p["correct"] for p in problems]
+    return {
         "task": task.name,
         "mode": "generate",
-        "n": len(rows),
+        "n": num_rows,
         "num_samples": n,
         "accuracy": accuracy,
-        "accuracy_ci95": _interval(accuracy, len(rows)),
+        "accuracy_ci95": _interval(accuracy, num_rows),
         "ci_method": "wilson (sample size = problems)",
-        "correct": correct_total,
+        "correct": correct,
         **{f"pass@{k}": mean_pass_at_k(counts, n, k) for k in ks},
         **{f"maj@{k}": sum(p["majority"][k] for p in problems) / len(problems) for k in ks},
-        "no_answer": no_answer,
-        "unscorable": unscorable,
+        "no_answer": sum(rec["extracted"] is None for rec in records),
+        "unscorable": sum(rec["score"] is None for rec in records),
         "timeouts": int(stats.get("timeouts", 0)),
-        "truncated": truncated,
-        "mean_completion_tokens": tokens / (len(rows) * n),
+        "truncated": sum(rec["truncated"] for rec in records),
+        "mean_completion_tokens": sum(rec["completion_tokens"] for rec in records) / (num_rows * n),
         "verifier": stats,
     }
-    for p in problems:
-        p.pop("majority")
-    return TaskResult(
-        task.name, "generate", summary, [rec for group in samples if group for rec in group], problems
-    )
 
 
 def evaluate_loglikelihood(
@@ -242,32 +285,17 @@ def evaluate_loglikelihood(
     finally:
         bar.close()
 
-    samples, problems = [], []
-    acc_total = norm_total = 0
-    for i, (row, ll, ch) in enumerate(zip(rows, lls, choices)):
-        labels = task.labels(row)
-        gold = task.gold_index(row)
-        pred = max(range(len(ll)), key=lambda j: ll[j])  # first maximum, as numpy's argmax
-        pred_norm = max(range(len(ll)), key=lambda j: ll[j] / max(len(ch[j]), 1))
-        acc_total += pred == gold
-        norm_total += pred_norm == gold
-        samples.append(
-            {
-                "task": task.name,
-                "index": i,
-                "id": task.row_id(row, i),
-                "prompt": contexts[i],
-                "choices": ch,
-                "loglikelihoods": ll,
-                "extracted": labels[pred],
-                "extracted_norm": labels[pred_norm],
-                "gold": labels[gold],
-                "correct": pred == gold,
-                "correct_norm": pred_norm == gold,
-            }
-        )
-        problems.append({"index": i, "correct": int(pred == gold), "accuracy": float(pred == gold)})
+    samples = [
+        _choice_record(task, i, row, contexts[i], ch, ll)
+        for i, (row, ll, ch) in enumerate(zip(rows, lls, choices))
+    ]
+    problems = [
+        {"index": i, "correct": int(r["correct"]), "accuracy": float(r["correct"])}
+        for i, r in enumerate(samples)
+    ]
     n = len(rows)
+    acc_total = sum(r["correct"] for r in samples)
+    norm_total = sum(r["correct_norm"] for r in samples)
     summary = {
         "task": task.name,
         "mode": "loglikelihood",
@@ -283,3 +311,27 @@ def evaluate_loglikelihood(
         "correct": acc_total,
     }
     return TaskResult(task.name, "loglikelihood", summary, samples, problems)
+
+
+def _choice_record(
+    task: Task, i: int, row: dict, context: str, choices: list[str], ll: list[float]
+) -> dict[str, Any]:
+    """The samples.jsonl record of multiple-choice problem ``i``: the choices' log-likelihoods, the argmax
+    (``extracted``, acc) and the argmax per character (``extracted_norm``, acc_norm) against the gold."""
+    labels = task.labels(row)
+    gold = task.gold_index(row)
+    pred = max(range(len(ll)), key=lambda j: ll[j])  # first maximum, as numpy's argmax
+    pred_norm = max(range(len(ll)), key=lambda j: ll[j] / max(len(choices[j]), 1))
+    return {
+        "task": task.name,
+        "index": i,
+        "id": task.row_id(row, i),
+        "prompt": context,
+        "choices": choices,
+        "loglikelihoods": ll,
+        "extracted": labels[pred],
+        "extracted_norm": labels[pred_norm],
+        "gold": labels[gold],
+        "correct": pred == gold,
+        "correct_norm": pred_norm == gold,
+    }

@@ -266,18 +266,81 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> di
         raise ValueError("run_eval: pass the tokenizer along with the model")
     paths = cfg.data_path_by_task()
     modes = {t: cfg.task_mode(t) for t in cfg.tasks}
-    generator = None
-    if any(m == "generate" for m in modes.values()):
-        from align.generation import make_generator
+    generator = _make_generator(cfg, model, tokenizer) if "generate" in modes.values() else None
+    results: dict[str, TaskResult] = {}
+    for name in cfg.tasks:
+        results[name] = _run_task(cfg, name, modes[name], paths.get(name), model, tokenizer, generator)
+        _print_result(name, results[name].summary)
+    write_outputs(list(results.values()), out, _run_meta(cfg))
+    print(f"outputs in {out}")
+    return results
 
-        kwargs: dict[str, Any] = {}
-        if cfg.backend == "vllm":
-            kwargs = {"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization, "seed": cfg.seed}
-        generator = make_generator(cfg.backend, model, tokenizer, **kwargs)
-        if cfg.backend != "hf":
-            generator.sync_weights(model)  # the merged adapter, if any
 
-    meta_model = {
+def _make_generator(cfg: EvalConfig, model: Any, tokenizer: Any) -> Any:
+    """The sampler of the generate tasks: ``cfg.backend``'s, holding ``model``'s weights (adapter merged)."""
+    from align.generation import make_generator
+
+    kwargs: dict[str, Any] = {}
+    if cfg.backend == "vllm":
+        kwargs = {"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization, "seed": cfg.seed}
+    generator = make_generator(cfg.backend, model, tokenizer, **kwargs)
+    if cfg.backend != "hf":
+        generator.sync_weights(model)  # the merged adapter, if any
+    return generator
+
+
+def _run_task(
+    cfg: EvalConfig, name: str, mode: str, source: str | None, model: Any, tokenizer: Any, generator: Any
+) -> TaskResult:
+    """Load task ``name``'s rows and evaluate them in ``mode``; the summary also records the time taken and
+    where the data came from."""
+    task = get_task(name, math_timeout_s=cfg.math_timeout_s, system_prompt=cfg.system_prompt)
+    rows = task.load(source, cfg.split, cfg.limit)
+    start = time.perf_counter()
+    if mode == "loglikelihood":
+        result = evaluate_loglikelihood(
+            task,
+            rows,
+            model,
+            tokenizer,
+            batch_size=cfg.loglikelihood_batch_size,
+            progress=not cfg.disable_progress_bar,
+        )
+    else:
+        result = evaluate_generate(
+            task,
+            rows,
+            generator,
+            num_samples=cfg.num_samples,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            ks=cfg.pass_k or None,
+            progress=not cfg.disable_progress_bar,
+        )
+    result.summary["seconds"] = round(time.perf_counter() - start, 3)
+    default_source = task.default_source()
+    result.summary["data"] = {
+        "source": str(source) if source else (str(default_source) if default_source else task.hub_name),
+        "split": cfg.split or task.default_split,
+    }
+    return result
+
+
+def _print_result(name: str, s: dict[str, Any]) -> None:
+    extra = f", acc_norm {s['acc_norm']:.4f}" if "acc_norm" in s else ""
+    print(
+        f"{name} ({s['mode']}): accuracy {s['accuracy']:.4f} [{s['accuracy_ci95'][0]:.4f}, "
+        f"{s['accuracy_ci95'][1]:.4f}]{extra} on {s['n']} problems"
+    )
+
+
+def _run_meta(cfg: EvalConfig) -> dict[str, Any]:
+    """The model, the settings that shape the numbers, and the library versions, for the report."""
+    model = {
         "name_or_path": cfg.model_name_or_path or "embedded SmolLM2-135M-Instruct",
         "adapter": cfg.adapter,
     }
@@ -288,51 +351,4 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> di
             "backend", "batch_size", "loglikelihood_batch_size", "math_timeout_s", "system_prompt",
         )
     }  # fmt: skip
-    results: dict[str, TaskResult] = {}
-    for name in cfg.tasks:
-        task = get_task(name, math_timeout_s=cfg.math_timeout_s, system_prompt=cfg.system_prompt)
-        source = paths.get(name)
-        rows = task.load(source, cfg.split, cfg.limit)
-        start = time.perf_counter()
-        if modes[name] == "loglikelihood":
-            result = evaluate_loglikelihood(
-                task,
-                rows,
-                model,
-                tokenizer,
-                batch_size=cfg.loglikelihood_batch_size,
-                progress=not cfg.disable_progress_bar,
-            )
-        else:
-            result = evaluate_generate(
-                task,
-                rows,
-                generator,
-                num_samples=cfg.num_samples,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                top_k=cfg.top_k,
-                max_new_tokens=cfg.max_new_tokens,
-                seed=cfg.seed,
-                batch_size=cfg.batch_size,
-                ks=cfg.pass_k or None,
-                progress=not cfg.disable_progress_bar,
-            )
-        result.summary["seconds"] = round(time.perf_counter() - start, 3)
-        result.summary["data"] = {
-            "source": str(source)
-            if source
-            else (str(task.default_source()) if task.default_source() else task.hub_name),
-            "split": cfg.split or task.default_split,
-        }
-        results[name] = result
-        s = result.summary
-        extra = f", acc_norm {s['acc_norm']:.4f}" if "acc_norm" in s else ""
-        print(
-            f"{name} ({s['mode']}): accuracy {s['accuracy']:.4f} [{s['accuracy_ci95'][0]:.4f}, "
-            f"{s['accuracy_ci95'][1]:.4f}]{extra} on {s['n']} problems"
-        )
-    meta = {"model": meta_model, "settings": settings, "versions": _versions()}
-    write_outputs(list(results.values()), out, meta)
-    print(f"outputs in {out}")
-    return results
+    return {"model": model, "settings": settings, "versions": _versions()}
