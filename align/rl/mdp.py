@@ -89,11 +89,18 @@ class TabularMDP:
 
     def __post_init__(self) -> None:
         self.gamma = check_gamma(self.gamma)
+        self._init_transitions()
+        S, A, _ = self.P.shape
+        self._init_rewards(S, A)
+        self._init_states(S)
+        self._init_display(S, A)
+
+    def _init_transitions(self) -> None:
+        """P as a float64 copy, checked: shape (S, A, S), at least one state and action, rows that sum to 1."""
         self.P = torch.as_tensor(self.P, dtype=DTYPE).clone()
         if self.P.dim() != 3 or self.P.shape[0] != self.P.shape[2]:
             raise ValueError(f"P must have shape (S, A, S), got {tuple(self.P.shape)}")
-        S, A, _ = self.P.shape
-        if S == 0 or A == 0:
+        if self.P.shape[0] == 0 or self.P.shape[1] == 0:
             raise ValueError(f"P must have at least one state and one action, got {tuple(self.P.shape)}")
         if float(self.P.min()) < -self.tol:
             raise ValueError("P has negative probabilities")
@@ -103,6 +110,9 @@ class TabularMDP:
             raise ValueError(
                 f"P[{s}, {a}, :] sums to {float(self.P[s, a].sum()):.10g}, not 1 (tol {self.tol:g})"
             )
+
+    def _init_rewards(self, S: int, A: int) -> None:
+        """R (from R3 when only R3 is given) and R3 as float64 copies, checked against each other and P."""
         if self.R3 is not None:
             self.R3 = torch.as_tensor(self.R3, dtype=DTYPE).clone()
             if tuple(self.R3.shape) != (S, A, S):
@@ -118,6 +128,9 @@ class TabularMDP:
             raise ValueError(
                 "R must equal the expectation of R3 under P: R[s, a] = sum_s' P[s, a, s'] R3[s, a, s']"
             )
+
+    def _init_states(self, S: int) -> None:
+        """terminal (default: none) and initial (default: uniform over non-terminal states), checked."""
         if self.terminal is None:
             self.terminal = torch.zeros(S, dtype=torch.bool)
         self.terminal = torch.as_tensor(self.terminal).to(torch.bool).clone()
@@ -136,6 +149,9 @@ class TabularMDP:
             )
         if (self.initial[self.terminal] > 0).any():
             raise ValueError("initial puts probability on terminal states")
+
+    def _init_display(self, S: int, A: int) -> None:
+        """shape, layout and action_names (all optional, for printing), checked against S and A."""
         if self.shape is not None:
             self.shape = (int(self.shape[0]), int(self.shape[1]))
             if self.shape[0] * self.shape[1] != S:
@@ -195,7 +211,8 @@ def from_toy_text(env: gym.Env, gamma: float = 0.99) -> TabularMDP:
     terminal when a transition flagged `terminated` leads into it; the flag must be consistent on the
     transitions that can happen (out of non-terminal states reachable from the start): a state entered
     once with terminated=True and once with False is an error, as that model would need values per
-    transition. Unreachable states (Taxi has some) keep their listed dynamics and get the convention. Following the module's convention, the value after a terminated transition is 0.
+    transition. Unreachable states (Taxi has some) keep their listed dynamics and get the convention.
+    Following the module's convention, the value after a terminated transition is 0.
     R3 is kept only when the reward depends on s' (FrozenLake's +1 for reaching the goal).
     """
     base = env.unwrapped
@@ -210,7 +227,32 @@ def from_toy_text(env: gym.Env, gamma: float = 0.99) -> TabularMDP:
         raise ValueError(
             "Taxi with fickle_passenger=True changes destinations outside `P`: its model cannot be extracted"
         )
-    S, A = int(base.observation_space.n), int(base.action_space.n)
+    P, R3, done = _toy_text_model(model, int(base.observation_space.n), int(base.action_space.n))
+    terminal = done.any(dim=(0, 1))
+    initial = torch.as_tensor(np.asarray(base.initial_state_distrib), dtype=DTYPE)
+    _check_termination_flags(P, done, terminal, initial)
+    R = (P * R3).sum(-1)
+    _absorb(P, R, terminal, R3)
+    reward_depends_on_next = ((R3 - R.unsqueeze(-1)).abs() * (P > 0)).amax() > 1e-12
+    kind = type(base).__name__
+    shape, layout = _toy_text_grid(base)
+    return TabularMDP(
+        P=P,
+        R=R,
+        gamma=gamma,
+        terminal=terminal,
+        initial=initial,
+        R3=R3 if reward_depends_on_next else None,
+        shape=shape,
+        layout=layout,
+        action_names=TOY_TEXT_ACTIONS.get(kind),
+        name=env.spec.id if env.spec is not None else kind,
+    )
+
+
+def _toy_text_model(model: dict, S: int, A: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``P``, ``R3`` and the terminated flags ``(S, A, S)`` of a toy-text ``P[s][a]`` list of
+    ``(prob, s_next, reward, terminated)``; repeated outcomes are summed and must agree on the rest."""
     P = np.zeros((S, A, S))  # filled in numpy (fast element access), converted to torch below
     R3 = np.zeros((S, A, S))
     done = np.zeros((S, A, S), dtype=bool)
@@ -227,12 +269,16 @@ def from_toy_text(env: gym.Env, gamma: float = 0.99) -> TabularMDP:
                 P[s, a, s_next] += prob
                 R3[s, a, s_next] = float(reward)
                 done[s, a, s_next] = bool(terminated)
-    P, R3, done = torch.from_numpy(P), torch.from_numpy(R3), torch.from_numpy(done)
-    terminal = done.any(dim=(0, 1))
-    initial = torch.as_tensor(np.asarray(base.initial_state_distrib), dtype=DTYPE)
-    # Only transitions that can happen must agree: out of non-terminal states reachable from the start.
-    # (Taxi lists moves out of its terminal states, and out of unreachable states such as "passenger
-    # already at the destination, taxi elsewhere", which enter a terminal state without the flag.)
+    return torch.from_numpy(P), torch.from_numpy(R3), torch.from_numpy(done)
+
+
+def _check_termination_flags(P: Tensor, done: Tensor, terminal: Tensor, initial: Tensor) -> None:
+    """A terminal state must be entered with the terminated flag by every transition that can happen.
+
+    Only transitions that can happen must agree: out of non-terminal states reachable from the start.
+    (Taxi lists moves out of its terminal states, and out of unreachable states such as "passenger already
+    at the destination, taxi elsewhere", which enter a terminal state without the flag.)
+    """
     reach = initial > 0
     while True:
         new = reach | (P[reach & ~terminal] > 0).any(dim=(0, 1))
@@ -245,35 +291,22 @@ def from_toy_text(env: gym.Env, gamma: float = 0.99) -> TabularMDP:
         raise ValueError(
             f"states {torch.nonzero(both).flatten().tolist()} are entered both with and without termination"
         )
-    R = (P * R3).sum(-1)
-    _absorb(P, R, terminal, R3)
-    reward_depends_on_next = ((R3 - R.unsqueeze(-1)).abs() * (P > 0)).amax() > 1e-12
 
+
+def _toy_text_grid(base: gym.Env) -> tuple[tuple[int, int] | None, tuple[str, ...] | None]:
+    """The grid shape and layout of FrozenLake (its map) and CliffWalking (S start, C cliff, G goal);
+    (None, None) for others."""
     kind = type(base).__name__
-    shape, layout = None, None
     if kind == "FrozenLakeEnv":
         layout = tuple(b"".join(row).decode() for row in base.desc)
-        shape = (len(layout), len(layout[0]))
-    elif kind == "CliffWalkingEnv":
+        return (len(layout), len(layout[0])), layout
+    if kind == "CliffWalkingEnv":
         rows, cols = base.shape
-        shape = (rows, cols)
         grid = [["."] * cols for _ in range(rows)]
         grid[rows - 1] = ["C"] * cols
         grid[rows - 1][0], grid[rows - 1][cols - 1] = "S", "G"
-        layout = tuple("".join(r) for r in grid)
-    spec_id = env.spec.id if env.spec is not None else kind
-    return TabularMDP(
-        P=P,
-        R=R,
-        gamma=gamma,
-        terminal=terminal,
-        initial=initial,
-        R3=R3 if reward_depends_on_next else None,
-        shape=shape,
-        layout=layout,
-        action_names=TOY_TEXT_ACTIONS.get(kind),
-        name=spec_id,
-    )
+        return (rows, cols), tuple("".join(r) for r in grid)
+    return None, None
 
 
 # --------------------------------------------------------------------------------------------------

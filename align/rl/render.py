@@ -76,20 +76,8 @@ def policy_map(
     """
     mdp = mdp_or_shape if isinstance(mdp_or_shape, TabularMDP) else None
     shape = mdp.shape if mdp is not None else (None if mdp_or_shape is None else tuple(mdp_or_shape))
-    if action_names is None:
-        action_names = mdp.action_names if mdp is not None and mdp.action_names is not None else None
     policy_t = torch.as_tensor(policy)
-    num_actions = (
-        len(action_names) if action_names is not None else (mdp.num_actions if mdp is not None else 4)
-    )
-    if action_names is None:
-        if num_actions != len(GRID_ACTIONS):
-            raise ValueError(f"give action_names for {num_actions} actions")
-        action_names = GRID_ACTIONS
-    if policy_t.dim() == 2 and policy_t.shape[1] != len(action_names):
-        raise ValueError(
-            f"policy has {policy_t.shape[1]} actions but there are {len(action_names)} action names"
-        )
+    action_names = _action_names(mdp, action_names, policy_t)
     best = _best_actions(policy_t, len(action_names))
     S = len(best)
     if mdp is not None and mdp.num_states != S:
@@ -99,6 +87,45 @@ def policy_map(
     if shape is not None and shape[0] * shape[1] != S:
         raise ValueError(f"shape {shape} has {shape[0] * shape[1]} cells for {S} states")
 
+    marks = _marks(mdp, {"*": terminal, "H": holes, "G": goals, "#": walls})
+    symbols = _symbols(action_names)
+    cells = [marks.get(s, "".join(symbols[a] for a in best[s])) for s in range(S)]
+    vals = None
+    if values is not None:
+        v = torch.as_tensor(values, dtype=torch.float64).flatten().tolist()
+        vals = ["#" if marks.get(s) == "#" else f"{v[s]:.{decimals}f}" for s in range(S)]
+    if shape is None:  # no grid: one line per state
+        lines = []
+        for s in range(S):
+            acts = cells[s] if s in marks else "/".join(action_names[a] for a in best[s])
+            lines.append(f"{s:>4}  {acts}" + (f"  {vals[s]}" if vals is not None else ""))
+        return "\n".join(lines)
+    return _grids(cells, vals, shape)
+
+
+def _action_names(
+    mdp: TabularMDP | None, action_names: Sequence[str] | None, policy: Tensor
+) -> Sequence[str]:
+    """The names to draw: those given, else the MDP's, else FrozenLake's (only for four actions)."""
+    if action_names is None:
+        action_names = mdp.action_names if mdp is not None and mdp.action_names is not None else None
+    num_actions = (
+        len(action_names) if action_names is not None else (mdp.num_actions if mdp is not None else 4)
+    )
+    if action_names is None:
+        if num_actions != len(GRID_ACTIONS):
+            raise ValueError(f"give action_names for {num_actions} actions")
+        action_names = GRID_ACTIONS
+    if policy.dim() == 2 and policy.shape[1] != len(action_names):
+        raise ValueError(
+            f"policy has {policy.shape[1]} actions but there are {len(action_names)} action names"
+        )
+    return action_names
+
+
+def _marks(mdp: TabularMDP | None, extra: dict[str, Iterable[int]]) -> dict[int, str]:
+    """The character drawn instead of an arrow, per marked state: the MDP's terminal states ('*') and marked
+    layout cells, then the ``extra`` states of each character (later ones win)."""
     marks: dict[int, str] = {}
     if mdp is not None:
         marks.update({int(s): "*" for s in torch.nonzero(mdp.terminal).flatten().tolist()})
@@ -108,23 +135,13 @@ def policy_map(
                 for c, ch in enumerate(row):
                     if ch in MARKED:
                         marks[r * cols + c] = ch
-    for states, ch in ((terminal, "*"), (holes, "H"), (goals, "G"), (walls, "#")):
+    for ch, states in extra.items():
         marks.update({int(s): ch for s in states})
+    return marks
 
-    symbols = _symbols(action_names)
-    cells = [marks.get(s, "".join(symbols[a] for a in best[s])) for s in range(S)]
-    vals = None
-    if values is not None:
-        v = torch.as_tensor(values, dtype=torch.float64).flatten().tolist()
-        vals = ["#" if marks.get(s) == "#" else f"{v[s]:.{decimals}f}" for s in range(S)]
 
-    if shape is None:  # no grid: one line per state
-        lines = []
-        for s in range(S):
-            acts = cells[s] if s in marks else "/".join(action_names[a] for a in best[s])
-            lines.append(f"{s:>4}  {acts}" + (f"  {vals[s]}" if vals is not None else ""))
-        return "\n".join(lines)
-
+def _grids(cells: list[str], vals: list[str] | None, shape: tuple[int, int]) -> str:
+    """The policy cells as a grid of ``shape``, with the value grid beside it when there are values."""
     rows, cols = shape
     pw = max(len(c) for c in cells)
     policy_rows = [" ".join(cells[r * cols + c].center(pw) for c in range(cols)) for r in range(rows)]
