@@ -348,6 +348,7 @@ def _check_env(env_id: str) -> str:
 
 
 def _train(env_id: str, seed: int, total_timesteps: int, snapshot_every: int, run_dir: Path) -> None:
+    """Train the PPO run, score its snapshots and write the run folder (``run.json`` last)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = PPOConfig(
         output_dir=str(run_dir / "train"),
@@ -371,45 +372,9 @@ def _train(env_id: str, seed: int, total_timesteps: int, snapshot_every: int, ru
     greedy = trainer.evaluate()
     trainer.save_model(run_dir / "model")
     arch = trainer.policy.architecture
-    scores = []
     t1 = time.perf_counter()
-    with torch_threads(1):
-        for i, snap in enumerate(trainer.snapshots):
-            model = build_model(arch)
-            model.load_state_dict(snap["state_dict"])
-            model.eval()
-            # Fixed episode seeds for every snapshot: differences between snapshots are the policy's.
-            gen = torch.Generator().manual_seed(_derive_seed(seed, "score", i))
-            eps = play_episodes(
-                env_id,
-                sampling_actor(model, gen),
-                seed=_derive_seed(seed, "score-env"),
-                episodes=SNAPSHOT_EVAL_EPISODES,
-            )
-            ret = np.array([e["rewards"].sum() for e in eps])
-            scores.append(
-                {
-                    "update": snap["update"],
-                    "env_steps": snap["env_steps"],
-                    "return_mean": float(ret.mean()),
-                    "return_std": float(ret.std()),
-                }
-            )
-    labels = [f"ppo-train@u{k}" for k in trainer.replay_updates]
-    replay = OfflineDataset(
-        trainer.replay,
-        labels,
-        "<ppo training run>",
-        {"env_id": env_id, "kind": "ppo-training-replay", "seed": seed, "source": "ppo"},
-    )
-    save_offline_dataset(replay, run_dir / "replay.parquet")
-    torch.save(
-        [
-            {"update": s["update"], "env_steps": s["env_steps"], "state_dict": s["state_dict"]}
-            for s in trainer.snapshots
-        ],
-        run_dir / "snapshots.pt",
-    )
+    scores = _score_snapshots(env_id, seed, arch, trainer.snapshots)
+    _save_replay_and_snapshots(trainer, env_id, seed, run_dir)
     info = {
         "env_id": env_id,
         "seed": seed,
@@ -429,6 +394,57 @@ def _train(env_id: str, seed: int, total_timesteps: int, snapshot_every: int, ru
     tmp = run_dir / "run.json.tmp"
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     tmp.replace(run_dir / "run.json")
+
+
+def _save_replay_and_snapshots(trainer: RecordingPPOTrainer, env_id: str, seed: int, run_dir: Path) -> None:
+    """replay.parquet (the training episodes, labelled ``ppo-train@u<k>``) and snapshots.pt (the weights)."""
+    labels = [f"ppo-train@u{k}" for k in trainer.replay_updates]
+    replay = OfflineDataset(
+        trainer.replay,
+        labels,
+        "<ppo training run>",
+        {"env_id": env_id, "kind": "ppo-training-replay", "seed": seed, "source": "ppo"},
+    )
+    save_offline_dataset(replay, run_dir / "replay.parquet")
+    torch.save(
+        [
+            {"update": s["update"], "env_steps": s["env_steps"], "state_dict": s["state_dict"]}
+            for s in trainer.snapshots
+        ],
+        run_dir / "snapshots.pt",
+    )
+
+
+def _score_snapshots(
+    env_id: str, seed: int, architecture: dict[str, Any], snapshots: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each snapshot's mean and std return over ``SNAPSHOT_EVAL_EPISODES`` episodes with sampled actions.
+
+    The episode seeds are the same for every snapshot, so differences between snapshots are the policy's.
+    """
+    scores = []
+    with torch_threads(1):
+        for i, snap in enumerate(snapshots):
+            model = build_model(architecture)
+            model.load_state_dict(snap["state_dict"])
+            model.eval()
+            gen = torch.Generator().manual_seed(_derive_seed(seed, "score", i))
+            eps = play_episodes(
+                env_id,
+                sampling_actor(model, gen),
+                seed=_derive_seed(seed, "score-env"),
+                episodes=SNAPSHOT_EVAL_EPISODES,
+            )
+            ret = np.array([e["rewards"].sum() for e in eps])
+            scores.append(
+                {
+                    "update": snap["update"],
+                    "env_steps": snap["env_steps"],
+                    "return_mean": float(ret.mean()),
+                    "return_std": float(ret.std()),
+                }
+            )
+    return scores
 
 
 def _derive_seed(seed: int, *parts: Any) -> int:
@@ -463,27 +479,50 @@ def make_ppo_dataset(
         raise ValueError(f"kind: unknown dataset kind {kind!r}; expected one of {list(DATASET_KINDS)}")
     env_id = _check_env(env_id)
     steps = int(steps or DEFAULT_STEPS.get(env_id, 20_000))
-    env = make_env(env_id)
-    n_actions = int(env.action_space.n)
-    env.close()
     meta: dict[str, Any] = {"env_id": env_id, "kind": kind, "seed": seed, "source": "ppo"}
     if kind == "random":  # no agent involved: do not train one
-        episodes = play_episodes(
-            env_id,
-            random_actor(n_actions, np.random.default_rng(_derive_seed(seed, kind))),
-            seed=_derive_seed(seed, kind, "env") % 2**30,
-            min_steps=steps,
-        )
-        return OfflineDataset(
-            episodes, ["random"] * len(episodes), "<generated>", {**meta, "steps_per_part": steps}
-        )
+        return _random_dataset(env_id, seed, steps, meta)
     run = ensure_ppo_agent(
         env_id, seed=seed, total_timesteps=total_timesteps, snapshot_every=snapshot_every, cache_dir=cache_dir
     )
-    total_timesteps, snapshot_every = run.info["total_timesteps"], run.info["snapshot_every"]
+    meta.update(
+        {
+            "ppo_total_timesteps": run.info["total_timesteps"],
+            "ppo_updates": run.total_updates,
+            "ppo_snapshot_every": run.info["snapshot_every"],
+            "expert_return_mean": round(float(run.snapshots[-1]["return_mean"]), 2),
+        }
+    )
+    episodes, labels, snapshots_used = _agent_episodes(run, kind, seed=seed, steps=steps)
+    meta.update(snapshots_used)
+    if kind != "medium-replay":
+        meta["steps_per_part"] = steps
+    return OfflineDataset(episodes, labels, "<generated>", meta)
+
+
+def _random_dataset(env_id: str, seed: int, steps: int, meta: dict[str, Any]) -> OfflineDataset:
+    """The random dataset: at least ``steps`` steps of uniformly random actions."""
+    env = make_env(env_id)
+    n_actions = int(env.action_space.n)
+    env.close()
+    episodes = play_episodes(
+        env_id,
+        random_actor(n_actions, np.random.default_rng(_derive_seed(seed, "random"))),
+        seed=_derive_seed(seed, "random", "env") % 2**30,
+        min_steps=steps,
+    )
+    return OfflineDataset(
+        episodes, ["random"] * len(episodes), "<generated>", {**meta, "steps_per_part": steps}
+    )
+
+
+def _agent_episodes(
+    run: PPOAgentRun, kind: str, *, seed: int, steps: int
+) -> tuple[list[dict[str, np.ndarray]], list[str], dict[str, Any]]:
+    """The episodes and labels of the ``kind`` dataset (not random) from ``run``, and the snapshots used
+    (``medium_snapshot`` / ``expert_snapshot``: ``PPOAgentRun.snapshot_meta``)."""
+    env_id = run.env_id
     med, last = run.medium_index(), len(run.snapshots) - 1
-    updates = run.total_updates
-    snap_meta = run.snapshot_meta
 
     def part(index: int, n: int) -> tuple[list[dict[str, np.ndarray]], list[str]]:
         # Each part has its own environment seeds and generator, so each dataset is reproducible on its own.
@@ -493,31 +532,17 @@ def make_ppo_dataset(
             eps = play_episodes(env_id, act, seed=s % 2**30, min_steps=steps)
         return eps, [f"ppo@u{run.snapshots[index]['update']}"] * len(eps)
 
-    meta.update(
-        {
-            "ppo_total_timesteps": total_timesteps,
-            "ppo_updates": updates,
-            "ppo_snapshot_every": snapshot_every,
-            "expert_return_mean": round(float(run.snapshots[last]["return_mean"]), 2),
-        }
-    )
     if kind == "medium":
-        episodes, labels = part(med, 0)
-        meta["medium_snapshot"] = snap_meta(med)
-    elif kind == "expert":
-        episodes, labels = part(last, 0)
-        meta["expert_snapshot"] = snap_meta(last)
-    elif kind == "medium-expert":
+        return *part(med, 0), {"medium_snapshot": run.snapshot_meta(med)}
+    if kind == "expert":
+        return *part(last, 0), {"expert_snapshot": run.snapshot_meta(last)}
+    if kind == "medium-expert":
         e1, l1 = part(med, 0)
         e2, l2 = part(last, 1)
-        episodes, labels = e1 + e2, l1 + l2
-        meta["medium_snapshot"], meta["expert_snapshot"] = snap_meta(med), snap_meta(last)
-    else:  # medium-replay
-        episodes, labels = run.replay_until(med)
-        meta["medium_snapshot"] = snap_meta(med)
-    if kind != "medium-replay":
-        meta["steps_per_part"] = steps
-    return OfflineDataset(episodes, labels, "<generated>", meta)
+        used = {"medium_snapshot": run.snapshot_meta(med), "expert_snapshot": run.snapshot_meta(last)}
+        return e1 + e2, l1 + l2, used
+    episodes, labels = run.replay_until(med)  # medium-replay
+    return episodes, labels, {"medium_snapshot": run.snapshot_meta(med)}
 
 
 __all__ = [

@@ -210,35 +210,12 @@ def make_offline_dataset(
     env = make_env(env_id, **(env_kwargs or {}))
     if not isinstance(env.action_space, gym.spaces.Discrete):
         raise ValueError(f"{env_id}: datasets are generated for discrete-action environments only")
-    expert = expert_policy(env_id, env)
     steps = int(steps or DEFAULT_STEPS.get(env_id, 20_000))
     med = MEDIUM_EPS.get(env_id, 0.5)
-    # One generator per (seed, kind): each dataset is reproducible on its own, whatever else was made.
-    rng = np.random.default_rng([seed, DATASET_KINDS.index(kind)])
-    env_seed = seed * 1000 + DATASET_KINDS.index(kind)
-
-    def part(eps: Callable[[int], float], s: int) -> tuple[list, list]:
-        return collect_episodes(env, expert, eps, steps=steps, seed=s, rng=rng)
-
-    if kind == "random":
-        eps_list, pol = part(lambda i: 1.0, env_seed)
-    elif kind == "medium":
-        eps_list, pol = part(lambda i: med, env_seed)
-    elif kind == "expert":
-        eps_list, pol = part(lambda i: 0.0, env_seed)
-    elif kind == "medium-expert":
-        e1, p1 = part(lambda i: med, env_seed)
-        e2, p2 = part(lambda i: 0.0, env_seed + 500)
-        eps_list, pol = e1 + e2, p1 + p2
-    else:  # medium-replay: a "training run" from random to medium. The number of episodes is not known
-        # in advance (episodes lengthen as the policy improves), so the schedule runs over the expected
-        # count, from the mean lengths of random (about 22 steps on CartPole) and medium episodes.
-        n_rand = _mean_length(env, expert, 1.0, seed, med)
-        n_med = _mean_length(env, expert, med, seed, med)
-        n_eps = max(2, int(steps / ((n_rand + n_med) / 2)))
-        eps_list, pol = part(lambda i: max(med, 1.0 - (1.0 - med) * i / (n_eps - 1)), env_seed)
-        pol = [p if p != "random" else "eps=1.00" for p in pol]
-    env.close()
+    try:
+        episodes, policies = _controller_episodes(env, expert_policy(env_id, env), kind, seed, steps, med)
+    finally:
+        env.close()
     meta = {
         "env_id": env_id,
         "kind": kind,
@@ -247,7 +224,39 @@ def make_offline_dataset(
         "steps_per_part": steps,
         "medium_eps": med,
     }
-    return OfflineDataset(eps_list, pol, "<generated>", meta)
+    return OfflineDataset(episodes, policies, "<generated>", meta)
+
+
+def _controller_episodes(
+    env: gym.Env, expert: Policy, kind: str, seed: int, steps: int, med: float
+) -> tuple[list[dict[str, np.ndarray]], list[str]]:
+    """The episodes and behaviour labels of the ``kind`` dataset: ``expert`` with random actions at the rate
+    of the kind (``med`` for medium)."""
+    # One generator per (seed, kind): each dataset is reproducible on its own, whatever else was made.
+    rng = np.random.default_rng([seed, DATASET_KINDS.index(kind)])
+    env_seed = seed * 1000 + DATASET_KINDS.index(kind)
+
+    def part(eps: Callable[[int], float], s: int) -> tuple[list, list]:
+        return collect_episodes(env, expert, eps, steps=steps, seed=s, rng=rng)
+
+    if kind == "random":
+        return part(lambda i: 1.0, env_seed)
+    if kind == "medium":
+        return part(lambda i: med, env_seed)
+    if kind == "expert":
+        return part(lambda i: 0.0, env_seed)
+    if kind == "medium-expert":
+        e1, p1 = part(lambda i: med, env_seed)
+        e2, p2 = part(lambda i: 0.0, env_seed + 500)
+        return e1 + e2, p1 + p2
+    # medium-replay: a "training run" from random to medium. The number of episodes is not known in advance
+    # (episodes lengthen as the policy improves), so the schedule runs over the expected count, from the
+    # mean lengths of random (about 22 steps on CartPole) and medium episodes.
+    n_rand = _mean_length(env, expert, 1.0, seed, med)
+    n_med = _mean_length(env, expert, med, seed, med)
+    n_eps = max(2, int(steps / ((n_rand + n_med) / 2)))
+    episodes, policies = part(lambda i: max(med, 1.0 - (1.0 - med) * i / (n_eps - 1)), env_seed)
+    return episodes, [p if p != "random" else "eps=1.00" for p in policies]
 
 
 def _mean_length(env: gym.Env, expert: Policy, eps: float, seed: int, med: float) -> float:
