@@ -724,22 +724,11 @@ class TabularAgent:
         epsilon = float(self._value(self.epsilon, step_index))
         alpha = self._value(self.alpha, step_index)
         env_seed = int(np.random.SeedSequence([self.seed, self.episodes]).generate_state(1)[0])
-        tab, g, m = self.table.table, self.gamma, self.method
+        m = self.method
         errors: list[float] = []
         steps: list[float] = []
         episode: list[Transition] = []
-
-        if self.exploring_starts:  # section 5.3: every (s, a) pair can start an episode
-            start = int(self._starts[int(torch.randint(len(self._starts), (), generator=self.generator))])
-            s, _ = self.env.reset(seed=env_seed, options={"state": start})
-            if isinstance(self.table, QTable):
-                a = int(torch.randint(int(self.env.action_space.n), (), generator=self.generator))
-            else:  # predicting v_pi: the first action must follow pi too
-                a = self._act(start, epsilon)
-        else:
-            s, _ = self.env.reset(seed=env_seed)
-            a = self._act(int(s), epsilon)
-        s = int(s)
+        s, a = self._reset(env_seed, epsilon)
         for t in range(self.max_steps):
             s_next, r, terminated, truncated, _ = self.env.step(a)
             s_next, r, terminated = int(s_next), float(r), bool(terminated)
@@ -748,39 +737,17 @@ class TabularAgent:
             # SARSA's target needs A', so it picks A' before updating Q(S, A), as in S&B's pseudocode
             # (section 6.4); the other methods pick the next action after the update.
             a_next = self._act(s_next, epsilon) if m == "sarsa" and not terminated else 0
-            key = s if m == "td0" else (s, a)
             if m in ("q_learning", "sarsa", "expected_sarsa", "td0"):
-                step = self._step_size(key, alpha)
+                step = self._step_size(s if m == "td0" else (s, a), alpha)
                 steps.append(step)
-                if m == "q_learning":
-                    errors.append(q_learning_update(tab, s, a, r, s_next, terminated, alpha=step, gamma=g))
-                elif m == "sarsa":
-                    errors.append(sarsa_update(tab, s, a, r, s_next, a_next, terminated, alpha=step, gamma=g))
-                elif m == "expected_sarsa":
-                    probs = self._probs(s_next, epsilon)
-                    errors.append(
-                        expected_sarsa_update(
-                            tab, s, a, r, s_next, terminated, alpha=step, gamma=g, probs_next=probs
-                        )
-                    )
-                else:
-                    errors.append(td0_update(tab, s, r, s_next, terminated, alpha=step, gamma=g))
+                errors.append(self._td_update(episode[-1], a_next, step, epsilon))
             if terminated or truncated:
                 break
             if m != "sarsa":
                 a_next = self._act(s_next, epsilon)
             s, a = s_next, a_next
-
         if m in ("mc_first_visit", "mc_every_visit"):
-            counts = self.table.counts
-            errors = monte_carlo_update(
-                tab, episode, gamma=g, first_visit=(m == "mc_first_visit"), alpha=alpha, counts=counts
-            )
-            if alpha is None:  # report the sample-average step 1 / N of the entries this episode updated
-                keys = {tr.s if isinstance(self.table, VTable) else (tr.s, tr.a) for tr in episode}
-                steps = [1.0 / float(counts[k]) for k in keys]
-            else:
-                steps = [alpha] * len(errors)
+            errors, steps = self._mc_update(episode, alpha)
 
         self.episodes += 1
         self.env_steps += len(episode)
@@ -792,3 +759,48 @@ class TabularAgent:
             "epsilon": epsilon if self.policy is None else 0.0,
             "alpha": float(np.mean(steps)) if steps else (alpha if alpha is not None else 0.0),
         }
+
+    def _reset(self, env_seed: int, epsilon: float) -> tuple[int, int]:
+        """Start an episode: the first state and action."""
+        if self.exploring_starts:  # section 5.3: every (s, a) pair can start an episode
+            start = int(self._starts[int(torch.randint(len(self._starts), (), generator=self.generator))])
+            s, _ = self.env.reset(seed=env_seed, options={"state": start})
+            if isinstance(self.table, QTable):
+                a = int(torch.randint(int(self.env.action_space.n), (), generator=self.generator))
+            else:  # predicting v_pi: the first action must follow pi too
+                a = self._act(start, epsilon)
+        else:
+            s, _ = self.env.reset(seed=env_seed)
+            a = self._act(int(s), epsilon)
+        return int(s), a
+
+    def _td_update(self, tr: Transition, a_next: int, step: float, epsilon: float) -> float:
+        """One TD update of the table from transition ``tr`` with step size ``step``; returns the TD error."""
+        tab, g, m = self.table.table, self.gamma, self.method
+        s, a, r, s_next, terminated = tr.s, tr.a, tr.r, tr.s_next, tr.terminated
+        if m == "q_learning":
+            return q_learning_update(tab, s, a, r, s_next, terminated, alpha=step, gamma=g)
+        if m == "sarsa":
+            return sarsa_update(tab, s, a, r, s_next, a_next, terminated, alpha=step, gamma=g)
+        if m == "expected_sarsa":
+            probs = self._probs(s_next, epsilon)
+            return expected_sarsa_update(
+                tab, s, a, r, s_next, terminated, alpha=step, gamma=g, probs_next=probs
+            )
+        return td0_update(tab, s, r, s_next, terminated, alpha=step, gamma=g)
+
+    def _mc_update(self, episode: list[Transition], alpha: float | None) -> tuple[list[float], list[float]]:
+        """The Monte Carlo update at the end of ``episode``: the errors G - estimate and the step sizes used."""
+        counts = self.table.counts
+        errors = monte_carlo_update(
+            self.table.table,
+            episode,
+            gamma=self.gamma,
+            first_visit=(self.method == "mc_first_visit"),
+            alpha=alpha,
+            counts=counts,
+        )
+        if alpha is None:  # report the sample-average step 1 / N of the entries this episode updated
+            keys = {tr.s if isinstance(self.table, VTable) else (tr.s, tr.a) for tr in episode}
+            return errors, [1.0 / float(counts[k]) for k in keys]
+        return errors, [alpha] * len(errors)
