@@ -2,7 +2,7 @@
 behaviour cloning on the same data, and the dataset's mean and best episode return (align.rl.decision_transformer).
 
 With no arguments it trains on CartPole-v1 medium-replay (generated on first use into
-$ALIGN_CACHE_DIR/offline_rl, about a second) with recipes/configs/rl/dt_cartpole.yaml, then rolls out
+$ALIGN_CACHE_DIR/offline_rl) with recipes/configs/rl/dt_cartpole.yaml, then rolls out
 conditioned on each target return and prints the table row (dataset | DT per target | BC | mean | best):
 
     python recipes/decision_transformer.py
@@ -14,7 +14,7 @@ conditioned on each target return and prints the table row (dataset | DT per tar
 
 ``--data_source ppo`` takes the data from the project's PPO agent instead of the noisy controller: its
 partly-trained snapshot (medium) and its own training episodes up to that snapshot (medium-replay); the
-first use trains it (about 20 s, cached). Make or inspect the datasets themselves with
+first use of a seed trains it (then cached). Make or inspect the datasets themselves with
 ``python data/make_offline_rl.py``. Outputs in output_dir:
 metrics.jsonl, config.yaml, checkpoints/, model/ (transformers DecisionTransformerModel + dt_meta.json),
 bc/ (the baseline's metrics and model), learning_curve.png, return_vs_target.png (the paper's Figure 4),

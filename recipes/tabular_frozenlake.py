@@ -2,7 +2,7 @@
 or value / policy iteration one sweep per step; prints the greedy policy and its values as a map of arrows
 and numbers, next to the optimal ones from value iteration.
 
-With no arguments: Q-learning on FrozenLake 4x4 slippery (gamma 0.99, 12,000 episodes, about 20 s), whose
+With no arguments: Q-learning on FrozenLake 4x4 slippery (gamma 0.99, 12,000 episodes), whose
 greedy policy reaches the optimal success rate, 0.740 within the 100-step time limit:
 
     python recipes/tabular_frozenlake.py

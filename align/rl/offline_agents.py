@@ -3,8 +3,8 @@ r"""CartPole offline datasets made by a trained agent: the project's PPO, its sn
 ``align.rl.offline_data`` makes its CartPole data from a hand-written controller plus random-action noise
 (the ``"controller"`` source, the default). This module is the ``"ppo"`` source, closer to D4RL (Fu et al.
 2020), whose data come from real training runs: the project's own PPO (``align.rl.policy_gradient``, with
-the hyperparameters of recipes/configs/rl/ppo_cartpole.yaml, 100,000 environment steps, about 10 s on one
-CPU core) is trained once per seed, keeping
+the hyperparameters of recipes/configs/rl/ppo_cartpole.yaml, 100,000 environment steps) is trained once per
+seed, keeping
 
 * a snapshot of the policy every ``snapshot_every`` updates (and the initial and final ones), each scored
   by the mean return of ``SNAPSHOT_EVAL_EPISODES`` episodes with sampled actions, and
@@ -83,7 +83,7 @@ PPO_HYPERPARAMETERS: dict[str, Any] = {
 keeps the two equal). Written out here because the package does not read the recipes' folder."""
 
 DEFAULT_PPO_TIMESTEPS = 100_000
-"""Training budget in environment steps: ppo_cartpole.yaml's, greedy return 500 on seeds 0-3."""
+"""Training budget in environment steps: ppo_cartpole.yaml's."""
 
 DEFAULT_SNAPSHOT_EVERY = 4
 """Updates between snapshots: 4 x 256 = 1,024 environment steps, about 100 snapshots over the default run,
@@ -310,7 +310,7 @@ def ensure_ppo_agent(
     cache_dir: str | Path | None = None,
 ) -> PPOAgentRun:
     """The trained PPO run for (env, seed, budget, snapshot interval): loaded from the cache, or trained,
-    scored and cached first (about 10 s of training plus the snapshots' scoring for the default budget).
+    scored and cached first.
 
     ``total_timesteps`` and ``snapshot_every`` default to ``DEFAULT_PPO_TIMESTEPS`` and
     ``DEFAULT_SNAPSHOT_EVERY``, read at call time. ``run.json`` is written last, so a run interrupted half way

@@ -12,8 +12,8 @@ Datasets (D4RL's names, Fu et al. 2020), made deterministically from a seed by `
     medium-expert  the medium episodes followed by as many steps of expert episodes
     expert         the expert alone
 
-The experts of the default source are the project's own controllers, not trained networks (these take
-milliseconds and are reproducible to the bit; the "ppo" source below trains one): on CartPole-v1 a hand-written linear
+The experts of the default source are the project's own controllers, not trained networks (these are
+cheap and reproducible to the bit; the "ppo" source below trains one): on CartPole-v1 a hand-written linear
 controller of the pole angle and velocity, ``a = [theta + 0.5 theta' + 0.01 x + 0.1 x' > 0]``, which holds
 the pole for all 500 steps from every start tried; on the toy-text grid worlds the greedy policy of
 ``align.rl.tabular.value_iteration`` on the environment's exact model. CartPole-v1 and FrozenLake-v1 (4x4,
@@ -22,7 +22,7 @@ slippery) are the tuned ones (``MEDIUM_EPS``); CliffWalking-v1 and Taxi-v4 work 
 
 Sources (``source=``): "controller" (the default) is the above. "ppo" (CartPole-v1 only,
 ``align.rl.offline_agents``) is closer to D4RL's real training runs: the project's PPO is trained once per
-seed (about 20 s, cached under ``offline_data_dir() / "agents"``) with policy snapshots along the way;
+seed (cached under ``offline_data_dir() / "agents"``) with policy snapshots along the way;
 medium is a partly-trained snapshot (mean return closest to 0.4 of the final policy's), expert the final
 policy, medium-replay the run's own training episodes up to the medium snapshot. Its files carry the source
 in their name, and its stats.json the snapshots used (updates, environment steps, fraction of training,
@@ -59,9 +59,8 @@ DATA_SOURCES = ("controller", "ppo")
 trained PPO agent's snapshots and training episodes (``align.rl.offline_agents``, CartPole-v1 only)."""
 
 MEDIUM_EPS = {"CartPole-v1": 0.5, "FrozenLake-v1": 0.15}
-"""Probability of a uniformly random action in the 'medium' policy, per environment. Measured (seed 0):
-CartPole-v1 mean return 186 (expert 500, random 22); FrozenLake-v1 4x4 slippery success rate 0.29
-(expert 0.74, random 0.012). The slippery lake punishes noise hard: at 0.5 the success rate is 0.06."""
+"""Probability of a uniformly random action in the 'medium' policy, per environment, tuned so that the
+medium return is a third to a half of the expert's (README.md lists the returns it gives)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,8 +292,8 @@ def ensure_offline_dataset(
     env_kwargs: dict[str, Any] | None = None,
     source: str = "controller",
 ) -> Path:
-    """The path of the generated dataset, making it first when it is not cached yet (a second or so; the
-    first "ppo" dataset of a seed also trains its agent, about 20 s)."""
+    """The path of the generated dataset, making it first when it is not cached yet (the first "ppo" dataset
+    of a seed also trains its agent)."""
     path = offline_data_dir(cache_dir) / dataset_file_name(env_id, kind, seed, steps, source)
     if not path.is_file():
         dataset = make_offline_dataset(
