@@ -91,7 +91,7 @@ class DTConfig(RLConfig):
     data_source: Literal["controller", "ppo"] = "controller"
     """Behaviour policy of the generated dataset (align.rl.offline_data): 'controller', the project's expert
     plus random-action noise, or 'ppo', snapshots and training episodes of the project's PPO (CartPole-v1
-    only; the first use trains it, about 20 s). Ignored when dataset_path is set."""
+    only; the first use of a seed trains it, then it is cached). Ignored when dataset_path is set."""
     data_dir: str | None = None
     """Cache folder of generated datasets (default: $ALIGN_CACHE_DIR/offline_rl, else ~/.cache/align/offline_rl)."""
     context_length: int = 20
@@ -398,15 +398,7 @@ def rollout_episodes(
             ctx[i].observe(enc[j])
         windows = [ctx[i].inputs() for i in active]
         batch = {k: torch.from_numpy(np.stack([w[k] for w in windows])) for k in windows[0]}
-        preds = predict(batch).float()
-        if discrete:
-            if sample:
-                acts = torch.multinomial(torch.softmax(preds, -1), 1, generator=generator).squeeze(-1)
-            else:
-                acts = preds.argmax(-1)
-            acts_np: Any = acts.numpy()
-        else:
-            acts_np = np.clip(preds.numpy(), space.low, space.high)
+        acts_np = _actions(predict(batch).float(), space, sample, generator)
         still = []
         for j, i in enumerate(active):
             a = int(acts_np[j]) if discrete else acts_np[j]
@@ -420,6 +412,16 @@ def rollout_episodes(
     for env in envs:
         env.close()
     return returns, lengths
+
+
+def _actions(preds: torch.Tensor, space: gym.Space, sample: bool, generator: torch.Generator | None) -> Any:
+    """Actions ``(n,)`` from predictions ``(n, A)``: sampled from ``softmax(logits)`` or the argmax for a
+    Discrete space, the prediction clipped to the bounds for a Box."""
+    if not isinstance(space, gym.spaces.Discrete):
+        return np.clip(preds.numpy(), space.low, space.high)
+    if sample:
+        return torch.multinomial(torch.softmax(preds, -1), 1, generator=generator).squeeze(-1).numpy()
+    return preds.argmax(-1).numpy()
 
 
 def warn_unreached_targets(targets: list[float], best_return: float, source: str) -> list[float]:
