@@ -83,8 +83,12 @@ class SamplingParams:
     num_generations: int = 1
     """Completions per prompt (G in GRPO). Prompt i's completions are rows i*G .. i*G+G-1."""
     seed: int | None = None
-    """Seed for this call: the same seed, prompts, model and batch size give the same completions. None
-    draws from the global RNG (HF) or the engine's RNG (vLLM). The global RNG state is left untouched."""
+    """Seed for this call. HF: completion i draws its tokens from its own stream keyed by (seed,
+    seed_offset + i), so the same completions come out whatever the batch size, chunking or process
+    layout. vLLM: a seed per request. None draws from the global RNG (HF) or the engine's RNG (vLLM). The
+    global RNG state is left untouched."""
+    seed_offset: int = 0
+    """Index in the global batch of this call's first completion (a process's rank x its rows)."""
     repetition_penalty: float = 1.0
     """CTRL-style penalty on tokens already in the prompt or completion (>1 discourages repeats). 1 = off.
     It changes the sampling distribution but not the returned log-probs (HF backend)."""
@@ -425,11 +429,12 @@ class _Sampler(LogitsProcessor):
     64 x 1024).
     """
 
-    def __init__(self, params: SamplingParams, generator: torch.Generator | None, raw: dict | None) -> None:
+    def __init__(self, params: SamplingParams, draws: torch.Tensor | None, raw: dict | None) -> None:
         self.params = params
-        self.generator = generator
+        self.draws = draws  # (n, max_new_tokens) uniforms of each row's own stream, or None: global RNG
         self.raw = raw
         self.logprobs: list[torch.Tensor] = []
+        self.t = 0
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         params = self.params
@@ -441,7 +446,11 @@ class _Sampler(LogitsProcessor):
         if params.top_p < 1.0:
             probs = _nucleus(probs, params.top_p)
         cdf = probs.cumsum(-1)  # unnormalised after top-p: scale the uniform draw by the row's total
-        draw = torch.rand((cdf.shape[0], 1), generator=self.generator, device=cdf.device, dtype=cdf.dtype)
+        if self.draws is not None:
+            draw = self.draws[:, self.t : self.t + 1].to(device=cdf.device, dtype=cdf.dtype)
+        else:
+            draw = torch.rand((cdf.shape[0], 1), device=cdf.device, dtype=cdf.dtype)
+        self.t += 1
         tokens = torch.searchsorted(cdf, draw * cdf[:, -1:], right=True)
         # Rounding could push a draw to the very end; the first argmax of the cdf is the last token with
         # non-zero probability, so clamping there never yields an excluded token.
@@ -455,6 +464,27 @@ class _Sampler(LogitsProcessor):
             logprobs = torch.log_softmax(raw.float() / params.temperature, dim=-1)
             self.logprobs.append(logprobs.gather(1, tokens).squeeze(1))
         return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
+
+
+def row_uniforms(seed: int, offset: int, rows: int, steps: int) -> torch.Tensor:
+    """``(rows, steps)`` uniforms in [0, 1): row i from a generator seeded by (seed, offset + i) alone.
+
+    One number per sampled token, drawn up front: a completion's randomness then depends on its index in
+    the global batch, not on which process or which ``generate`` call samples it.
+    """
+    out = torch.empty(rows, steps, dtype=torch.float64)
+    g = torch.Generator()
+    for i in range(rows):
+        g.manual_seed(stream_seed(seed, offset + i))
+        out[i] = torch.rand(steps, generator=g, dtype=torch.float64)
+    return out
+
+
+def stream_seed(*keys: int) -> int:
+    """A 63-bit seed mixed from integer keys (numpy's SeedSequence): distinct keys give unrelated streams."""
+    import numpy as np
+
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 class HFGenerator:
@@ -525,9 +555,9 @@ class HFGenerator:
         G = params.num_generations
         prompt_rows = [ids for ids in tokenize_prompts(self.tokenizer, prompts) for _ in range(G)]
         chunk = self.batch_size or len(prompt_rows)
-        generator = None
+        draws = None
         if params.seed is not None and not params.greedy:
-            generator = torch.Generator(device=device).manual_seed(params.seed)
+            draws = row_uniforms(params.seed, params.seed_offset, len(prompt_rows), params.max_new_tokens)
 
         completions: list[list[int]] = []
         logprobs: list[list[float]] | None = [] if (params.return_logprobs and not params.greedy) else None
@@ -536,7 +566,11 @@ class HFGenerator:
         try:
             for start in range(0, len(prompt_rows), chunk):
                 ids, lps = self._generate_chunk(
-                    model, prompt_rows[start : start + chunk], params, device, generator
+                    model,
+                    prompt_rows[start : start + chunk],
+                    params,
+                    device,
+                    None if draws is None else draws[start : start + chunk],
                 )
                 completions.extend(ids)
                 if logprobs is not None:
@@ -562,13 +596,13 @@ class HFGenerator:
         rows: list[list[int]],
         params: SamplingParams,
         device: torch.device,
-        generator: torch.Generator | None,
+        draws: torch.Tensor | None,
     ) -> tuple[list[list[int]], list[list[float]] | None]:
         """Sample one micro-batch; returns completions cut after the first EOS, and their log-probs."""
         input_ids, attention_mask = _left_pad(rows, self.pad_id)
         want_logprobs = params.return_logprobs and not params.greedy
         raw: dict | None = {} if want_logprobs else None
-        sampler = None if params.greedy else _Sampler(params, generator, raw)
+        sampler = None if params.greedy else _Sampler(params, draws, raw)
         kwargs: dict[str, Any] = dict(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
@@ -841,16 +875,23 @@ class VLLMGenerator:
         want_logprobs = params.return_logprobs and not params.greedy
         if self.mode == "colocate":
             vllm = _import_vllm()
-            sampling = vllm.SamplingParams(
-                n=params.num_generations,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k,  # 0 = off in vLLM too
-                repetition_penalty=params.repetition_penalty,
-                max_tokens=params.max_new_tokens,
-                logprobs=0 if want_logprobs else None,  # 0: only the chosen token's log-prob
-                seed=params.seed,
-            )
+            G = params.num_generations
+            # One seeded request per prompt, keyed by its first completion's index in the global batch.
+            sampling = [
+                vllm.SamplingParams(
+                    n=G,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=params.top_k,  # 0 = off in vLLM too
+                    repetition_penalty=params.repetition_penalty,
+                    max_tokens=params.max_new_tokens,
+                    logprobs=0 if want_logprobs else None,  # 0: only the chosen token's log-prob
+                    seed=None
+                    if params.seed is None
+                    else stream_seed(params.seed, params.seed_offset + i * G),
+                )
+                for i in range(len(prompt_ids))
+            ]
             outputs = self.llm.generate(
                 [{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=sampling, use_tqdm=False
             )

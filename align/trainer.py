@@ -1,45 +1,65 @@
 """The Trainer base: the loop and everything that is not the algorithm.
 
-An algorithm subclasses ``Trainer`` and supplies only:
+The loop does one thing: **an optimizer step over a list of weighted micro-batches** (an
+:class:`UpdateStep`). An algorithm supplies:
 
-* where its micro-batches come from: ``train_dataloader()`` (datasets: SFT, RM, DPO, Decision Transformer)
-  or an overridden ``get_batch()`` (rollouts for GRPO/PPO/REINFORCE, replay samples for DQN);
-* ``compute_loss(batch) -> (loss, metrics)``, usually a call into ``align.losses`` / ``align.advantages``;
-* where needed, its own update step (``training_step`` for tabular methods, ``on_step_end`` for a DQN
-  target-network sync) and extra checkpoint state (``extra_state_dict`` / ``load_extra_state_dict``).
+* ``plan_updates() -> list[UpdateStep]``: it gathers experience (dataset batches by default; a rollout
+  for GRPO, PPO-RLHF and the policy-gradient agents; environment steps into a replay buffer for DQN) and
+  returns the optimizer steps to take on it. GRPO's ``num_iterations``, PPO's epochs x minibatches and
+  DQN's gradient steps are plans, not loops of their own. The base queues the steps and takes one per
+  trainer step, so ``max_steps``, ``save_steps``, ``eval_steps``, ``logging_steps`` and the LR schedule
+  count optimizer steps in every trainer; rollouts, environment steps and episodes are ``counters``,
+  logged on every line.
+* ``compute_loss(micro_batch) -> (loss, metrics)``: the micro-batch's *mean* loss, built from
+  ``align.losses`` / ``align.advantages``.
+
+A micro-batch's weight is the number of items its mean runs over (tokens, sequences, transitions). The
+base divides every weight by the step's total over all processes, so the update is the mean over the
+whole step whatever the accumulation and the process count; zero-weight micro-batches pad a process that
+holds fewer, so DDP ranks stay in step and the update does not change. Metrics are averaged with the same
+weights.
 
 The base owns: accelerate (device, mixed precision, DDP / DeepSpeed / FSDP via ``accelerator.prepare``),
-AdamW with a transformers warm-up schedule, gradient accumulation that is exact for token-mean losses
-(``num_items``), gradient clipping, a guard against non-finite steps, logging (``metrics.jsonl`` plus
-accelerate trackers), a progress bar, periodic evaluation, checkpoints with exact resume, callbacks.
+AdamW with a transformers schedule, accumulation, clipping, a non-finite guard agreed across processes,
+logging (``metrics.jsonl`` plus accelerate trackers), a progress bar, periodic evaluation with an
+optional best-model copy, the run directory (one guard before anything is written, atomic checkpoints
+that load without unpickling, every log cut back to the checkpoint on resume) and callbacks.
 
 We do not subclass ``transformers.Trainer``: its control flow is hidden and fits neither rollouts nor
 environments. The loop below is deliberately short enough to read top to bottom.
 """
 
+from __future__ import annotations
+
+import contextlib
 import json
 import math
-import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientAccumulationPlugin, set_seed
 from torch import nn
 
+from align import checkpoint as ckpt
 from align.config import TrainConfig, config_to_dict, save_config
 
 METRICS_FILE = "metrics.jsonl"
+COMPLETIONS_FILE = "completions.jsonl"
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
-# Files and folders that mark an output_dir as holding a previous align run.
-RUN_MARKERS = (METRICS_FILE, CONFIG_FILE, CHECKPOINT_DIR, MODEL_DIR)
+MANIFEST_FILE = "run_files.json"
+#: Files and folders align writes into an output_dir; any of them marks a previous run. A run also lists
+#: everything it wrote in MANIFEST_FILE, so --overwrite_output_dir removes exactly that.
+RUN_MARKERS = (METRICS_FILE, CONFIG_FILE, CHECKPOINT_DIR, MODEL_DIR, COMPLETIONS_FILE, MANIFEST_FILE)
+#: Logs with one JSON object per line and a "step" key: cut back to the checkpoint's step on resume.
+STEP_LOGS = (METRICS_FILE, COMPLETIONS_FILE)
 
 
 class NonFiniteError(RuntimeError):
@@ -49,17 +69,32 @@ class NonFiniteError(RuntimeError):
 class Callback:
     """Hooks into the loop. Override any subset; every hook receives the trainer."""
 
-    def on_train_begin(self, trainer: "Trainer") -> None: ...
+    def on_train_begin(self, trainer: Trainer) -> None: ...
 
-    def on_step_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
 
-    def on_log(self, trainer: "Trainer", logs: dict[str, float]) -> None: ...
+    def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
 
-    def on_evaluate(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
 
-    def on_save(self, trainer: "Trainer", path: Path) -> None: ...
+    def on_save(self, trainer: Trainer, path: Path) -> None: ...
 
-    def on_train_end(self, trainer: "Trainer") -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+@dataclass
+class UpdateStep:
+    """One optimizer step: ``(micro_batch, weight)`` pairs, at most ``gradient_accumulation_steps`` of them.
+
+    ``weight`` is the number of items the micro-batch's mean loss runs over (0 for padding); the update
+    is ``sum_i weight_i * loss_i / total``. ``total`` defaults to the sum of the weights over every
+    process; give it when items left out of the micro-batches still count in the mean (GRPO's dropped
+    zero-advantage groups). ``metrics`` are the step's own (a rollout's reward, say), logged as they are.
+    """
+
+    micro_batches: list[tuple[Any, float]]
+    metrics: dict[str, float] = field(default_factory=dict)
+    total: float | None = None
 
 
 @dataclass
@@ -71,35 +106,11 @@ class TrainerState:
     batch_in_epoch: int = 0
     consecutive_nonfinite: int = 0
     total_nonfinite: int = 0
+    best_metric: float | None = None
+    best_step: int = 0
+    counters: dict[str, float] = field(default_factory=dict)
     # Running sums for the current logging window: key -> [sum, count].
     log_window: dict[str, list[float]] = field(default_factory=dict)
-
-
-class _Checkpointable:
-    """Adapter registered with ``accelerator.register_for_checkpointing``: trainer state + subclass state."""
-
-    def __init__(self, trainer: "Trainer") -> None:
-        self.trainer = trainer
-
-    def state_dict(self) -> dict[str, Any]:
-        s = self.trainer.state
-        return {
-            "step": s.step,
-            "epoch": s.epoch,
-            "batch_in_epoch": s.batch_in_epoch,
-            "consecutive_nonfinite": s.consecutive_nonfinite,
-            "total_nonfinite": s.total_nonfinite,
-            "log_window": json.dumps(s.log_window),
-            "extra": self.trainer.extra_state_dict(),
-        }
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        s = self.trainer.state
-        s.step, s.epoch, s.batch_in_epoch = int(sd["step"]), int(sd["epoch"]), int(sd["batch_in_epoch"])
-        s.consecutive_nonfinite = int(sd["consecutive_nonfinite"])
-        s.total_nonfinite = int(sd["total_nonfinite"])
-        s.log_window = json.loads(sd["log_window"])
-        self.trainer.load_extra_state_dict(sd.get("extra") or {})
 
 
 def _to_float(v: Any) -> float:
@@ -121,10 +132,8 @@ class Trainer:
 
     #: Metric keys shown on the progress bar when present.
     progress_keys: tuple[str, ...] = ("loss", "reward/mean", "episode/return")
-    #: "mean": compute_loss returns a micro-batch mean (weighted by ``num_items`` when given).
-    #: "share": compute_loss returns the micro-batch's share of this process's step loss, already
-    #: normalised over the whole step (RL trainers that precompute token or sequence normalisers).
-    loss_scaling: str = "mean"
+    #: Dataclasses a pending update step may hold, rebuilt on resume (checkpoints never import by name).
+    plan_types: tuple[type, ...] = ()
 
     def __init__(
         self,
@@ -139,20 +148,48 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.state = TrainerState()
         self.output_dir = Path(config.output_dir)
+        self.accelerator = self._make_accelerator(config)
+        set_seed(config.seed)
+        check_output_dir(
+            self.output_dir,
+            resume=bool(config.resume_from_checkpoint),
+            overwrite=config.overwrite_output_dir,
+            accelerator=self.accelerator,
+        )
 
+        self.model = model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_scheduler: Any = None
+        if model is not None:
+            self.optimizer = self.create_optimizer(model)
+        if self.optimizer is not None:
+            self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+            # On the torch optimizer: its step() is what the schedule sees (see _plain_optimizer).
+            self.lr_scheduler = self.create_scheduler(getattr(self.optimizer, "optimizer", self.optimizer))
+        elif model is not None:
+            self.model = self.accelerator.prepare(model)
+
+        self._dataloader = self.train_dataloader()
+        if self._dataloader is not None:
+            self._dataloader = self.accelerator.prepare(self._dataloader)
+        self._data_iter: Any = None
+        self._pending: deque[UpdateStep] = deque()
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._pbar: Any = None
+
+    def _make_accelerator(self, config: TrainConfig) -> Accelerator:
         mixed = config.mixed_precision
         if mixed == "auto":
             mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        self.accelerator = Accelerator(
+        return Accelerator(
             # Without a GPU, accelerate only takes the multi-process CPU path (gloo) when told cpu=True;
             # otherwise `accelerate launch`/torchrun start N processes that each train alone.
             cpu=not (torch.cuda.is_available() or _has_other_accelerator()),
             mixed_precision=mixed,
+            # Every UpdateStep is padded to this many micro-batches, so accelerate's (and DeepSpeed's)
+            # accumulation boundary is the step's last micro-batch.
             gradient_accumulation_plugin=GradientAccumulationPlugin(
-                num_steps=config.gradient_accumulation_steps,
-                # We fetch a whole step's micro-batches before the first backward (to count the items in
-                # them); syncing at the end of an epoch would then fire on the wrong micro-batch.
-                sync_with_dataloader=False,
+                num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
             ),
             # The seedable sampler makes the data order a function of (seed, epoch): needed for resume.
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -162,48 +199,24 @@ class Trainer:
             log_with=config.report_to or None,
             project_dir=str(self.output_dir),
         )
-        set_seed(config.seed)
-        self._check_output_dir()
-
-        self.model = model
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.lr_scheduler: Any = None
-        if model is not None:
-            self.optimizer = self.create_optimizer(model)
-        if self.optimizer is not None:
-            self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
-            self.lr_scheduler = self.create_scheduler(self.optimizer)
-            self.accelerator.register_for_checkpointing(self.lr_scheduler)
-        elif model is not None:
-            self.model = self.accelerator.prepare(model)
-
-        self._dataloader = self.train_dataloader()
-        if self._dataloader is not None:
-            self._dataloader = self.accelerator.prepare(self._dataloader)
-        self._data_iter: Iterator[Any] | None = None
-        self.accelerator.register_for_checkpointing(_Checkpointable(self))
-        self._grad_norm = float("nan")
-        self._pbar: Any = None
 
     # ----------------------------------------------------------------------------------------------
     # Hooks for subclasses.
     # ----------------------------------------------------------------------------------------------
 
     def train_dataloader(self) -> torch.utils.data.DataLoader | None:
-        """The training data, or ``None`` when batches come from rollouts (override ``get_batch``)."""
+        """The training data, or ``None`` when experience comes from rollouts or environments."""
         return None
 
-    def get_batch(self) -> Any:
-        """Return the next micro-batch. Default: the next batch of ``train_dataloader()``, cycling epochs."""
+    def next_batch(self) -> Any:
+        """The next batch of ``train_dataloader()``, cycling epochs (the position is checkpointed)."""
         if self._dataloader is None:
-            raise NotImplementedError(
-                f"{type(self).__name__} must define train_dataloader() or override get_batch()"
-            )
+            raise TypeError(f"{type(self).__name__} has no train_dataloader(); override plan_updates()")
         while True:
             if self._data_iter is None:
                 self._start_epoch(skip=self.state.batch_in_epoch)
             try:
-                batch = next(self._data_iter)  # type: ignore[arg-type]
+                batch = next(self._data_iter)
             except StopIteration:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
@@ -212,19 +225,27 @@ class Trainer:
             self.state.batch_in_epoch += 1
             return batch
 
+    def plan_updates(self) -> list[UpdateStep]:
+        """Gather experience and return the optimizer steps to take on it.
+
+        Default (dataset trainers): one step over the next ``gradient_accumulation_steps`` batches, each
+        weighted by ``num_items``.
+        """
+        batches = [self.next_batch() for _ in range(self.config.gradient_accumulation_steps)]
+        return [UpdateStep([(b, float(self.num_items(b) or 1)) for b in batches])]
+
     def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Turn one micro-batch into a scalar loss (mean over its items) and detached metrics."""
+        """Turn one micro-batch into its mean loss (over ``num_items`` items) and detached metrics."""
         raise NotImplementedError(f"{type(self).__name__} must implement compute_loss(batch)")
 
     def num_items(self, batch: Any) -> int | None:
-        """How many items (e.g. counted tokens) the micro-batch's mean loss averages over.
-
-        Return ``None`` (the default) when every micro-batch weighs the same. Return a count when the loss
-        is a mean over a varying number of items, e.g. tokens: the step then weighs each micro-batch by
-        its share of the items in the whole step, summed over accumulation and processes, so that
-        batch 8 x accumulation 1 and batch 1 x accumulation 8 give the same gradient.
-        """
+        """How many items (e.g. counted tokens) the micro-batch's mean loss averages over; ``None`` = 1."""
         return None
+
+    def skip_update(self, metrics: dict[str, Any]) -> bool:
+        """Called after the step's backward passes with their metrics: True skips the optimizer step
+        (PPO's target-KL stop). Default: never."""
+        return False
 
     def create_optimizer(self, model: nn.Module) -> torch.optim.Optimizer | None:
         """AdamW over the trainable parameters (no weight decay on biases and norms)."""
@@ -249,22 +270,20 @@ class Trainer:
         )
 
     def _can_fuse(self, params: list[nn.Parameter]) -> bool:
-        """Whether torch's fused AdamW kernel applies: floating parameters on CPU or CUDA, not sharded.
+        """Whether torch's fused AdamW kernel applies: floating parameters on CPU or CUDA, not sharded
+        (DeepSpeed and FSDP bring their own optimizer handling). Same arithmetic, one pass over the
+        parameters instead of a loop with temporaries."""
+        fusable = (torch.float32, torch.bfloat16, torch.float16)
+        return self._plain_ddp() and all(
+            p.device.type in ("cpu", "cuda") and p.dtype in fusable for p in params
+        )
 
-        The fused kernel updates every parameter in one pass without per-parameter temporaries; the default
-        loops over parameters. On the embedded 135M model (fp32, CPU) a step took 0.8 s fused against 22 s
-        unfused on the shared 2-core machine, and 2.6x less for a 256x256 MLP (RL): the same arithmetic.
-        DeepSpeed and FSDP bring their own optimizer handling, so they keep the default.
-        """
-        from accelerate.utils import DistributedType
-
-        plain = self.accelerator.distributed_type in (
+    def _plain_ddp(self) -> bool:
+        return self.accelerator.distributed_type in (
             DistributedType.NO,
             DistributedType.MULTI_GPU,
             DistributedType.MULTI_CPU,
         )
-        fusable = (torch.float32, torch.bfloat16, torch.float16)
-        return plain and all(p.device.type in ("cpu", "cuda") and p.dtype in fusable for p in params)
 
     def create_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         """A transformers schedule with linear warm-up (``lr_scheduler_type``, ``warmup_*``)."""
@@ -284,7 +303,8 @@ class Trainer:
         return {}
 
     def extra_state_dict(self) -> dict[str, Any]:
-        """Subclass state a checkpoint must hold (replay buffer, KL coefficient, env RNG, ...)."""
+        """Subclass state a checkpoint must hold (replay buffer, KL coefficient, env RNG, ...): tensors,
+        numpy arrays, numbers, strings, lists and dicts."""
         return {}
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
@@ -320,64 +340,98 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
 
     def training_step(self) -> dict[str, float]:
-        """Fetch ``gradient_accumulation_steps`` micro-batches, backpropagate, clip, and step.
+        """Take the next planned optimizer step, planning more when none is left."""
+        if not self._pending:
+            self._pending.extend(self.plan_updates())
+            if not self._pending:
+                raise RuntimeError(f"{type(self).__name__}.plan_updates() returned no update step")
+        return self.optimizer_step(self._pending.popleft())
 
-        Non-finite losses or gradients skip the optimizer step (counted in ``train/nonfinite_steps``).
+    def optimizer_step(self, step: UpdateStep) -> dict[str, float]:
+        """Backpropagate the step's weighted micro-batches, clip, and step (see the module docstring).
+
+        A non-finite loss or gradient on any process skips the update on all (counted in
+        ``train/nonfinite_steps``); so does ``skip_update``.
         """
-        acc = self.accelerator
-        n_acc = self.config.gradient_accumulation_steps
+        acc, n_acc = self.accelerator, self.config.gradient_accumulation_steps
         assert self.model is not None and self.optimizer is not None
+        micro = list(step.micro_batches)
+        if not micro or len(micro) > n_acc:
+            raise ValueError(
+                f"an update step must hold 1 to gradient_accumulation_steps={n_acc} micro-batches, got {len(micro)}"
+            )
+        # With several processes (or DeepSpeed, which counts backward calls), every step has exactly n_acc
+        # micro-batches, padded with zero weight: the accumulation boundary and DDP's all-reduce then fall
+        # on the same micro-batch everywhere. One plain process needs neither the padding nor the context.
+        plain = acc.num_processes == 1 and acc.distributed_type != DistributedType.DEEPSPEED
+        if not plain:
+            micro += [(micro[-1][0], 0.0)] * (n_acc - len(micro))
+        total = step.total if step.total is not None else self._global_sum(sum(w for _, w in micro))
         self.model.train()
-        micro = [self.get_batch() for _ in range(n_acc)]
-        weights = self._micro_weights(micro)
         sums: dict[str, list[float]] = {}
         finite = True
-        for batch, w in zip(micro, weights):
-            with acc.accumulate(self.model):
+        for batch, w in micro:
+            with contextlib.nullcontext() if plain else acc.accumulate(self.model):
                 loss, metrics = self.compute_loss(batch)
                 finite &= bool(torch.isfinite(loss.detach()).all())
-                # accelerate divides by n_acc; w rescales a token-mean loss to its share of the step's tokens.
-                acc.backward(loss * w)
+                share = w / total if total > 0 else 0.0
+                # accelerate divides by n_acc and DDP averages over processes; undo both for a weighted sum.
+                acc.backward(loss * (share * n_acc * acc.num_processes))
                 for k, v in {"loss": loss, **metrics}.items():
-                    s = sums.setdefault(k, [0.0, 0])
-                    s[0] += _to_float(v)
-                    s[1] += 1
-        # Every process must agree to skip, or DDP's next all-reduce would hang.
-        finite_all = (
-            acc.reduce(torch.tensor(float(finite), device=acc.device), "sum").item() == acc.num_processes
-        )
+                    s = sums.setdefault(k, [0.0, 0.0])
+                    s[0] += _to_float(v) * w
+                    s[1] += w
+        out = {k: (s[0] / s[1] if s[1] > 0 else float("nan")) for k, s in sums.items()}
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-        out = {k: s[0] / max(s[1], 1) for k, s in sums.items()}
-        if self.loss_scaling == "share":
-            out["loss"] = sums["loss"][0]  # shares add up to the step's loss
-        if finite_all and math.isfinite(grad_norm):
-            self.optimizer.step()
-            self.lr_scheduler.step()
+        skip = self.skip_update(out)
+        # Every process must agree, or DDP's next all-reduce would hang.
+        finite_all, skip_any = self._agree(finite and math.isfinite(grad_norm), skip)
+        opt = self._plain_optimizer()
+        if finite_all and not skip_any:
+            opt.step()
             self.state.consecutive_nonfinite = 0
-        else:
+        elif not finite_all:
             self.state.consecutive_nonfinite += 1
             self.state.total_nonfinite += 1
-        self.optimizer.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+        out = {k: v for k, v in out.items() if not math.isnan(v)}
+        out.update(step.metrics)
         out["grad_norm"] = grad_norm
         out["lr"] = self.lr_scheduler.get_last_lr()[0]
+        out["train/skipped_update"] = float(skip_any)
         return out
 
-    def _micro_weights(self, micro: list[Any]) -> list[float]:
-        if self.loss_scaling == "share":
-            # accelerate divides each backward by the accumulation count; undo it for summed shares.
-            return [float(self.config.gradient_accumulation_steps)] * len(micro)
-        counts = [self.num_items(b) for b in micro]
-        if any(c is None for c in counts):
-            return [1.0] * len(micro)
+    def _global_sum(self, local: float) -> float:
         acc = self.accelerator
-        local = torch.tensor(float(sum(counts)), device=acc.device)
-        total = acc.reduce(local, "sum").item()
-        if total <= 0:
-            return [0.0] * len(micro)
-        scale = len(micro) * acc.num_processes / total
-        return [c * scale for c in counts]  # type: ignore[operator]
+        if acc.num_processes == 1:
+            return float(local)
+        return float(acc.reduce(torch.tensor(float(local), device=acc.device), "sum").item())
+
+    def _agree(self, ok: bool, skip: bool) -> tuple[bool, bool]:
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return ok, skip
+        flags = acc.reduce(torch.tensor([float(not ok), float(skip)], device=acc.device), "sum")
+        return bool(flags[0] == 0), bool(flags[1] > 0)
+
+    def _plain_optimizer(self) -> Any:
+        """The torch optimizer inside accelerate's wrapper when the wrapper would only forward the call (no
+        fp16 grad scaler, no XLA / DeepSpeed): its step() and zero_grad() cost ~240 us of package look-ups
+        per call, 40% of DQN's time on tiny networks. The LR schedule is built on the torch optimizer, so
+        it sees the step either way."""
+        from accelerate.optimizer import AcceleratedOptimizer
+
+        opt = self.optimizer
+        if (
+            isinstance(opt, AcceleratedOptimizer)
+            and opt.scaler is None
+            and self.accelerator.distributed_type not in (DistributedType.XLA, DistributedType.DEEPSPEED)
+        ):
+            return opt.optimizer
+        return opt
 
     # ----------------------------------------------------------------------------------------------
     # The loop.
@@ -391,6 +445,7 @@ class Trainer:
             self.resume(cfg.resume_from_checkpoint)
         if acc.is_main_process:
             save_config(cfg, self.output_dir / CONFIG_FILE)
+            record_run_files(self.output_dir, CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR)
         if cfg.report_to:
             acc.init_trackers(cfg.run_name or self.output_dir.name, config=_flat_config(cfg))
         for cb in self.callbacks:
@@ -398,33 +453,7 @@ class Trainer:
         self._open_progress()
         last_logs: dict[str, float] = {}
         while self.state.step < cfg.max_steps:
-            t0 = time.perf_counter()
-            metrics = self.training_step()
-            self.state.step += 1
-            metrics["time/step_seconds"] = time.perf_counter() - t0
-            metrics["train/nonfinite_steps"] = float(self.state.total_nonfinite)
-            if self.state.consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
-                raise NonFiniteError(
-                    f"step {self.state.step}: {self.state.consecutive_nonfinite} optimizer steps in a row had a "
-                    f"non-finite loss or gradient (limit max_consecutive_nonfinite="
-                    f"{cfg.max_consecutive_nonfinite}); lower learning_rate, enable max_grad_norm, or check the data"
-                )
-            self.on_step_end(metrics)
-            for cb in self.callbacks:
-                cb.on_step_end(self, metrics)
-            self._accumulate_log(metrics)
-            step = self.state.step
-            eval_metrics: dict[str, float] = {}
-            if cfg.eval_steps and step % cfg.eval_steps == 0:
-                eval_metrics = self.evaluate()
-                for cb in self.callbacks:
-                    cb.on_evaluate(self, eval_metrics)
-            if step % cfg.logging_steps == 0 or step == cfg.max_steps or eval_metrics:
-                last_logs = self.log(eval_metrics)
-            if self._pbar is not None:
-                self._pbar.update(1)
-            if cfg.save_steps and step % cfg.save_steps == 0:
-                self.save_checkpoint()
+            last_logs = self._one_step() or last_logs
         if self._pbar is not None:
             self._pbar.close()
         for cb in self.callbacks:
@@ -432,6 +461,64 @@ class Trainer:
         if cfg.report_to:
             acc.end_training()
         return last_logs
+
+    def _one_step(self) -> dict[str, float] | None:
+        cfg = self.config
+        t0 = time.perf_counter()
+        metrics = self.training_step()
+        self.state.step += 1
+        metrics["time/step_seconds"] = time.perf_counter() - t0
+        metrics["train/nonfinite_steps"] = float(self.state.total_nonfinite)
+        if self.state.consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
+            raise NonFiniteError(
+                f"step {self.state.step}: {self.state.consecutive_nonfinite} optimizer steps in a row had a "
+                f"non-finite loss or gradient (limit max_consecutive_nonfinite="
+                f"{cfg.max_consecutive_nonfinite}); lower learning_rate, enable max_grad_norm, or check the data"
+            )
+        self.on_step_end(metrics)
+        for cb in self.callbacks:
+            cb.on_step_end(self, metrics)
+        self._accumulate_log(metrics)
+        step = self.state.step
+        eval_metrics: dict[str, float] = {}
+        if cfg.eval_steps and step % cfg.eval_steps == 0:
+            eval_metrics = self.run_evaluation()
+        logs = None
+        if step % cfg.logging_steps == 0 or step == cfg.max_steps or eval_metrics:
+            logs = self.log(eval_metrics)
+        if self._pbar is not None:
+            self._pbar.update(1)
+        if cfg.save_steps and step % cfg.save_steps == 0:
+            self.save_checkpoint()
+        return logs
+
+    def run_evaluation(self) -> dict[str, float]:
+        """``evaluate()``, the evaluation callbacks, and the best-model copy (``metric_for_best_model``)."""
+        metrics = self.evaluate()
+        for cb in self.callbacks:
+            cb.on_evaluate(self, metrics)
+        key = getattr(self.config, "metric_for_best_model", None)
+        if key and key in metrics and self.model is not None:
+            value = float(metrics[key])
+            better = getattr(self.config, "greater_is_better", True)
+            best = self.state.best_metric
+            if best is None or (value > best if better else value < best):
+                self.state.best_metric, self.state.best_step = value, self.state.step
+                sd = self.accelerator.unwrap_model(self.model).state_dict()
+                self._best_state = {k: v.detach().clone() for k, v in sd.items()}
+            metrics = {
+                **metrics,
+                "eval/best": float(self.state.best_metric),
+                "eval/best_step": self.state.best_step,
+            }
+        return metrics
+
+    def load_best_model(self) -> bool:
+        """Put the best evaluated weights (``metric_for_best_model``) back into the model; False if none."""
+        if self._best_state is None or self.model is None:
+            return False
+        self.accelerator.unwrap_model(self.model).load_state_dict(self._best_state)
+        return True
 
     # ----------------------------------------------------------------------------------------------
     # Logging.
@@ -445,7 +532,7 @@ class Trainer:
             s[1] += 1
 
     def log(self, extra: dict[str, float] | None = None) -> dict[str, float]:
-        """Average the logging window over steps and processes, write it, and reset the window."""
+        """Average the logging window over steps and processes, write it with the counters, and reset it."""
         acc = self.accelerator
         local = {k: s[0] / max(s[1], 1) for k, s in self.state.log_window.items()}
         self.state.log_window = {}
@@ -457,7 +544,7 @@ class Trainer:
             local = {
                 k: sum(d[k] for d in gathered if k in d) / sum(1 for d in gathered if k in d) for k in keys
             }
-        logs = {"step": self.state.step, **local, **(extra or {})}
+        logs = {"step": self.state.step, **local, **self.state.counters, **(extra or {})}
         if acc.is_main_process:
             with open(self.output_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps({k: _json_safe(v) for k, v in logs.items()}) + "\n")
@@ -470,6 +557,18 @@ class Trainer:
             cb.on_log(self, logs)
         return logs
 
+    def log_step_record(self, filename: str, records: list[dict[str, Any]]) -> None:
+        """Append records (each with a ``step``) to a per-step JSONL log of the run (main process only);
+        resume cuts it back to the checkpoint like ``metrics.jsonl``."""
+        if not records or not self.accelerator.is_main_process:
+            return
+        if filename not in STEP_LOGS:
+            raise ValueError(f"{filename!r} is not one of the run's step logs {STEP_LOGS}")
+        record_run_files(self.output_dir, filename)
+        with open(self.output_dir / filename, "a") as f:
+            for r in records:
+                f.write(json.dumps(r, default=str) + "\n")
+
     def _open_progress(self) -> None:
         if self.config.disable_progress_bar or not self.accelerator.is_main_process:
             return
@@ -480,76 +579,140 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------------------------------------
-    # Output directory, checkpoints and resume.
+    # Checkpoints and resume.
     # ----------------------------------------------------------------------------------------------
-
-    def _check_output_dir(self) -> None:
-        cfg = self.config
-        out = self.output_dir
-        found = [m for m in RUN_MARKERS if (out / m).exists()]
-        if found and not cfg.resume_from_checkpoint and not cfg.overwrite_output_dir:
-            raise FileExistsError(
-                f"output_dir {str(out)!r} already holds a previous run ({', '.join(found)}). Nothing was changed. "
-                "Pass --resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, "
-                "or choose another --output_dir."
-            )
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            if found and cfg.overwrite_output_dir and not cfg.resume_from_checkpoint:
-                # Remove only what align itself wrote; any other file of the user's stays.
-                for m in found:
-                    p = out / m
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-            out.mkdir(parents=True, exist_ok=True)
-        self.accelerator.wait_for_everyone()
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.output_dir / CHECKPOINT_DIR / f"step-{step}"
 
+    def _rank_state(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "loop": {
+                "step": s.step,
+                "epoch": s.epoch,
+                "batch_in_epoch": s.batch_in_epoch,
+                "consecutive_nonfinite": s.consecutive_nonfinite,
+                "total_nonfinite": s.total_nonfinite,
+                "best_metric": s.best_metric,
+                "best_step": s.best_step,
+                "counters": dict(s.counters),
+                "log_window": s.log_window,
+            },
+            "rng": ckpt.rng_state(),
+            "extra": self.extra_state_dict(),
+            "pending": [[list(u.micro_batches), u.metrics, u.total] for u in self._pending],
+            "best": self._best_state,
+        }
+
     def save_checkpoint(self) -> Path:
-        """Save everything needed for an exact resume (accelerate ``save_state`` + trainer state)."""
-        path = self.checkpoint_dir(self.state.step)
-        self.accelerator.save_state(str(path))
-        if self.accelerator.is_main_process:
-            (path / "trainer_step.json").write_text(json.dumps({"step": self.state.step}))
+        """Write everything an exact resume needs into ``checkpoints/step-N`` (atomically, see
+        ``align.checkpoint``): model, optimizer and schedule, and per process the loop state, random
+        generators, extra state and pending update steps."""
+        from safetensors.torch import save_model
+
+        acc = self.accelerator
+        final = self.checkpoint_dir(self.state.step)
+        tmp = final.parent / f".{final.name}.tmp"
+        if acc.is_main_process:
+            ckpt.temporary_dir(final)
+        acc.wait_for_everyone()
+        if acc.is_main_process and self.model is not None:
+            save_model(acc.unwrap_model(self.model), str(tmp / "model.safetensors"))
+            if self.optimizer is not None:
+                opt = getattr(self.optimizer, "optimizer", self.optimizer)
+                torch.save(
+                    {"optimizer": opt.state_dict(), "scheduler": self.lr_scheduler.state_dict()},
+                    tmp / "optimizer.pt",
+                )
+        ckpt.save_state(tmp / f"rank{acc.process_index}", self._rank_state())
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.commit_dir(tmp, final, {"step": self.state.step, "processes": acc.num_processes})
             self._rotate_checkpoints()
-        self.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
         for cb in self.callbacks:
-            cb.on_save(self, path)
-        return path
+            cb.on_save(self, final)
+        return final
 
     def _rotate_checkpoints(self) -> None:
         limit = self.config.save_total_limit
         if not limit:
             return
-        ckpts = sorted(list_checkpoints(self.output_dir), key=lambda p: _step_of(p))
-        for old in ckpts[:-limit]:
+        for old in ckpt.list_checkpoints(self.output_dir / CHECKPOINT_DIR)[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
 
     def resume(self, checkpoint: str) -> None:
-        """Load a checkpoint ('latest' or a path) and cut metrics.jsonl back to its step."""
-        if checkpoint == "latest":
-            ckpts = list_checkpoints(self.output_dir)
-            if not ckpts:
-                raise FileNotFoundError(
-                    f"--resume_from_checkpoint latest: no checkpoint under {self.output_dir / CHECKPOINT_DIR}"
-                )
-            path = max(ckpts, key=_step_of)
+        """Load a checkpoint ('latest' = the newest complete one, falling back to an older complete one
+        when it is damaged; or a path) and cut every step log back to its step."""
+        root = self.output_dir / CHECKPOINT_DIR
+        if checkpoint != "latest":
+            self._load_checkpoint(Path(checkpoint))
         else:
-            path = Path(checkpoint)
-            if not path.is_dir():
-                raise FileNotFoundError(
-                    f"--resume_from_checkpoint: {checkpoint!r} is not a checkpoint directory"
+            candidates = ckpt.list_checkpoints(root)[::-1]
+            if not candidates:
+                raise ckpt.CheckpointError(
+                    f"--resume_from_checkpoint latest: no complete checkpoint under {root}"
                 )
-        self.accelerator.load_state(str(path))
-        self._data_iter = None
-        metrics = self.output_dir / METRICS_FILE
-        if self.accelerator.is_main_process and metrics.exists():
-            # Steps logged after the checkpoint will be logged again; keep the file one line per step.
-            lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.state.step]
-            metrics.write_text("".join(ln + "\n" for ln in kept))
+            for i, path in enumerate(candidates):
+                try:
+                    self._load_checkpoint(path)
+                    break
+                except ckpt.CheckpointError as e:
+                    if i == len(candidates) - 1:
+                        raise
+                    print(f"align: {e}; resuming from the previous complete checkpoint {candidates[i + 1]}")
+        if self.accelerator.is_main_process:
+            for name in STEP_LOGS:
+                cut_step_log(self.output_dir / name, self.state.step)
         self.accelerator.wait_for_everyone()
+
+    def _load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_model
+
+        acc = self.accelerator
+        if not (path / ckpt.COMPLETE).is_file():
+            raise ckpt.CheckpointError(
+                f"--resume_from_checkpoint: {str(path)!r} is not a complete checkpoint (no {ckpt.COMPLETE} marker)"
+            )
+        marker = json.loads((path / ckpt.COMPLETE).read_text())
+        if marker.get("processes", 1) != acc.num_processes:
+            raise ckpt.CheckpointError(
+                f"{path}: saved by {marker.get('processes')} processes, this run has {acc.num_processes}; "
+                "resume with the same number of processes"
+            )
+        state = ckpt.load_state(
+            path / f"rank{acc.process_index}", {t.__qualname__: t for t in self.plan_types}
+        )
+        if self.model is not None:
+            try:
+                load_model(
+                    acc.unwrap_model(self.model), str(path / "model.safetensors"), device=str(acc.device)
+                )
+            except Exception as e:
+                raise ckpt.CheckpointError(f"{path / 'model.safetensors'}: {type(e).__name__}: {e}") from None
+        if self.optimizer is not None:
+            opt_state = ckpt.load_torch_file(path / "optimizer.pt")
+            getattr(self.optimizer, "optimizer", self.optimizer).load_state_dict(opt_state["optimizer"])
+            self.lr_scheduler.load_state_dict(opt_state["scheduler"])
+        self._restore(state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        loop, s = state["loop"], self.state
+        s.step, s.epoch, s.batch_in_epoch = int(loop["step"]), int(loop["epoch"]), int(loop["batch_in_epoch"])
+        s.consecutive_nonfinite, s.total_nonfinite = (
+            int(loop["consecutive_nonfinite"]),
+            int(loop["total_nonfinite"]),
+        )
+        s.best_metric, s.best_step = loop["best_metric"], int(loop["best_step"])
+        s.counters, s.log_window = dict(loop["counters"]), loop["log_window"]
+        ckpt.set_rng_state(state["rng"])
+        self.load_extra_state_dict(state["extra"] or {})
+        self._pending = deque(
+            UpdateStep(list(map(tuple, m)), metrics, total) for m, metrics, total in state["pending"]
+        )
+        self._best_state = state["best"]
+        self._data_iter = None
 
     def _start_epoch(self, skip: int = 0) -> None:
         dl = self._dataloader
@@ -561,6 +724,71 @@ class Trainer:
         self._data_iter = iter(dl)
 
 
+# --------------------------------------------------------------------------------------------------
+# The run directory.
+# --------------------------------------------------------------------------------------------------
+
+
+def check_output_dir(
+    output_dir: str | Path, *, resume: bool, overwrite: bool, accelerator: Any = None, markers=RUN_MARKERS
+) -> None:
+    """The one output-directory guard, run before anything is written.
+
+    A directory holding a previous run is an error unless the run resumes it or ``overwrite`` is set; with
+    ``overwrite`` everything that run wrote (its ``run_files.json`` list and the known names) is removed,
+    and any other file of the user's stays. The directory must be writable.
+    """
+    out = Path(output_dir)
+    found = [m for m in markers if (out / m).exists()]
+    if found and not resume and not overwrite:
+        raise FileExistsError(
+            f"output_dir {str(out)!r} already holds a previous run ({', '.join(found)}). Nothing was changed. "
+            "Pass --resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, "
+            "or choose another --output_dir."
+        )
+    main = accelerator is None or accelerator.is_main_process
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if main:
+        if found and overwrite and not resume:
+            for name in set(run_files(out)) | set(found):
+                p = out / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+
+
+def run_files(output_dir: str | Path) -> list[str]:
+    """The names (files or folders, relative to ``output_dir``) that runs in it recorded as theirs."""
+    path = Path(output_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return []
+    return [n for n in json.loads(path.read_text()) if isinstance(n, str) and ".." not in Path(n).parts]
+
+
+def record_run_files(output_dir: str | Path, *names: str) -> None:
+    """Add names (relative to ``output_dir``) to the run's manifest, so ``--overwrite_output_dir`` removes them."""
+    out = Path(output_dir)
+    known = run_files(out)
+    new = [n for n in names if n not in known]
+    if new:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST_FILE).write_text(json.dumps(sorted([*known, *new, MANIFEST_FILE])) + "\n")
+
+
+def cut_step_log(path: Path, step: int) -> None:
+    """Keep the lines of a JSONL step log whose ``step`` is at most ``step`` (they will be logged again)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in kept))
+
+
 def _has_other_accelerator() -> bool:
     mps = getattr(torch.backends, "mps", None)
     xpu = getattr(torch, "xpu", None)
@@ -568,15 +796,8 @@ def _has_other_accelerator() -> bool:
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Checkpoint folders ``output_dir/checkpoints/step-N``."""
-    root = Path(output_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    return [p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)]
-
-
-def _step_of(p: Path) -> int:
-    return int(p.name.split("-")[1])
+    """Complete checkpoint folders ``output_dir/checkpoints/step-N``, oldest first."""
+    return ckpt.list_checkpoints(Path(output_dir) / CHECKPOINT_DIR)
 
 
 def _json_safe(v: Any) -> Any:

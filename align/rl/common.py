@@ -5,11 +5,12 @@ The algorithms live next door and stay short: ``dqn.py`` (DQN), ``policy_gradien
 PPO) and ``tabular_trainer.py`` (Q-learning, SARSA, Monte Carlo, value and policy iteration). Every one is
 a ``align.trainer.Trainer``: the same loop, logging, checkpoints and exact resume as the LLM trainers.
 
-Step accounting. A trainer step is one iteration of the algorithm: a rollout plus its updates (policy
-gradient), ``train_freq`` environment steps plus ``gradient_steps`` updates (DQN), one episode (tabular).
-``max_steps`` counts those iterations; ``total_timesteps`` counts environment steps. Give either: the
-other is derived (``RLConfig.validate``). ``parse_rl_config`` lets the one given on the command line win
-over the one in the YAML file.
+Step accounting, as in every align trainer: ``max_steps`` counts optimizer steps. An algorithm plans
+them on each round of experience (a rollout, ``train_freq`` environment steps, a batch of episodes);
+environment steps and episodes are the counters ``env/steps`` and ``env/episodes``. ``total_timesteps``
+(environment steps, as Stable-Baselines3 users expect) is translated into ``max_steps``
+(``RLConfig._resolve_budget``); ``parse_rl_config`` lets the one given on the command line win over the
+one in the YAML file.
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ class RLConfig(TrainConfig):
     gamma: float = 0.99
     """Discount factor in [0, 1]."""
     max_steps: int = 0
-    """Training iterations (trainer steps; see each algorithm for what one is). 0 = derived from
-    total_timesteps."""
+    """Optimizer steps to train for. 0 = derived from total_timesteps."""
     total_timesteps: int = 0
-    """Environment steps to train for, rounded up to whole iterations. 0 = derived from max_steps."""
+    """Environment steps to train for, rounded up to whole rounds of experience. 0 = derived from
+    max_steps."""
     eval_episodes: int = 20
     """Greedy episodes run by evaluate() (mean and std of their returns are reported)."""
     eval_seed: int = 10_000
@@ -75,8 +76,16 @@ class RLConfig(TrainConfig):
     discrete_actions_only: ClassVar[bool] = False
 
     def env_steps_per_iteration(self) -> int | None:
-        """Environment steps in one trainer step, or None when it varies (episodes of any length)."""
+        """Environment steps gathered per round of experience, or None when it varies (whole episodes)."""
         return None
+
+    def updates_per_iteration(self) -> int:
+        """Optimizer steps planned on one round of experience (PPO: epochs x minibatches)."""
+        return 1
+
+    def warmup_iterations(self) -> int:
+        """Rounds of experience gathered before the first update (DQN's learning_starts)."""
+        return 0
 
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``make_env`` (none by default)."""
@@ -89,32 +98,42 @@ class RLConfig(TrainConfig):
         check_range("eval_episodes", self.eval_episodes, 1)
         check_range("torch_threads", self.torch_threads, 1)
         self._check_env()
-        per = self.env_steps_per_iteration()
-        if self.max_steps == 0:
-            if self.total_timesteps == 0:
-                raise ConfigError(
-                    "set max_steps (training iterations) or total_timesteps (environment steps); both are 0"
-                )
-            if per is None:
-                raise ConfigError(
-                    f"total_timesteps: {self.algorithm} iterations have no fixed number of environment steps; "
-                    "set max_steps (training iterations) instead"
-                )
-            self.max_steps = math.ceil(self.total_timesteps / per)
-        elif self.total_timesteps:
-            if per is None:
-                raise ConfigError(
-                    f"total_timesteps: {self.algorithm} counts iterations of whole episodes; set max_steps and "
-                    "leave total_timesteps at 0"
-                )
-            if math.ceil(self.total_timesteps / per) != self.max_steps:
-                raise ConfigError(
-                    f"max_steps={self.max_steps} and total_timesteps={self.total_timesteps} disagree "
-                    f"({per} environment steps per iteration); give one of them and set the other to 0"
-                )
-        elif per is not None:
-            self.total_timesteps = self.max_steps * per
+        self._resolve_budget()
         super().validate()
+
+    def _resolve_budget(self) -> None:
+        """Translate total_timesteps (environment steps, as SB3) into max_steps (optimizer steps) or back."""
+        per, updates, warm = (
+            self.env_steps_per_iteration(),
+            self.updates_per_iteration(),
+            self.warmup_iterations(),
+        )
+        if self.max_steps == 0 and self.total_timesteps == 0:
+            raise ConfigError(
+                "set max_steps (optimizer steps) or total_timesteps (environment steps); both are 0"
+            )
+        if self.total_timesteps and per is None:
+            raise ConfigError(
+                f"total_timesteps: {self.algorithm} gathers whole episodes, not a fixed number of environment "
+                "steps; set max_steps (optimizer steps) and leave total_timesteps at 0"
+            )
+        if per is None:
+            return
+        derived = max(math.ceil(self.total_timesteps / per) - warm, 0) * updates
+        if self.max_steps == 0:
+            if derived == 0:
+                raise ConfigError(
+                    f"total_timesteps={self.total_timesteps} ends before the first update "
+                    f"({warm} rounds of {per} environment steps come first)"
+                )
+            self.max_steps = derived
+        elif not self.total_timesteps:
+            self.total_timesteps = (math.ceil(self.max_steps / updates) + warm) * per
+        elif derived != self.max_steps:
+            raise ConfigError(
+                f"max_steps={self.max_steps} and total_timesteps={self.total_timesteps} disagree ({per} environment "
+                f"steps and {updates} optimizer steps per round); give one of them and set the other to 0"
+            )
 
     def _check_env(self) -> None:
         try:
@@ -571,10 +590,6 @@ class RLTrainer(Trainer):
         with torch_threads(self.config.torch_threads):
             return super().train()
 
-    def log(self, extra: dict[str, float] | None = None) -> dict[str, float]:
-        counters = {"env/steps": float(self.num_timesteps), "env/episodes": float(self.episodes)}
-        return super().log({**counters, **(extra or {})})
-
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Run ``eval_episodes`` greedy episodes (argmax action, or the Gaussian mean) with seeds
@@ -601,53 +616,6 @@ class RLTrainer(Trainer):
             "eval/length_mean": float(np.mean(lengths)),
         }
 
-    def optimizer_step(self, loss: torch.Tensor) -> float:
-        """backward, clip (``max_grad_norm``), step, zero_grad, through accelerate; returns the grad norm.
-
-        Like the base ``training_step``, a non-finite loss or gradient skips the update and counts in
-        ``train/nonfinite_steps``; the loop stops after ``max_consecutive_nonfinite`` in a row. The LR
-        schedule is stepped once per trainer step by the caller, not here.
-        """
-        acc = self.accelerator
-        acc.backward(loss)
-        max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
-        norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
-        grad_norm = float(norm) if norm is not None else float("nan")
-        opt = self._step_optimizer()
-        if math.isfinite(grad_norm) and bool(torch.isfinite(loss.detach())):
-            opt.step()
-            self.state.consecutive_nonfinite = 0
-        else:
-            self.state.consecutive_nonfinite += 1
-            self.state.total_nonfinite += 1
-        opt.zero_grad(set_to_none=True)
-        return grad_norm
-
-    def _step_optimizer(self) -> Any:
-        """The optimizer to step: accelerate's wrapper, or the torch optimizer inside it when the wrapper would
-        only forward the call (no fp16 grad scaler, no XLA / DeepSpeed, no accumulation in progress).
-
-        Measured on one CPU thread (accelerate 1.15, 64x64 Q-network, batch 64): AcceleratedOptimizer.step +
-        zero_grad cost about 240 us per update on top of the 5 us of the torch calls, mostly two uncached
-        ``is_lomo_available()`` package look-ups per step and an ``inspect.signature`` per zero_grad. For
-        DQN's 25k small updates that was 40% of the training time, for no change in the arithmetic.
-        """
-        from accelerate.optimizer import AcceleratedOptimizer
-        from accelerate.utils import DistributedType
-
-        opt, acc = self.optimizer, self.accelerator
-        if (
-            type(opt) is AcceleratedOptimizer
-            and opt.scaler is None
-            and acc.distributed_type not in (DistributedType.XLA, DistributedType.DEEPSPEED)
-            and acc.gradient_state.sync_gradients
-        ):
-            # The LR scheduler watches the wrapper's step() to warn about a schedule stepped before any
-            # optimizer step; tell it the optimizer did step.
-            opt._opt_called = True
-            return opt.optimizer
-        return opt
-
     def save_model(self, path: str | Path) -> Path:
         """Save the weights (safetensors) and ``architecture.json`` so ``load_model(path)`` rebuilds it."""
         path = super().save_model(path)
@@ -657,11 +625,23 @@ class RLTrainer(Trainer):
             (path / ARCH_FILE).write_text(json.dumps(arch, indent=2) + "\n")
         return path
 
-    def counters_state_dict(self) -> dict[str, Any]:
-        return {"num_timesteps": self.num_timesteps, "episodes": self.episodes}
+    @property
+    def num_timesteps(self) -> int:
+        """Environment steps taken so far (the ``env/steps`` counter, checkpointed with the loop)."""
+        return int(self.state.counters.get("env/steps", 0))
 
-    def load_counters_state_dict(self, state: dict[str, Any]) -> None:
-        self.num_timesteps, self.episodes = int(state["num_timesteps"]), int(state["episodes"])
+    @num_timesteps.setter
+    def num_timesteps(self, value: int) -> None:
+        self.state.counters["env/steps"] = float(value)
+
+    @property
+    def episodes(self) -> int:
+        """Episodes finished so far (the ``env/episodes`` counter)."""
+        return int(self.state.counters.get("env/episodes", 0))
+
+    @episodes.setter
+    def episodes(self, value: int) -> None:
+        self.state.counters["env/episodes"] = float(value)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ drops by the reward received (``R_{t+1} = R_t - r_t``), and only the last K step
 paper's Figure 4. The baseline on the same data is behaviour cloning with an MLP (``BCTrainer``), and the
 dataset's mean and best episode return.
 
-Training is the shared ``Trainer`` loop: ``get_batch`` samples K-step windows of length-weighted episodes
+Training is the shared ``Trainer`` loop: ``next_batch`` samples K-step windows of length-weighted episodes
 (``sample_subsequences``), ``compute_loss`` is the loss above; AdamW with linear warm-up, gradient clipping,
 checkpoints with exact resume (the window sampler's generator is checkpointed) come from the base.
 """
@@ -577,7 +577,7 @@ class DecisionTransformerTrainer(_OfflineTrainer):
 
         super().__init__(config, model_fn, dataset, callbacks=callbacks)
 
-    def get_batch(self) -> dict[str, torch.Tensor]:
+    def next_batch(self) -> dict[str, torch.Tensor]:
         """``per_device_train_batch_size`` left-padded windows of K steps (``sample_subsequences``, episodes
         weighted by length), on the device: states ``(B, K, S)``, actions ``(B, K)`` or ``(B, K, A)``,
         returns_to_go ``(B, K, 1)``, timesteps and mask ``(B, K)``. Drawn from the checkpointed
@@ -678,7 +678,7 @@ class BCTrainer(_OfflineTrainer):
         self._flat_states = torch.from_numpy(np.concatenate(self.data.states))
         self._flat_actions = torch.from_numpy(np.concatenate(self.data.actions))
 
-    def get_batch(self) -> dict[str, torch.Tensor]:
+    def next_batch(self) -> dict[str, torch.Tensor]:
         """``per_device_train_batch_size`` single steps drawn uniformly from all episodes (from the
         checkpointed ``self.rng``), on the device: states ``(B, S)``, actions ``(B,)`` or ``(B, A)``."""
         idx = torch.from_numpy(

@@ -8,18 +8,17 @@ Double DQN is van Hasselt et al. 2016: the online network picks the next action,
 values it, which removes most of max's overestimation. A transition cut by a time limit (truncated) still
 bootstraps from its real final observation; only ``terminated`` zeroes the next value (Pardo et al. 2018).
 
-One trainer step collects ``train_freq`` environment steps (epsilon-greedy; uniformly random before
-``learning_starts``), updates the target network, then, once more than ``learning_starts`` steps have been
-taken, runs ``gradient_steps`` updates on minibatches sampled uniformly from the replay buffer. These are
+Each round of experience collects ``train_freq`` environment steps (epsilon-greedy; uniformly random before
+``learning_starts``) and updates the target network; once more than ``learning_starts`` steps have been
+taken, it plans ``gradient_steps`` optimizer steps on minibatches sampled uniformly from the replay buffer. These are
 Stable-Baselines3's semantics, so rl-baselines3-zoo hyperparameters carry over unchanged:
 ``target_update_interval`` counts environment steps, each crossing of a multiple of it applies
 ``target <- tau * online + (1 - tau) * target`` (``tau = 1``: hard copy, Mnih et al.; ``tau < 1``: Polyak
 averaging, Lillicrap et al. 2016), and epsilon falls linearly from ``exploration_initial_eps`` to
 ``exploration_final_eps`` over the first ``exploration_fraction`` of ``total_timesteps``.
 
-The trainer overrides ``training_step`` because one trainer step holds many optimizer steps; each one is
-still ``compute_loss(get_batch())`` followed by accelerate's backward, clipping and ``self.optimizer``. The
-replay buffer, environment, random generator and target network are checkpointed (``extra_state_dict``),
+The gradient steps are an update plan (``plan_updates``) taken by the base loop one optimizer step at a
+time, so ``max_steps`` counts gradient updates. The replay buffer, environment, random generator and target network are checkpointed (``extra_state_dict``),
 so a resumed run is the uninterrupted one.
 """
 
@@ -42,6 +41,7 @@ from align.rl.common import (
     load_env_state_dict,
 )
 from align.rl.envs import make_env
+from align.trainer import UpdateStep
 
 
 @dataclass
@@ -61,9 +61,9 @@ class DQNConfig(RLConfig):
     learning_starts: int = 1000
     """Environment steps of uniformly random actions before the first update."""
     train_freq: int = 4
-    """Environment steps per trainer step (one rollout between two training phases)."""
+    """Environment steps between two training phases."""
     gradient_steps: int = 1
-    """Gradient steps per trainer step (after learning_starts)."""
+    """Gradient steps (optimizer steps) per training phase, after learning_starts."""
     target_update_interval: int = 10_000
     """Update the target network every this many environment steps."""
     tau: float = 1.0
@@ -89,11 +89,18 @@ class DQNConfig(RLConfig):
     def env_steps_per_iteration(self) -> int | None:
         return self.train_freq
 
+    def updates_per_iteration(self) -> int:
+        return self.gradient_steps
+
+    def warmup_iterations(self) -> int:
+        # Rounds whose environment steps end at or before learning_starts take no gradient step.
+        return self.learning_starts // self.train_freq
+
     def validate(self) -> None:
         check_range("buffer_size", self.buffer_size, 1)
         check_range("learning_starts", self.learning_starts, 0)
         check_range("train_freq", self.train_freq, 1)
-        check_range("gradient_steps", self.gradient_steps, 0)
+        check_range("gradient_steps", self.gradient_steps, 1)
         check_range("target_update_interval", self.target_update_interval, 1)
         check_range("tau", self.tau, 0.0, 1.0, low_inclusive=False)
         check_range("exploration_initial_eps", self.exploration_initial_eps, 0.0, 1.0)
@@ -216,8 +223,8 @@ class ReplayBuffer:
 
 
 class DQNTrainer(RLTrainer):
-    """DQN on the Trainer base. One trainer step: ``train_freq`` environment steps, a target-network update
-    when due, then ``gradient_steps`` minibatch updates (see the module docstring)."""
+    """DQN on the Trainer base: each plan is ``train_freq`` environment steps, a target-network update when
+    due, then ``gradient_steps`` minibatch updates (see the module docstring)."""
 
     def __init__(self, config: DQNConfig, *, callbacks=None) -> None:
         cfg = config
@@ -234,7 +241,6 @@ class DQNTrainer(RLTrainer):
         self.rng = np.random.default_rng(cfg.seed)
         self._obs, _ = self.env.reset(seed=cfg.seed)
         self._episode_return, self._episode_length = 0.0, 0
-        self.gradient_updates = 0
 
     # -- acting ------------------------------------------------------------------------------------
     def epsilon(self, t: int) -> float:
@@ -295,11 +301,6 @@ class DQNTrainer(RLTrainer):
         return True
 
     # -- learning ----------------------------------------------------------------------------------
-    def get_batch(self) -> dict[str, torch.Tensor]:
-        """A minibatch of transitions sampled uniformly (with replacement) from the replay buffer."""
-        idx = self.rng.integers(0, len(self.buffer), self.config.per_device_train_batch_size)
-        return self.buffer.sample(idx)
-
     @torch.no_grad()
     def sample_minibatches(self, n: int) -> list[dict[str, torch.Tensor]]:
         """``n`` minibatches for one training phase, drawn together.
@@ -335,47 +336,33 @@ class DQNTrainer(RLTrainer):
             loss=cfg.td_loss,
         )
 
-    def training_step(self) -> dict[str, float]:
+    def plan_updates(self) -> list[UpdateStep]:
+        """Take ``train_freq`` epsilon-greedy steps (repeated until ``learning_starts`` is passed), update the
+        target network when due, and plan ``gradient_steps`` updates on fresh replay minibatches."""
         cfg = self.config
-        before = self.num_timesteps
-        eps = self.epsilon(before)
-        returns, lengths = self.collect(cfg.train_freq)
-        synced = self.update_target(before, self.num_timesteps)
-        out: dict[str, float] = {
+        returns: list[float] = []
+        lengths: list[int] = []
+        while True:
+            before = self.num_timesteps
+            eps = self.epsilon(before)
+            r, n = self.collect(cfg.train_freq)
+            returns += r
+            lengths += n
+            synced = self.update_target(before, self.num_timesteps)
+            if self.num_timesteps > cfg.learning_starts:
+                break
+        metrics: dict[str, float] = {
             "epsilon": eps,
             "buffer/size": float(len(self.buffer)),
             "target/updated": float(synced),
             **episode_metrics(returns, lengths),
         }
-        if self.num_timesteps <= cfg.learning_starts or cfg.gradient_steps == 0:
-            return out
-        self.model.train()
-        losses, stats, norms = [], [], []
-        for batch in self.sample_minibatches(cfg.gradient_steps):
-            loss, m = self.compute_loss(batch)
-            norms.append(self.optimizer_step(loss))
-            losses.append(loss.detach())
-            stats.append(torch.stack([m["q/mean"], m["td/error_abs_mean"]]))
-        self.lr_scheduler.step()
-        self.gradient_updates += cfg.gradient_steps
-        q_mean, td_abs = torch.stack(stats).mean(0).tolist()
-        out.update(
-            {
-                "loss": float(torch.stack(losses).mean()),
-                "q/mean": q_mean,
-                "td/error_abs_mean": td_abs,
-                "grad_norm": float(np.mean(norms)),
-                "lr": self.lr_scheduler.get_last_lr()[0],
-                "train/gradient_updates": float(self.gradient_updates),
-            }
-        )
-        return out
+        batches = self.sample_minibatches(cfg.gradient_steps)
+        return [UpdateStep([(b, 1.0)], metrics if i == 0 else {}) for i, b in enumerate(batches)]
 
     # -- checkpoint --------------------------------------------------------------------------------
     def extra_state_dict(self) -> dict[str, Any]:
         return {
-            **self.counters_state_dict(),
-            "gradient_updates": self.gradient_updates,
             "buffer": self.buffer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "env": env_state_dict(self.env),
@@ -385,8 +372,6 @@ class DQNTrainer(RLTrainer):
         }
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
-        self.load_counters_state_dict(state)
-        self.gradient_updates = int(state["gradient_updates"])
         self.buffer.load_state_dict(state["buffer"])
         self.rng.bit_generator.state = state["rng"]
         load_env_state_dict(self.env, state["env"])

@@ -19,12 +19,12 @@ auto-reset: when an episode ends, the step returns the next episode's first obse
 final one in ``info["final_obs"]``. A time-limit truncation is not a terminal state (Pardo et al. 2018):
 returns and advantages bootstrap from V(final observation) there, and stop at true terminations.
 
-Trainer steps: REINFORCE and A2C use the base ``training_step`` (``get_batch`` collects, ``compute_loss``
-turns the batch into a loss). PPO overrides it, because one step is a rollout followed by minibatch epochs:
-each minibatch still goes through accelerate's backward and clipping, ``self.optimizer`` and, once per
-step, ``self.lr_scheduler``.
+Update plans (``plan_updates``): REINFORCE and A2C take one optimizer step per batch of episodes or
+rollout; PPO plans ``num_epochs`` x minibatches optimizer steps on each rollout, and the base loop takes
+them one at a time, so ``max_steps`` counts optimizer steps in all three.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -47,6 +47,7 @@ from align.rl.common import (
     load_env_state_dict,
 )
 from align.rl.envs import make_vec_env
+from align.trainer import UpdateStep
 
 # --------------------------------------------------------------------------------------------------
 # Configs
@@ -173,6 +174,9 @@ class PPOConfig(PolicyGradientConfig):
 
     def env_steps_per_iteration(self) -> int | None:
         return self.num_envs * self.n_steps
+
+    def updates_per_iteration(self) -> int:
+        return self.num_epochs * math.ceil(self.num_envs * self.n_steps / self.per_device_train_batch_size)
 
     def validate(self) -> None:
         check_range("n_steps", self.n_steps, 1)
@@ -398,7 +402,6 @@ class PolicyGradientTrainer(RLTrainer):
     # -- checkpoint --------------------------------------------------------------------------------
     def extra_state_dict(self) -> dict[str, Any]:
         return {
-            **self.counters_state_dict(),
             "env": env_state_dict(self.envs),
             "obs": torch.from_numpy(np.array(self._obs)),
             "tracker": self.tracker.state_dict(),
@@ -406,7 +409,6 @@ class PolicyGradientTrainer(RLTrainer):
         }
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
-        self.load_counters_state_dict(state)
         load_env_state_dict(self.envs, state["env"])
         self._obs = state["obs"].numpy().copy()
         self.tracker.load_state_dict(state["tracker"])
@@ -425,7 +427,7 @@ def _explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 
 
 class ReinforceTrainer(PolicyGradientTrainer):
-    """REINFORCE with reward-to-go and a baseline. ``get_batch`` plays ``num_envs`` complete episodes (one per
+    """REINFORCE with reward-to-go and a baseline. each plan plays ``num_envs`` complete episodes (one per
     environment, from a reset); ``compute_loss`` is ``policy_gradient_loss`` (+ the critic's ``value_loss``).
     """
 
@@ -483,7 +485,14 @@ class ReinforceTrainer(PolicyGradientTrainer):
             "T": T,
         }
 
-    def get_batch(self) -> dict[str, Any]:
+    def plan_updates(self) -> list[UpdateStep]:
+        """One optimizer step on ``num_envs`` fresh episodes, weighted by their steps (the loss is a mean
+        over steps, so accumulated batches of episodes weigh each step the same)."""
+        batch = self.episode_batch()
+        episodes = episode_metrics(batch.pop("episode_returns"), batch.pop("episode_lengths"))
+        return [UpdateStep([(batch, float(batch["advantages"].numel()))], episodes)]
+
+    def episode_batch(self) -> dict[str, Any]:
         """``num_envs`` episodes as a flat batch of their M steps: obs, actions, advantages, returns."""
         cfg = self.config
         ep = self.collect_episodes()
@@ -515,10 +524,6 @@ class ReinforceTrainer(PolicyGradientTrainer):
             "episode_lengths": episode_lengths,
         }
 
-    def num_items(self, batch: dict[str, Any]) -> int | None:
-        # The loss is a mean over steps; accumulated batches of episodes weigh each step the same.
-        return int(batch["advantages"].numel())
-
     def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.config
         params, values = self.model(batch["obs"])
@@ -534,12 +539,7 @@ class ReinforceTrainer(PolicyGradientTrainer):
         else:
             with torch.no_grad():
                 ent = self.policy.entropy(params.detach()).mean()
-        metrics = {
-            **metrics,
-            "entropy": ent.detach(),
-            **episode_metrics(batch["episode_returns"], batch["episode_lengths"]),
-        }
-        return loss, metrics
+        return loss, {**metrics, "entropy": ent.detach()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -548,21 +548,23 @@ class ReinforceTrainer(PolicyGradientTrainer):
 
 
 class A2CTrainer(PolicyGradientTrainer):
-    """Synchronous advantage actor-critic: ``get_batch`` is one ``n_steps`` rollout with GAE or n-step
+    """Synchronous advantage actor-critic: each plan is one ``n_steps`` rollout with GAE or n-step
     advantages; ``compute_loss`` is ``policy_gradient_loss + vf_coef * value_loss - ent_coef * entropy``."""
 
-    def get_batch(self) -> dict[str, Any]:
+    def plan_updates(self) -> list[UpdateStep]:
+        """One optimizer step on one ``n_steps`` rollout of every environment."""
         cfg = self.config
         rollout = self.collect_rollout(cfg.n_steps)
         advantages, returns = self.rollout_advantages(rollout, cfg.gae_lambda, cfg.advantage)
         batch = self.flat_batch(rollout, advantages, returns)
-        batch["episodes"] = rollout["episodes"]
-        return batch
+        metrics = {
+            "value/explained_variance": _explained_variance(batch["values"], batch["returns"]),
+            **episode_metrics(*rollout["episodes"]),
+        }
+        return [UpdateStep([(batch, 1.0)], metrics)]
 
     def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        loss, metrics = self.actor_critic_loss(batch)
-        metrics["value/explained_variance"] = _explained_variance(batch["values"], batch["returns"])
-        return loss, {**metrics, **episode_metrics(*batch["episodes"])}
+        return self.actor_critic_loss(batch)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -575,6 +577,8 @@ class PPOTrainer(PolicyGradientTrainer):
     advantage whitening, optional value clipping, entropy bonus, global gradient clipping, linear annealing
     of the learning rate (``lr_scheduler_type: linear``) and of the clip range, target-KL early stop."""
 
+    _kl_stopped = False
+
     def clip_eps_now(self) -> float:
         """The clip range at the current step (annealed linearly to 0 with ``clip_eps_schedule: linear``)."""
         cfg = self.config
@@ -582,66 +586,51 @@ class PPOTrainer(PolicyGradientTrainer):
             return cfg.clip_eps * (1.0 - self.state.step / cfg.max_steps)
         return cfg.clip_eps
 
-    def get_batch(self) -> dict[str, Any]:
-        """One rollout of ``num_envs * n_steps`` transitions with GAE advantages, flat."""
+    def plan_updates(self) -> list[UpdateStep]:
+        """One rollout of ``num_envs * n_steps`` transitions with GAE advantages, then ``num_epochs`` passes
+        of shuffled minibatches, one optimizer step each."""
         cfg = self.config
         rollout = self.collect_rollout(cfg.n_steps)
         advantages, returns = self.rollout_advantages(rollout, cfg.gae_lambda)
         batch = self.flat_batch(rollout, advantages, returns)
-        batch["episodes"] = rollout["episodes"]
-        return batch
-
-    def compute_loss(
-        self, batch: dict[str, Any], clip_eps: float | None = None
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        return self.actor_critic_loss(batch, self.clip_eps_now() if clip_eps is None else clip_eps)
-
-    def training_step(self) -> dict[str, float]:
-        cfg = self.config
-        clip_eps = self.clip_eps_now()
-        batch = self.get_batch()
-        episodes = batch.pop("episodes")
         n = batch["advantages"].numel()
         size = min(cfg.per_device_train_batch_size, n)
         whole = size == n  # one minibatch per epoch: whiten once here, not in every epoch
         if whole and cfg.normalize_advantage and n > 1:
             batch["advantages"] = whiten(batch["advantages"])
-        self.model.train()
-        stats: list[dict[str, torch.Tensor]] = []
-        norms: list[float] = []
-        stopped, epochs = False, 0
+        metrics = {
+            "value/explained_variance": _explained_variance(batch["values"], batch["returns"]),
+            **episode_metrics(*rollout["episodes"]),
+        }
+        steps = []
         for _ in range(cfg.num_epochs):
             perm = torch.randperm(n, generator=self.generator)
             for start in range(0, n, size):
-                idx = perm[start : start + size]
-                mb = batch if whole else {k: v[idx] for k, v in batch.items()}
-                loss, metrics = self.compute_loss({**mb, "whitened": whole}, clip_eps)
-                if cfg.target_kl is not None and float(metrics["kl/old_approx"]) > 1.5 * cfg.target_kl:
-                    stopped = True
-                    break
-                norms.append(self.optimizer_step(loss))
-                stats.append({"loss": loss.detach(), **metrics})
-            if stopped:
-                break
-            epochs += 1
-        self.lr_scheduler.step()
-        out: dict[str, float] = {}
-        if stats:
-            keys = list(stats[0])
-            means = torch.stack([torch.stack([s[k].float() for k in keys]) for s in stats]).mean(0).tolist()
-            out.update(dict(zip(keys, means)))
-            out["grad_norm"] = float(np.mean(norms))
-        out.update(
-            {
-                "lr": self.lr_scheduler.get_last_lr()[0],
-                "clip/eps": clip_eps,
-                "ppo/epochs": float(epochs),
-                "ppo/early_stop": float(stopped),
-                "value/explained_variance": _explained_variance(batch["values"], batch["returns"]),
-                **episode_metrics(*episodes),
-            }
-        )
-        return out
+                mb = batch if whole else {k: v[perm[start : start + size]] for k, v in batch.items()}
+                steps.append(UpdateStep([({**mb, "whitened": whole}, 1.0)], metrics if not steps else {}))
+        self._kl_stopped = False
+        return steps
+
+    def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        clip_eps = self.clip_eps_now()
+        loss, metrics = self.actor_critic_loss(batch, clip_eps)
+        return loss, {**metrics, "clip/eps": clip_eps}
+
+    def skip_update(self, metrics: dict[str, Any]) -> bool:
+        """SB3's target-KL stop: once a minibatch's approximate KL(old || new) exceeds 1.5 x target_kl
+        (checked before its update), the rest of the rollout's planned steps take no update (they still
+        count as steps, so the budget in environment steps is unchanged)."""
+        target = self.config.target_kl
+        if target is not None and not self._kl_stopped and metrics.get("kl/old_approx", 0.0) > 1.5 * target:
+            self._kl_stopped = True
+        return self._kl_stopped
+
+    def extra_state_dict(self) -> dict[str, Any]:
+        return {**super().extra_state_dict(), "kl_stopped": self._kl_stopped}
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_extra_state_dict(state)
+        self._kl_stopped = bool(state.get("kl_stopped", False))
 
 
 __all__ = [

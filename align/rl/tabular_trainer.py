@@ -276,7 +276,7 @@ class TabularTrainer(RLTrainer):
 
     # -- checkpoint ------------------------------------------------------------------------------------
     def extra_state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = self.counters_state_dict()
+        state: dict[str, Any] = {}
         if self.dp:
             state.update({"policy": self.policy.clone(), "converged": self.converged})
         else:
@@ -284,7 +284,6 @@ class TabularTrainer(RLTrainer):
         return state
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
-        self.load_counters_state_dict(state)
         if self.dp:
             self.policy, self.converged = state["policy"].clone(), bool(state["converged"])
         else:

@@ -13,18 +13,18 @@ Shao et al. (2024), DeepSeekMath, eq. 3, with the variants used since:
 Everything algorithmic is a call into ``align.losses`` and ``align.advantages``: the same
 ``ppo_clip_loss`` trains CartPole in ``align.rl``. This file only arranges the data:
 
-1. ``get_batch`` refills a queue when it is empty: the next prompts from the dataset, G completions each
-   (``align.generation``), rewards (``align.rewards``), group advantages, reference log-probs when
-   beta > 0, and old log-probs when mu > 1. The generation batch is then cut into the step's
-   ``gradient_accumulation_steps`` micro-batches, queued ``num_iterations`` (mu) times.
+1. ``plan_updates`` (``align.trainers.rollout``) draws the next prompts from the dataset; ``_make_plan``
+   samples G completions each (``align.generation``), scores them (``align.rewards``), computes group
+   advantages, reference log-probs when beta > 0 and old log-probs when mu > 1, and returns mu optimizer
+   steps (``UpdateStep``), each over ``gradient_accumulation_steps`` micro-batches.
 2. Groups whose rewards are all equal have zero advantage, so with beta = 0 they carry no gradient at all:
-   we drop them before the policy forward pass (they still count in the loss normaliser, so the update
+   we drop them before the policy forward pass (they still count in the step's normaliser, so the update
    is exactly the one computed with them).
-3. ``compute_loss`` returns each micro-batch's share of the step loss, normalised over the whole
-   generation batch (across processes), so accumulation and process count do not change the update.
+3. ``compute_loss`` returns a micro-batch's mean loss; the base weighs it by its tokens (or completions)
+   over the whole generation batch of every process, so accumulation and process count do not change the
+   update.
 """
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,7 +45,7 @@ from align.losses import (
 )
 from align.models import make_reference, reference_model
 from align.rewards import CombinedReward
-from align.trainer import Trainer
+from align.trainer import Trainer, UpdateStep
 from align.trainers.rollout import RolloutMixin
 
 
@@ -186,10 +186,6 @@ class MicroBatch:
     advantages: torch.Tensor
     old_logprobs: torch.Tensor | None
     ref_logprobs: torch.Tensor | None
-    share: float
-    """This micro-batch's share of the step loss's normaliser: loss = share * aggregate(...)."""
-    metrics: dict[str, float]
-    """Generation-time metrics, carried by the first micro-batch of a generation batch."""
 
 
 class GRPOTrainer(RolloutMixin, Trainer):
@@ -206,7 +202,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
     """
 
     progress_keys = ("reward/mean", "kl", "completions/mean_length", "eval/accuracy")
-    loss_scaling = "share"
+    plan_types = (MicroBatch,)
 
     def __init__(
         self,
@@ -248,8 +244,11 @@ class GRPOTrainer(RolloutMixin, Trainer):
         return self.config.prompts_per_step
 
     @torch.no_grad()
-    def _make_micro_batches(self, rows: list[dict[str, Any]]) -> list[MicroBatch]:
-        cfg, acc = self.config, self.accelerator
+    def _make_plan(self, rows: list[dict[str, Any]]) -> list[UpdateStep]:
+        """Sample and score G completions per prompt row and plan ``num_iterations`` optimizer steps on
+        them, each over ``gradient_accumulation_steps`` micro-batches weighted by their counted tokens
+        (``loss_type: token``) or completions, normalised over the whole generation batch."""
+        cfg = self.config
         G = cfg.num_generations
         # Old log-probs come from the sampler only when a second pass needs them.
         rollout, out, timing = self.sample_and_score(rows, self.model, return_logprobs=cfg.num_iterations > 1)
@@ -264,12 +263,10 @@ class GRPOTrainer(RolloutMixin, Trainer):
         keep = torch.ones(len(rollout), dtype=torch.bool, device=mask.device)
         if cfg.beta == 0 and cfg.skip_zero_std_groups:
             keep = ~zero_std.repeat_interleave(G)
-
-        # Normalisers over the whole generation batch of every process: a micro-batch's loss is its
-        # aggregate times its share, so the step's loss does not depend on how it is cut or dropped.
-        n_local = torch.tensor([float(len(rollout)), float(mask.sum())], device=acc.device)
-        n_global = acc.reduce(n_local, "sum") if acc.num_processes > 1 else n_local
-        W = acc.num_processes
+        # Dropped rows (zero advantage, no KL term) still count in the mean's normaliser: the update is
+        # exactly the one computed with them.
+        token_mean = cfg.loss_type == "token"
+        total = self._global_sum(float(mask.sum()) if token_mean else float(len(rollout)))
 
         lengths = rollout.completion_lengths.float()
         metrics = {
@@ -283,45 +280,30 @@ class GRPOTrainer(RolloutMixin, Trainer):
             "completions/skipped_fraction": float((~keep).float().mean()),
             **timing,
         }
-
         idx = keep.nonzero().squeeze(-1)
-        if idx.numel() == 0:
-            # Every group was uniform: still run one row (weight 0) per micro-batch so all processes
-            # take part in DDP's gradient all-reduce.
-            idx = torch.zeros(1, dtype=torch.long, device=mask.device)
-            zero_weight = True
-        else:
-            zero_weight = False
         chunks = [c for c in torch.tensor_split(idx, cfg.gradient_accumulation_steps) if c.numel()]
-        padded = [False] * len(chunks)
-        while len(chunks) < cfg.gradient_accumulation_steps:
-            chunks.append(chunks[-1][:1])  # padding micro-batch (weight 0) keeps the step's count
-            padded.append(True)
-
-        batches = []
-        for i, rows_idx in enumerate(chunks):
-            mb = self._slice(rollout, rows_idx, mask, advantages)
-            if zero_weight or padded[i]:
-                share = 0.0
-            elif cfg.loss_type == "token":
-                share = float(mb.completion_mask.sum()) * W / float(n_global[1])
-            else:
-                share = rows_idx.numel() * W / float(n_global[0])
-            mb.share = share
-            batches.append(mb)
-        if cfg.beta > 0:
-            for mb in batches:
+        batches = [self._slice(rollout, c, mask, advantages) for c in chunks]
+        weights = [
+            float(mb.completion_mask.sum()) if token_mean else float(len(c)) for mb, c in zip(batches, chunks)
+        ]
+        if not batches:  # every group was uniform: one row at weight 0 keeps every process in the step
+            batches, weights, chunks = (
+                [self._slice(rollout, idx.new_zeros(1), mask, advantages)],
+                [0.0],
+                [idx.new_zeros(1)],
+            )
+        for mb, rows_idx in zip(batches, chunks):
+            if cfg.beta > 0:
                 mb.ref_logprobs = self._logprobs(mb, reference=True)
-        if cfg.num_iterations > 1:
-            for mb, rows_idx in zip(batches, chunks):
-                if rollout.logprobs is not None:
-                    mb.old_logprobs = rollout.logprobs[rows_idx][:, : mb.completion_ids.shape[1]]
-                else:
-                    mb.old_logprobs = self._logprobs(mb)
-        batches[0].metrics = metrics
+            if cfg.num_iterations > 1:
+                mb.old_logprobs = (
+                    rollout.logprobs[rows_idx][:, : mb.completion_ids.shape[1]]
+                    if rollout.logprobs is not None
+                    else self._logprobs(mb)
+                )
+        micro = list(zip(batches, weights))
         # Later passes reuse the tensors; generation metrics are logged once, with the pass that sampled.
-        later = [dataclasses.replace(mb, metrics={}) for mb in batches]
-        return batches + later * (cfg.num_iterations - 1)
+        return [UpdateStep(micro, metrics if i == 0 else {}, total) for i in range(cfg.num_iterations)]
 
     def _slice(
         self, rollout: Rollout, rows: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
@@ -342,8 +324,6 @@ class GRPOTrainer(RolloutMixin, Trainer):
             advantages=advantages[rows],
             old_logprobs=None,
             ref_logprobs=None,
-            share=0.0,
-            metrics={},
         )
 
     def _forward(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
@@ -383,7 +363,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
     # ----------------------------------------------------------------------------------------------
 
     def compute_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
-        """share x [ agg(-min(r A, clip(r) A)) + beta agg(KL) ] for one micro-batch (see module docstring)."""
+        """agg(-min(r A, clip(r) A)) + beta agg(KL) over one micro-batch (see the module docstring)."""
         cfg = self.config
         logits = self._forward(self.model, mb)
         logprobs = selective_log_softmax(logits.float(), mb.completion_ids)  # (B, C)
@@ -400,7 +380,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
             max_len=cfg.max_new_tokens,
         )
         loss = pg_loss
-        metrics: dict[str, Any] = {**mb.metrics, **{k: v for k, v in m.items()}}
+        metrics: dict[str, Any] = dict(m)
         if cfg.beta > 0:
             assert mb.ref_logprobs is not None
             kl = kl_estimate(logprobs, mb.ref_logprobs, cfg.kl_estimator)
@@ -409,7 +389,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
             metrics["kl"] = masked_mean(kl.detach(), mask)
         with torch.no_grad():
             metrics["entropy"] = masked_mean(entropy_from_logits(logits.detach().float()), mask)
-        return loss * mb.share, metrics
+        return loss, metrics
 
     def on_step_end(self, metrics: dict[str, float]) -> None:
         tokens = metrics.get("completions/tokens")

@@ -2,37 +2,35 @@
 
 Both draw a batch of prompt rows from the dataset, sample completions with the current policy, score them
 with ``align.rewards`` (the other dataset columns passed by name, TRL's contract), and turn the rollout into
-a queue of micro-batches that the base loop consumes one optimizer step at a time. Only the last step, the
-algorithm (group advantages, or KL-shaped rewards, values and GAE), differs; it lives in each trainer's
-``_make_micro_batches``.
+update steps that the base loop takes one optimizer step at a time. Only the last step, the
+algorithm (group advantages, or KL-shaped rewards, values and GAE) and its update plan differ; they live
+in each trainer's ``_make_plan``.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections import deque
-from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader
 
-from align.generation import Rollout, SamplingParams, make_generator
+from align.generation import Rollout, SamplingParams, make_generator, stream_seed
+from align.trainer import COMPLETIONS_FILE
 
-__all__ = ["RolloutMixin"]
+__all__ = ["RolloutMixin", "rollout_seed"]
 
 
 class RolloutMixin:
     """Mixed into a ``Trainer`` subclass (listed first). The subclass sets ``train_dataset``, ``reward`` (a
     ``CombinedReward``) and ``config`` (with ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
     ``num_generations``, ``log_completions``), defines :attr:`prompts_per_rollout` and
-    ``_make_micro_batches(rows) -> list``, and calls :meth:`init_rollouts` after ``Trainer.__init__``."""
+    ``_make_plan(rows) -> list[UpdateStep]``, and calls :meth:`init_rollouts` after ``Trainer.__init__``."""
 
     #: prompts drawn from the dataset per rollout (per process).
     prompts_per_rollout: int
 
     def init_rollouts(self, policy: Any, tokenizer: Any) -> None:
-        """The sampler (``config.generation_backend``) and the empty micro-batch queue."""
+        """The sampler (``config.generation_backend``)."""
         cfg = self.config
         kwargs: dict[str, Any] = {}
         if cfg.generation_backend == "hf":
@@ -43,7 +41,6 @@ class RolloutMixin:
         else:
             kwargs.update(host=cfg.vllm_server_host, port=cfg.vllm_server_port)
         self.generator = make_generator(cfg.generation_backend, policy, tokenizer, **kwargs)
-        self._queue: deque[Any] = deque()
         self._weights_version = -1
 
     def train_dataloader(self) -> DataLoader:
@@ -58,12 +55,13 @@ class RolloutMixin:
             collate_fn=list,  # rows stay dicts of Python objects (chat messages, answers)
         )
 
-    def get_batch(self) -> Any:
-        """The next micro-batch of the current rollout; when the queue is empty, draw prompt rows (the base
-        ``get_batch``), roll out and score them, and queue the trainer's ``_make_micro_batches`` of them."""
-        if not self._queue:
-            self._queue.extend(self._make_micro_batches(super().get_batch()))
-        return self._queue.popleft()
+    def plan_updates(self) -> list[Any]:
+        """Draw the next prompt rows, roll out and score them, and return the trainer's update steps on them
+        (``_make_plan``); the rollout counter ``rollout/count`` goes up by one."""
+        rows = self.next_batch()
+        plan = self._make_plan(rows)
+        self.state.counters["rollout/count"] = self.state.counters.get("rollout/count", 0.0) + 1
+        return plan
 
     def sampling_params(self, *, return_logprobs: bool) -> SamplingParams:
         """The config's sampling settings (``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
@@ -71,6 +69,7 @@ class RolloutMixin:
         log-probs only where the algorithm uses them (GRPO's old log-probs when it takes several steps per
         rollout), since computing them slows sampling."""
         cfg = self.config
+        rows = self.prompts_per_rollout * cfg.num_generations
         return SamplingParams(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
@@ -78,6 +77,10 @@ class RolloutMixin:
             top_k=cfg.top_k,
             num_generations=cfg.num_generations,
             return_logprobs=return_logprobs,
+            # Completion i of the global batch draws from its own stream keyed by (seed, rollout, i): a
+            # resumed run and a run on another number of processes sample the same completions.
+            seed=rollout_seed(cfg.seed, int(self.state.counters.get("rollout/count", 0))),
+            seed_offset=self.accelerator.process_index * rows,
         )
 
     def sample_and_score(
@@ -105,17 +108,24 @@ class RolloutMixin:
 
     def _log_samples(self, rows: list[dict], rollout: Rollout, totals: list[float]) -> None:
         n = self.config.log_completions
-        if not n or not self.accelerator.is_main_process or (self.state.step + 1) % self.config.logging_steps:
+        if not n or (self.state.step + 1) % self.config.logging_steps:
             return
         G = rollout.num_generations
-        with open(Path(self.config.output_dir) / "completions.jsonl", "a") as f:
-            for i in range(min(n, len(rollout))):
-                row = rows[i // G]
-                record = {
+        self.log_step_record(
+            COMPLETIONS_FILE,
+            [
+                {
                     "step": self.state.step + 1,
-                    "prompt": row["prompt"],
+                    "prompt": rows[i // G]["prompt"],
                     "completion": rollout.completion_texts[i],
                     "reward": totals[i],
-                    **{k: v for k, v in row.items() if k in ("answer", "answerKey")},
+                    **{k: v for k, v in rows[i // G].items() if k in ("answer", "answerKey")},
                 }
-                f.write(json.dumps(record, default=str) + "\n")
+                for i in range(min(n, len(rollout)))
+            ],
+        )
+
+
+def rollout_seed(seed: int, rollout: int) -> int:
+    """The sampling seed of rollout number ``rollout`` of a run seeded with ``seed``."""
+    return stream_seed(seed, rollout)

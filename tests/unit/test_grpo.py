@@ -99,7 +99,7 @@ def test_loss_on_hand_built_batch(tmp_path):
     old = lp + torch.tensor([[0.3, -0.3, 0.05, 0.0], [0.5, 0.1, 0.0, 0.0]])  # some ratios outside [0.8, 1.2]
     ref = lp + torch.tensor([[0.2, 0.1, -0.1, 0.0], [0.0, 0.3, 0.0, 0.0]])
     mb = MicroBatch(
-        prompt, torch.ones_like(prompt), completion, cmask, cmask, adv, old, ref, share=1.0, metrics={}
+        prompt, torch.ones_like(prompt), completion, cmask, cmask, adv, old, ref
     )
     loss, metrics = trainer.compute_loss(mb)
 

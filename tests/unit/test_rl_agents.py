@@ -121,14 +121,15 @@ def test_dqn_epsilon_schedule_and_target_updates(tmp_path):
 
 def test_dqn_training_step_learns_from_replay(tmp_path):
     tr = _dqn(tmp_path, hidden_sizes=[16], per_device_train_batch_size=8)
-    first = tr.training_step()  # 50 steps, before learning_starts: no update
-    assert "loss" not in first and first["epsilon"] == 1.0 and tr.num_timesteps == 50
-    tr.state.step = 1
-    for step in range(1, 3):
-        out = tr.training_step()
-        tr.state.step = step + 1
-    assert "loss" in out and tr.gradient_updates == 2 * 1  # step 3 is the first past learning_starts=100
-    assert math.isfinite(out["loss"]) and len(tr.buffer) == 150
+    # The first plan collects rounds of 50 steps until learning_starts=100 is passed, then plans
+    # gradient_steps=2 optimizer steps; the base loop takes one per trainer step.
+    first = tr.training_step()
+    assert "loss" in first and first["epsilon"] == tr.epsilon(100) and tr.num_timesteps == 150
+    assert len(tr._pending) == 1 and len(tr.buffer) == 150
+    second = tr.training_step()  # the planned step: no new environment steps
+    assert tr.num_timesteps == 150 and "epsilon" not in second and math.isfinite(second["loss"])
+    out = tr.training_step()  # a new round of 50 steps
+    assert tr.num_timesteps == 200 and math.isfinite(out["loss"]) and len(tr.buffer) == 200
     ev = tr.evaluate()
     assert set(ev) == {"eval/return_mean", "eval/return_std", "eval/length_mean"}
     assert tr.evaluate() == ev  # greedy, fixed seeds
@@ -205,13 +206,15 @@ def test_ppo_first_minibatch_has_ratio_one_and_step_runs(tmp_path):
         PPOConfig(**_common(tmp_path), num_envs=2, n_steps=16, per_device_train_batch_size=8, num_epochs=2,
                   max_steps=2, clip_eps_value=0.2, target_kl=10.0, ent_coef=0.01)
     )  # fmt: skip
-    batch = tr.get_batch()
-    batch.pop("episodes")
+    plan = tr.plan_updates()
+    assert len(plan) == 2 * 4  # epochs x minibatches of 8 of the 32 transitions
+    batch, weight = plan[0].micro_batches[0]
     _, m = tr.compute_loss(batch)
     assert float(m["clip/ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
     assert float(m["kl/old_approx"]) == pytest.approx(0.0, abs=1e-6) and float(m["clip/fraction"]) == 0
+    tr._pending.extend(plan)
     out = tr.training_step()
-    assert out["ppo/epochs"] == 2 and out["ppo/early_stop"] == 0
+    assert out["train/skipped_update"] == 0 and len(tr._pending) == 7
     for key in ("loss/policy", "loss/value", "entropy", "clip/fraction", "kl/old_approx", "grad_norm"):
         assert math.isfinite(out[key]), key
 
@@ -221,8 +224,10 @@ def test_ppo_target_kl_stops_epochs_early(tmp_path):
         PPOConfig(**_common(tmp_path), num_envs=2, n_steps=32, per_device_train_batch_size=16, num_epochs=50,
                   max_steps=1, learning_rate=0.05, target_kl=1e-4)
     )  # fmt: skip
-    out = tr.training_step()
-    assert out["ppo/early_stop"] == 1 and out["ppo/epochs"] < 50
+    skipped = [tr.training_step()["train/skipped_update"] for _ in range(200)]  # one rollout's plan
+    first = skipped.index(1.0)
+    # the stop comes within the plan, and every later step of the rollout takes no update
+    assert 0 < first < 200 and all(s == 1.0 for s in skipped[first:]) and not tr._pending
 
 
 def test_reinforce_episodes_mask_and_returns(tmp_path):
@@ -243,7 +248,7 @@ def test_reinforce_episodes_mask_and_returns(tmp_path):
 @pytest.mark.parametrize("baseline", ["none", "mean", "value"])
 def test_reinforce_baselines_train(tmp_path, baseline):
     tr = ReinforceTrainer(ReinforceConfig(**_common(tmp_path), num_envs=2, max_steps=2, baseline=baseline))
-    batch = tr.get_batch()
+    batch = tr.episode_batch()
     assert float(batch["advantages"].mean()) == pytest.approx(0.0, abs=1e-5)  # whitened
     logs = tr.train()
     assert "episode/return" in logs and ("loss/value" in logs) == (baseline == "value")
@@ -393,8 +398,11 @@ def test_gamma_outside_unit_interval_names_the_option(cls, gamma):
 
 
 def test_budget_max_steps_and_total_timesteps():
-    assert PPOConfig(num_envs=4, n_steps=8, total_timesteps=100).max_steps == 4  # ceil(100 / 32)
-    assert DQNConfig(train_freq=4, max_steps=10).total_timesteps == 40
+    # max_steps counts optimizer steps: ceil(100 / 32) = 4 rollouts x 10 epochs x 1 minibatch of 64
+    assert PPOConfig(num_envs=4, n_steps=8, total_timesteps=100).max_steps == 40
+    # DQN: learning_starts=1000 is 250 rounds of train_freq=4 steps without an update, then 1 per round
+    assert DQNConfig(train_freq=4, max_steps=10).total_timesteps == (10 + 250) * 4
+    assert DQNConfig(train_freq=4, gradient_steps=2, learning_starts=8, total_timesteps=40).max_steps == 16
     with pytest.raises(ConfigError, match="disagree"):
         DQNConfig(train_freq=4, max_steps=10, total_timesteps=100)
     with pytest.raises(ConfigError, match="set max_steps"):
@@ -403,18 +411,18 @@ def test_budget_max_steps_and_total_timesteps():
         DQNConfig()
     # on the command line, the unit given wins over the other one from the YAML file
     cfg = parse_rl_config(DQNConfig, ["--total_timesteps", "4000", "--max_steps", "0"])
-    assert cfg.max_steps == 1000
+    assert cfg.max_steps == 1000 - 250
     cfg = parse_rl_config(DQNConfig, ["--max_steps", "7", "--total_timesteps", "4000"][:2])
-    assert cfg.max_steps == 7 and cfg.total_timesteps == 28
+    assert cfg.max_steps == 7 and cfg.total_timesteps == (7 + 250) * 4
 
 
 def test_recipe_yaml_budget_overridden_from_the_command_line(tmp_path):
     yaml_path = tmp_path / "c.yaml"
     yaml_path.write_text("total_timesteps: 50000\ntrain_freq: 256\n")
     cfg = parse_rl_config(DQNConfig, ["--max_steps", "3"], default_config=yaml_path)
-    assert cfg.max_steps == 3 and cfg.total_timesteps == 768
+    assert cfg.max_steps == 3 and cfg.total_timesteps == (3 + 1000 // 256) * 256
     cfg = parse_rl_config(DQNConfig, ["--total_timesteps", "1000"], default_config=yaml_path)
-    assert cfg.max_steps == 4
+    assert cfg.max_steps == 4 - 1000 // 256
 
 
 def test_other_config_errors_name_the_field():
