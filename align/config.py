@@ -16,6 +16,7 @@ name the field and its allowed range.
 import ast
 import dataclasses
 import inspect
+import os
 import sys
 import textwrap
 import types
@@ -123,6 +124,11 @@ class TrainConfig:
     """Keep at most this many checkpoints (oldest deleted first); 0 keeps all."""
     eval_steps: int = 0
     """Run evaluate() every N steps (0 = never during training)."""
+    metric_for_best_model: str | None = None
+    """An evaluate() metric (e.g. eval/return_mean): keep a copy of the weights where it was best and
+    restore them at the end of training, as Stable-Baselines3's EvalCallback (empty = keep the last)."""
+    greater_is_better: bool = True
+    """Whether a larger metric_for_best_model is better."""
     max_consecutive_nonfinite: int = 5
     """Stop with an error after this many optimizer steps in a row with a non-finite loss or gradient."""
     disable_progress_bar: bool = False
@@ -148,6 +154,10 @@ class TrainConfig:
         check_range("save_steps", self.save_steps, 0)
         check_range("save_total_limit", self.save_total_limit, 0)
         check_range("eval_steps", self.eval_steps, 0)
+        if self.metric_for_best_model and not self.eval_steps:
+            raise ConfigError(
+                f"metric_for_best_model={self.metric_for_best_model!r} needs eval_steps > 0 (evaluations to compare)"
+            )
         check_range("max_consecutive_nonfinite", self.max_consecutive_nonfinite, 1)
         check_choice("mixed_precision", self.mixed_precision, ["auto", "no", "bf16", "fp16"])
         from transformers import SchedulerType
@@ -276,29 +286,63 @@ def parse_config(cls: type[C], args: Sequence[str] | None = None) -> C:
     from trl import TrlParser
 
     _attach_help(cls)
-    argv = list(sys.argv[1:] if args is None else args)
+    aliases: dict[str, str] = getattr(cls, "ALIASES", {})
+    argv = _translate_flags(list(sys.argv[1:] if args is None else args), aliases)
     known = {f.name for f in dataclasses.fields(cls)}
+    data: dict[str, Any] = {}
     config_path = None
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise ConfigError("--config needs a path to a YAML file")
         config_path = argv[i + 1]
-        data = _read_yaml(config_path)
+        del argv[i : i + 2]
+        data = _translate_keys(_read_yaml(config_path), aliases, f"config file {config_path}")
         unknown = sorted(k for k in data if k not in known and k != "env")
         if unknown:
-            close = {k: _close_match(k, known) for k in unknown}
+            close = {k: _close_match(k, known | set(aliases)) for k in unknown}
             hints = ", ".join(f"{k!r}" + (f" (did you mean {v!r}?)" if v else "") for k, v in close.items())
             raise ConfigError(f"config file {config_path}: unknown key(s) {hints} for {cls.__name__}")
+        env = data.pop("env", {}) or {}
+        if not isinstance(env, dict):
+            raise ConfigError(f"config file {config_path}: 'env' must be a mapping of variable: value")
+        os.environ.update({str(k): str(v) for k, v in env.items()})
     parser = TrlParser(dataclass_types=[cls])
+    parser.set_defaults_with_config(**data)
     try:
-        (config,) = parser.parse_args_and_config(args=argv)
+        (config,) = parser.parse_args_into_dataclasses(args=argv)
     except ConfigError:
         raise
     except ValueError as e:
         where = f" (config file {config_path})" if config_path else ""
         raise ConfigError(f"{e}{where}") from e
     return config  # type: ignore[return-value]
+
+
+def _translate_keys(data: dict[str, Any], aliases: dict[str, str], where: str) -> dict[str, Any]:
+    """YAML keys with TRL's names (``aliases``: alias -> our field) under our names; both is an error."""
+    out = dict(data)
+    for alias, name in aliases.items():
+        if alias in out:
+            if name in out:
+                raise ConfigError(f"{where}: {alias!r} and {name!r} are the same field ({name}); give one")
+            out[name] = out.pop(alias)
+    return out
+
+
+def _translate_flags(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """``--alias value`` / ``--alias=value`` as ``--field``; both spellings of one field is an error."""
+    out, seen = [], {}
+    for tok in argv:
+        if tok.startswith("--"):
+            flag, eq, value = tok[2:].partition("=")
+            name = aliases.get(flag, flag)
+            if name in seen and seen[name] != flag:
+                raise ConfigError(f"--{seen[name]} and --{flag} set the same field ({name}); give one")
+            seen[name] = flag
+            tok = f"--{name}{eq}{value}"
+        out.append(tok)
+    return out
 
 
 def _close_match(key: str, known: set[str]) -> str | None:

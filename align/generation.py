@@ -418,8 +418,9 @@ class _Sampler(LogitsProcessor):
     drawn token and -inf elsewhere, so greedy decoding takes that token. Why not `do_sample=True`:
     transformers draws with `torch.multinomial`, which costs ~17 ms per step for 16 x 49152 on one CPU
     core (57% of a tiny model's generation time), while inverse-CDF sampling (cumsum + searchsorted,
-    one uniform number per row) costs ~0.6 ms and draws from the same distribution. It also lets a
-    `torch.Generator` carry the seed, so seeding never touches the global RNG.
+    one uniform number per row) costs ~0.6 ms and draws from the same distribution. With a seed, row i's
+    uniforms come from its own stream (`row_uniforms`), so seeding never touches the global RNG and a
+    completion does not depend on the batch it is sampled in.
 
     The distribution: scores (after any processors transformers ran first, e.g. the repetition penalty)
     / temperature, then top-k, then top-p, as in transformers and vLLM. The recorded log-prob is of the
@@ -499,20 +500,7 @@ class HFGenerator:
             for gradient checkpointing, which is inactive in eval mode anyway).
         cache_implementation: passed to `generate`; None = transformers' dynamic cache.
 
-    Design choices, with CPU timings on this project's shared 2-core machine (torch 2.13, transformers
-    5.23, fp32, one thread, CPU seconds of the best of 3-5 interleaved rounds: wall time swung 10x with
-    the other load; tokens/s = completion tokens per CPU second):
-
-      tiny model (2 layers x 64 hidden, 49152 vocab), 4 prompts x G=4 x 64 tokens, top_p=1:
-        do_sample=True, output_logits=True, log-probs after the fact   1.62 s    630 tok/s
-        do_sample=True, no log-probs                                   1.53 s    670 tok/s
-        `_Sampler` + hooked raw logits (this class)                    0.87 s   1180 tok/s
-        `_Sampler`, return_logprobs=False                              0.75 s   1360 tok/s
-      same, top_p=0.9 (a random model's nucleus is ~the whole vocab: the worst case for `_nucleus`):
-        do_sample=True, output_logits=True 5.28 s; this class 5.09 s
-      embedded SmolLM2-135M-Instruct, 2 prompts x G=4 x 48 tokens (memory-bound decoding, ~150 ms/step):
-        top_p=1:    do_sample + output_logits 7.48 s (33 tok/s); this class 7.27 s (35 tok/s)
-        top_p=0.95: do_sample + output_logits 8.44 s (27 tok/s); this class 7.10 s (31 tok/s)
+    Design choices (timings in the README's "Sampler design" note):
 
       * each prompt is repeated G times before `generate` rather than `num_return_sequences=G`:
         transformers repeats the inputs itself anyway (measured equal: 1.82 vs 1.79 s), and repeating

@@ -17,11 +17,8 @@ Outputs in output_dir: metrics.jsonl, config.yaml, completions.jsonl, summary.js
 after), model/ (full weights or the LoRA adapter).
 """
 
-import json
-from pathlib import Path
-
 from align.data import load_math_dataset
-from align.recipe_helpers import load_policy_and_tokenizer, parse_recipe_config
+from align.recipe_helpers import finish_recipe, load_policy_and_tokenizer, parse_recipe_config
 from align.rewards import get_reward_funcs, make_math_reward
 from align.trainers.grpo import GRPOConfig, GRPOTrainer
 
@@ -44,20 +41,18 @@ def main(args: list[str] | None = None) -> dict:
     before = trainer.evaluate() if cfg.eval_limit >= 0 else {}
     trainer.train()
     after = trainer.evaluate()
-    trainer.save_model(Path(cfg.output_dir) / "model")
     summary = {
         "heldout_accuracy_before": before.get("eval/accuracy"),
         "heldout_accuracy_after": after.get("eval/accuracy"),
         "heldout_problems": min(cfg.eval_limit or len(heldout), len(heldout)),
         "steps": trainer.state.step,
     }
-    if trainer.accelerator.is_main_process:
-        Path(cfg.output_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(
-            f"held-out accuracy: {summary['heldout_accuracy_before']:.3f} before -> "
-            f"{summary['heldout_accuracy_after']:.3f} after {summary['steps']} steps "
-            f"({summary['heldout_problems']} problems); outputs in {cfg.output_dir}"
-        )
+    message = (
+        f"held-out accuracy: {summary['heldout_accuracy_before']:.3f} before -> "
+        f"{summary['heldout_accuracy_after']:.3f} after {summary['steps']} steps "
+        f"({summary['heldout_problems']} problems); outputs in {cfg.output_dir}"
+    )
+    summary = finish_recipe(trainer, cfg, summary, message)
     return summary
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from align.data import load_math_dataset, repo_root
 from align.generation import SamplingParams
-from align.recipe_helpers import load_policy_and_tokenizer, parse_recipe_config
+from align.recipe_helpers import finish_recipe, load_policy_and_tokenizer, parse_recipe_config
 from align.rewards import make_rubric_reward
+from align.trainer import record_run_files
 from align.trainers.grpo import GRPOConfig, GRPOTrainer
 
 
@@ -78,9 +79,10 @@ def main(args: list[str] | None = None) -> dict:
     before = criterion_means(trainer, rubric, rows, cfg.max_new_tokens)
     trainer.train()
     after = criterion_means(trainer, rubric, rows, cfg.max_new_tokens)
-    trainer.save_model(Path(cfg.output_dir) / "model")
     result = {"rubric": str(path), "prompts": len(rows), "before": before, "after": after}
+    finish_recipe(trainer, cfg, {"steps": trainer.state.step, **result})
     if trainer.accelerator.is_main_process:
+        record_run_files(cfg.output_dir, "rubric_scores.json")
         Path(cfg.output_dir, "rubric_scores.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"rubric {rubric.__name__}: mean score per criterion on {len(rows)} held-out prompts")
         for name in before:

@@ -4,10 +4,18 @@ Nothing here changes global torch settings for longer than a test: tiny models a
 ``torch.random.fork_rng`` and ``one_torch_thread`` restores the thread count.
 """
 
+import os
+
 import pytest
+import torch
 
 from align import models, testing
 from align.rl.common import torch_threads
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # CI runs the suite in two pytest-xdist workers on two cores: one torch thread each, or they contend
+    # (OpenMP spin-waits made two 2-thread processes several times slower than two 1-thread ones).
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

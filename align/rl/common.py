@@ -579,6 +579,7 @@ class RLTrainer(Trainer):
         self.num_timesteps = 0
         self.episodes = 0
         self._eval_env: gym.Env | None = None
+        self._selection_eval = False
 
     # -- hooks for subclasses ------------------------------------------------------------------------
     def greedy_action(self, obs: Any) -> Any:
@@ -587,8 +588,20 @@ class RLTrainer(Trainer):
 
     # -- loop additions ------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
-        with torch_threads(self.config.torch_threads):
-            return super().train()
+        """Train with ``torch_threads`` threads; evaluations during training (model selection with
+        ``metric_for_best_model``) use seeds of their own, so the final report is on unseen episodes."""
+        self._selection_eval = True
+        try:
+            with torch_threads(self.config.torch_threads):
+                logs = super().train()
+        finally:
+            self._selection_eval = False
+        if self.load_best_model() and self.accelerator.is_main_process:
+            print(
+                f"{type(self).__name__}: restored the weights of step {self.state.best_step} "
+                f"({self.config.metric_for_best_model} = {self.state.best_metric:.4g})"
+            )
+        return logs
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -603,9 +616,11 @@ class RLTrainer(Trainer):
         if model is not None:
             model.eval()
         try:
+            # Selection episodes during training start 100,000 seeds away from the reported ones.
+            seed = cfg.eval_seed + (100_000 if self._selection_eval else 0)
             with torch_threads(cfg.torch_threads):
                 returns, lengths = run_greedy_episodes(
-                    self._eval_env, self.greedy_action, cfg.eval_episodes, cfg.eval_seed
+                    self._eval_env, self.greedy_action, cfg.eval_episodes, seed
                 )
         finally:
             if model is not None:
@@ -711,6 +726,7 @@ def finish_run(trainer: RLTrainer, name: str, extra: dict[str, Any] | None = Non
         "eval_return_mean": metrics.get("eval/return_mean"),
         "eval_return_std": metrics.get("eval/return_std"),
         "eval": metrics,
+        "best_step": trainer.state.best_step if cfg.metric_for_best_model else None,
         **(extra or {}),
     }
     if trainer.accelerator.is_main_process:

@@ -26,7 +26,7 @@ Everything algorithmic is a call into ``align.losses`` and ``align.advantages``:
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -46,11 +46,11 @@ from align.losses import (
 from align.models import make_reference, reference_model
 from align.rewards import CombinedReward
 from align.trainer import Trainer, UpdateStep
-from align.trainers.rollout import RolloutMixin
+from align.trainers.rollout import RolloutConfig, RolloutMixin
 
 
 @dataclass
-class GRPOConfig(ModelConfig, TrainConfig):
+class GRPOConfig(RolloutConfig, ModelConfig, TrainConfig):
     """GRPO with verifiable or rubric rewards. Batch sizes count completions, as in TRL."""
 
     output_dir: str = "outputs/grpo_math"
@@ -58,43 +58,18 @@ class GRPOConfig(ModelConfig, TrainConfig):
     dataset_name: str | None = None
     """Prompts: a local JSONL/Parquet file or folder, or a hub dataset (MATH-500 or GSM8K schema); empty =
     the shipped data/math."""
-    dataset_split: str = "train"
-    """Split of dataset_name to train on."""
     instruction: str | None = "Give the final answer as \\boxed{N}."
     """Instruction appended to each math problem; empty = reason step by step and box the answer (MATH-style)."""
-    eval_dataset_name: str | None = None
-    """Held-out problems for evaluation (default: dataset_name)."""
-    eval_split: str = "test"
-    """Split of the evaluation dataset."""
     eval_limit: int = 100
     """Evaluate on the first N held-out problems (0 = all)."""
-    reward_funcs: list[str] = field(default_factory=lambda: ["math"])
-    """Reward names: math, choice, boxed_format, tags_format, length, rubric:PATH (see align.rewards)."""
-    reward_weights: list[float] | None = None
-    """One weight per reward function (default all 1)."""
     num_generations: int = 8
     """G: completions sampled per prompt; the group whose mean reward is the baseline."""
-    max_new_tokens: int = 64
-    """Most tokens per completion; longer ones are cut (and can be masked, mask_truncated_completions)."""
     temperature: float = 0.7
     """Sampling temperature (also used to scale logits in the loss, so ratios are of the sampled policy).
-    0.7, not TRL's 1.0: at 1.0 the 135M default model solves ~3% of sampled completions, most groups have
-    zero reward variance and carry no gradient, and 30 steps are a coin flip (held-out 0.10 -> 0.17 on one
-    run); at 0.7 the training reward rose from 0.10 to 0.41 (seed 42) and 0.24 (seed 1) in 30 steps."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1 = off)."""
-    top_k: int = 0
-    """Top-k sampling (0 = off)."""
-    beta: float = 0.0
-    """KL coefficient to the reference policy (k3 estimator); 0 skips the reference forward pass."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    """KL estimator in the penalty (Schulman 2020): k3 is GRPO's unbiased, low-variance choice."""
-    num_iterations: int = 1
-    """mu: optimisation passes over each generation batch (PPO epochs); > 1 keeps old log-probs."""
-    epsilon: float = 0.2
-    """Lower clip range of the ratio."""
-    epsilon_high: float | None = None
-    """Upper clip range (DAPO's clip-higher, e.g. 0.28); default = epsilon."""
+    0.7, not TRL's 1.0: a small model solves few samples at 1.0, and groups with equal rewards carry no
+    gradient (see the README's main-job row)."""
+    clip_eps_high: float | None = None
+    """Upper clip range (DAPO's clip-higher, e.g. 0.28; TRL epsilon_high); default = clip_eps."""
     scale_rewards: Literal["group", "none"] = "group"
     """Divide group-centred rewards by the group std ('group', GRPO) or not ('none', Dr. GRPO)."""
     loss_type: Literal["token", "sequence", "dr_grpo"] = "token"
@@ -104,21 +79,9 @@ class GRPOConfig(ModelConfig, TrainConfig):
     share_prompt_prefix: bool = True
     """Run each prompt once per group in the loss forward and reuse its KV cache (same logits, less compute)."""
     skip_zero_std_groups: bool = True
-    """With beta = 0, do not run the policy on groups whose rewards are all equal (their gradient is zero)."""
-    generation_backend: Literal["hf", "vllm", "vllm-server"] = "hf"
-    """Sampler: transformers generate, vLLM colocated, or a `trl vllm-serve` server."""
-    generation_batch_size: int | None = None
-    """Most sequences per generate call (memory); default all of a step's completions at once."""
-    vllm_gpu_memory_utilization: float = 0.3
-    """vLLM colocated: fraction of GPU memory for its weights and KV cache."""
-    vllm_server_host: str = "127.0.0.1"
-    """vllm-server backend: host of `trl vllm-serve`."""
-    vllm_server_port: int = 8000
-    """vllm-server backend: port of `trl vllm-serve`."""
+    """With kl_coef = 0, do not run the policy on groups whose rewards are all equal (their gradient is zero)."""
     eval_max_new_tokens: int | None = None
     """Token budget for held-out evaluation (default max_new_tokens)."""
-    log_completions: int = 2
-    """Write this many sample completions per logged step to completions.jsonl (0 = none)."""
 
     # Defaults for the main job on CPU (recipes/configs/grpo/smollm2_cpu.yaml); GPU configs override.
     per_device_train_batch_size: int = 32
@@ -128,7 +91,7 @@ class GRPOConfig(ModelConfig, TrainConfig):
     warmup_steps: int = 2
     """Linear warm-up steps."""
     max_steps: int = 30
-    """Training steps (one generation batch and one optimizer step each when num_iterations = 1)."""
+    """Optimizer steps (each generation batch gives num_epochs of them)."""
 
     def validate(self) -> None:
         super().validate()
@@ -145,26 +108,9 @@ class GRPOConfig(ModelConfig, TrainConfig):
                 f"{self.gradient_accumulation_steps} = {per_step} completions per step must be divisible by "
                 f"num_generations = {self.num_generations}"
             )
-        check_range("max_new_tokens", self.max_new_tokens, 1)
-        check_range("temperature", self.temperature, 0.0, low_inclusive=False)
-        check_range("top_p", self.top_p, 0.0, 1.0, low_inclusive=False)
-        check_range("top_k", self.top_k, 0)
-        check_range("beta", self.beta, 0.0)
-        check_range("num_iterations", self.num_iterations, 1)
-        check_range("epsilon", self.epsilon, 0.0, 1.0, low_inclusive=False)
-        check_range("epsilon_high", self.epsilon_high, 0.0, low_inclusive=False, allow_none=True)
-        check_range("eval_limit", self.eval_limit, 0)
-        check_range("log_completions", self.log_completions, 0)
+        check_range("clip_eps_high", self.clip_eps_high, 0.0, low_inclusive=False, allow_none=True)
         check_choice("scale_rewards", self.scale_rewards, ["group", "none"])
         check_choice("loss_type", self.loss_type, ["token", "sequence", "dr_grpo"])
-        check_choice("kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
-        check_choice("generation_backend", self.generation_backend, ["hf", "vllm", "vllm-server"])
-        if not self.reward_funcs:
-            raise ConfigError("reward_funcs must name at least one reward function")
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
-            raise ConfigError(
-                f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} reward_funcs"
-            )
 
     @property
     def prompts_per_step(self) -> int:
@@ -198,7 +144,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
         reward_funcs: reward callables (TRL contract) or a ``CombinedReward``.
         train_dataset: rows with a ``prompt`` (chat messages or text) and the columns the rewards read.
         eval_dataset: optional held-out rows for ``evaluate()`` (accuracy of greedy answers).
-        ref_model: frozen reference for beta > 0 and full fine-tuning (default: a copy; LoRA: adapter off).
+        ref_model: frozen reference for kl_coef > 0 and full fine-tuning (default: a copy; LoRA: adapter off).
     """
 
     progress_keys = ("reward/mean", "kl", "completions/mean_length", "eval/accuracy")
@@ -228,7 +174,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
         super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks)
         self.config: GRPOConfig = config
         self.ref_model = None
-        if config.beta > 0:
+        if config.kl_coef > 0:
             ref = ref_model if ref_model is not None else make_reference(self.model)
             self.ref_model = (
                 self.accelerator.prepare_model(ref, evaluation_mode=True) if ref is not None else None
@@ -245,13 +191,13 @@ class GRPOTrainer(RolloutMixin, Trainer):
 
     @torch.no_grad()
     def _make_plan(self, rows: list[dict[str, Any]]) -> list[UpdateStep]:
-        """Sample and score G completions per prompt row and plan ``num_iterations`` optimizer steps on
+        """Sample and score G completions per prompt row and plan ``num_epochs`` (mu) optimizer steps on
         them, each over ``gradient_accumulation_steps`` micro-batches weighted by their counted tokens
         (``loss_type: token``) or completions, normalised over the whole generation batch."""
         cfg = self.config
         G = cfg.num_generations
         # Old log-probs come from the sampler only when a second pass needs them.
-        rollout, out, timing = self.sample_and_score(rows, self.model, return_logprobs=cfg.num_iterations > 1)
+        rollout, out, timing = self.sample_and_score(rows, self.model, return_logprobs=cfg.num_epochs > 1)
         rewards = torch.tensor(out.total, dtype=torch.float32, device=rollout.completion_ids.device)
         scale = "std" if cfg.scale_rewards == "group" else "none"
         advantages = group_advantages(rewards, G, scale=scale)
@@ -261,7 +207,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
         if cfg.mask_truncated_completions:
             mask = mask * rollout.is_eos[:, None].to(mask.dtype)
         keep = torch.ones(len(rollout), dtype=torch.bool, device=mask.device)
-        if cfg.beta == 0 and cfg.skip_zero_std_groups:
+        if cfg.kl_coef == 0 and cfg.skip_zero_std_groups:
             keep = ~zero_std.repeat_interleave(G)
         # Dropped rows (zero advantage, no KL term) still count in the mean's normaliser: the update is
         # exactly the one computed with them.
@@ -293,9 +239,9 @@ class GRPOTrainer(RolloutMixin, Trainer):
                 [idx.new_zeros(1)],
             )
         for mb, rows_idx in zip(batches, chunks):
-            if cfg.beta > 0:
+            if cfg.kl_coef > 0:
                 mb.ref_logprobs = self._logprobs(mb, reference=True)
-            if cfg.num_iterations > 1:
+            if cfg.num_epochs > 1:
                 mb.old_logprobs = (
                     rollout.logprobs[rows_idx][:, : mb.completion_ids.shape[1]]
                     if rollout.logprobs is not None
@@ -303,7 +249,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
                 )
         micro = list(zip(batches, weights))
         # Later passes reuse the tensors; generation metrics are logged once, with the pass that sampled.
-        return [UpdateStep(micro, metrics if i == 0 else {}, total) for i in range(cfg.num_iterations)]
+        return [UpdateStep(micro, metrics if i == 0 else {}, total) for i in range(cfg.num_epochs)]
 
     def _slice(
         self, rollout: Rollout, rows: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
@@ -374,18 +320,18 @@ class GRPOTrainer(RolloutMixin, Trainer):
             old,
             mb.advantages,
             mask,
-            clip_eps=cfg.epsilon,
-            clip_eps_high=cfg.epsilon_high,
+            clip_eps=cfg.clip_eps,
+            clip_eps_high=cfg.clip_eps_high,
             aggregation=cfg.loss_type,
             max_len=cfg.max_new_tokens,
         )
         loss = pg_loss
         metrics: dict[str, Any] = dict(m)
-        if cfg.beta > 0:
+        if cfg.kl_coef > 0:
             assert mb.ref_logprobs is not None
             kl = kl_estimate(logprobs, mb.ref_logprobs, cfg.kl_estimator)
             kl_loss = aggregate(kl, mask, cfg.loss_type, cfg.max_new_tokens)
-            loss = loss + cfg.beta * kl_loss
+            loss = loss + cfg.kl_coef * kl_loss
             metrics["kl"] = masked_mean(kl.detach(), mask)
         with torch.no_grad():
             metrics["entropy"] = masked_mean(entropy_from_logits(logits.detach().float()), mask)

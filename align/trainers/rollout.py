@@ -10,14 +10,110 @@ in each trainer's ``_make_plan``.
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 from torch.utils.data import DataLoader
 
-from align.generation import Rollout, SamplingParams, make_generator, stream_seed
+from align.config import ConfigError, check_choice, check_range
+from align.generation import GENERATOR_BACKENDS, Rollout, SamplingParams, make_generator, stream_seed
 from align.trainer import COMPLETIONS_FILE
 
-__all__ = ["RolloutMixin", "rollout_seed"]
+__all__ = ["RolloutConfig", "RolloutMixin", "rollout_seed"]
+
+#: TRL's names for our fields (GRPOConfig, PPOConfig), accepted in YAML and on the command line.
+TRL_ALIASES = {
+    "epsilon": "clip_eps",
+    "epsilon_high": "clip_eps_high",
+    "cliprange": "clip_eps",
+    "cliprange_value": "clip_eps_value",
+    "beta": "kl_coef",
+    "num_iterations": "num_epochs",
+    "num_ppo_epochs": "num_epochs",
+    "lam": "gae_lambda",
+}
+
+
+@dataclass
+class RolloutConfig:
+    """The fields GRPO and PPO-RLHF share: prompt data, rewards, sampling, the sampler backend, and the
+    names of the PPO-family hyperparameters (``clip_eps``, ``num_epochs``, ``kl_coef``, as classic PPO
+    spells them). Mixed in before ``ModelConfig`` and ``TrainConfig``; a pipeline redefines a field to
+    change its default or help. TRL's names (``TRL_ALIASES``) are accepted in YAML and on the command line."""
+
+    ALIASES: ClassVar[dict[str, str]] = TRL_ALIASES
+
+    dataset_name: str | None = None
+    """Prompts: a local JSONL/JSON/Parquet file or folder, or a hub dataset; empty = the shipped data."""
+    dataset_split: str = "train"
+    """Split of dataset_name to train on."""
+    eval_dataset_name: str | None = None
+    """Held-out prompts for evaluation (default: dataset_name)."""
+    eval_split: str = "test"
+    """Split of the evaluation dataset."""
+    eval_limit: int = 100
+    """Evaluate on the first N held-out prompts (0 = all)."""
+    reward_funcs: list[str] = field(default_factory=lambda: ["math"])
+    """Reward names (align.rewards): math, choice, boxed_format, tags_format, length, rubric:PATH,
+    reward_model:PATH (a trained Bradley-Terry model)."""
+    reward_weights: list[float] | None = None
+    """One weight per reward function (default all 1)."""
+    num_generations: int = 8
+    """Completions sampled per prompt (rows of one prompt are consecutive)."""
+    max_new_tokens: int = 64
+    """Most tokens per completion; longer ones are cut."""
+    temperature: float = 1.0
+    """Sampling temperature (also divides the logits in the loss, so ratios are of the sampled policy)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    num_epochs: int = 1
+    """Optimisation passes over each rollout (PPO epochs; GRPO's mu, TRL num_iterations / num_ppo_epochs);
+    more than one keeps the rollout's log-probs as the ratio's denominator."""
+    clip_eps: float = 0.2
+    """Clip range epsilon of the policy ratio (TRL epsilon / cliprange)."""
+    kl_coef: float = 0.0
+    """beta: weight of the KL penalty to the reference policy (TRL beta / kl_coef); 0 skips the reference."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Per-token KL estimator (Schulman 2020): k1 = log pi - log pi_ref, k2, or k3 (unbiased, low variance)."""
+    generation_backend: Literal["hf", "vllm", "vllm-server"] = "hf"
+    """Sampler: transformers generate, vLLM colocated, or a `trl vllm-serve` server."""
+    generation_batch_size: int | None = None
+    """Most sequences per generate call (memory); default all of a rollout's completions at once."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vLLM colocated: fraction of GPU memory for its weights and KV cache."""
+    vllm_server_host: str = "127.0.0.1"
+    """vllm-server backend: host of `trl vllm-serve`."""
+    vllm_server_port: int = 8000
+    """vllm-server backend: port of `trl vllm-serve`."""
+    log_completions: int = 2
+    """Write this many sample completions per logged step to completions.jsonl (0 = none)."""
+
+    def validate(self) -> None:
+        """Check the shared fields, naming the field, after the checks later in the config's MRO."""
+        parent = getattr(super(), "validate", None)
+        if parent is not None:
+            parent()
+        check_range("eval_limit", self.eval_limit, 0)
+        check_range("num_generations", self.num_generations, 1)
+        check_range("max_new_tokens", self.max_new_tokens, 1)
+        check_range("temperature", self.temperature, 0.0, low_inclusive=False)
+        check_range("top_p", self.top_p, 0.0, 1.0, low_inclusive=False)
+        check_range("top_k", self.top_k, 0)
+        check_range("num_epochs", self.num_epochs, 1)
+        check_range("clip_eps", self.clip_eps, 0.0, 1.0, low_inclusive=False)
+        check_range("kl_coef", self.kl_coef, 0.0)
+        check_range("generation_batch_size", self.generation_batch_size, 1, allow_none=True)
+        check_range("log_completions", self.log_completions, 0)
+        check_choice("kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
+        check_choice("generation_backend", self.generation_backend, list(GENERATOR_BACKENDS))
+        if not self.reward_funcs:
+            raise ConfigError("reward_funcs must name at least one reward function")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ConfigError(
+                f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} reward_funcs"
+            )
 
 
 class RolloutMixin:

@@ -103,3 +103,23 @@ def test_saved_config_reloads_equal(tmp_path):
     assert again == cfg
     assert again.lora_kwargs()["target_modules"] == ["q_proj", "v_proj"]
     assert cfg.lora_kwargs()["r"] == 16
+
+
+def test_trl_names_are_accepted_for_the_llm_pipelines(tmp_path):
+    """A TRL user's GRPO config (beta, epsilon, epsilon_high, num_iterations) and PPO flags (cliprange, lam,
+    num_ppo_epochs) set align's one name per concept; giving both spellings of a field is an error."""
+    from align.trainers.grpo import GRPOConfig
+
+    path = tmp_path / "trl.yaml"
+    path.write_text("beta: 0.04\nepsilon: 0.3\nepsilon_high: 0.28\n")
+    cfg = parse_config(GRPOConfig, ["--config", str(path), "--num_iterations", "2", "--output_dir", str(tmp_path)])
+    assert (cfg.kl_coef, cfg.clip_eps, cfg.clip_eps_high, cfg.num_epochs) == (0.04, 0.3, 0.28, 2)
+    assert "beta" not in {f for f in vars(cfg)}  # saved and logged under align's names only
+    with pytest.raises(ConfigError, match=r"--beta and --kl_coef set the same field \(kl_coef\)"):
+        parse_config(GRPOConfig, ["--beta", "0.1", "--kl_coef", "0.2"])
+    path.write_text("beta: 0.04\nkl_coef: 0.1\n")
+    with pytest.raises(ConfigError, match=r"'beta' and 'kl_coef' are the same field"):
+        parse_config(GRPOConfig, ["--config", str(path)])
+    path.write_text("betta: 0.04\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'betta' \(did you mean 'beta'\?\)"):
+        parse_config(GRPOConfig, ["--config", str(path)])
