@@ -1,24 +1,54 @@
-"""The policy forward pass over sampled completions, with the shared prompt run once per group.
+"""The LLM forward pass, in one place: every trainer, the reference pass, evaluation and the judge use it.
 
-In GRPO (and PPO with several samples per prompt) consecutive rows share their prompt: G completions
-of one question. A plain forward runs each prompt G times. Here the distinct prompts run once, their
-key/value cache is gathered for every row (``index_select`` on the batch dimension, which autograd
-differentiates: the gradients of the G rows add up in the shared prompt), and only the completion
-tokens run per row. With 65-token chat prompts, 48-token completions and G = 4, that removes about 40%
-of the tokens of every policy and reference forward and backward pass. The logits equal a plain
-forward's to float rounding (tested), so the loss and update do not change.
+- ``position_ids`` (from a left- or right-padded mask) and ``base_model`` (inside DDP / accelerate / peft);
+- completions given left-padded prompts: ``completion_logits`` (GRPO, PPO, log-likelihood evaluation),
+  ``rollout_logprobs`` (PPO's reference pass, reward-KL evaluation), ``next_token_logits`` (the judge);
+- whole sequences, logits only where a label counts: ``selected_logits``, ``logprob_sums`` (SFT, DPO);
+- preference pairs as one row ``[prompt | chosen | rejected]``: ``pair_attention_mask`` (also the reward
+  model's) and ``pair_logprob_sums`` (DPO).
 
-No library does this for training (TRL and OpenRLHF re-run the prompt per completion); it is written
-here by hand on top of transformers' ``DynamicCache``.
+The shared prompt. In GRPO (and PPO with several samples per prompt) consecutive rows share their prompt: G
+completions of one question. A plain forward runs each prompt G times. Here the distinct prompts run once,
+their key/value cache is gathered for every row (``index_select`` on the batch dimension, which autograd
+differentiates: the gradients of the G rows add up in the shared prompt), and only the completion tokens run
+per row. With 65-token chat prompts, 48-token completions and G = 4, that removes about 40% of the tokens of
+every policy and reference forward and backward pass. The logits equal a plain forward's to float rounding
+(tested), so the loss and update do not change. No library does this for training (TRL and OpenRLHF re-run
+the prompt per completion); it is written here by hand on top of transformers' ``DynamicCache``.
 """
+
+import functools
+import inspect
+from typing import Any
 
 import torch
 from torch import nn
+
+from align.losses import selective_log_softmax
+
+# --------------------------------------------------------------------------------------------------
+# Unwrapping and positions.
+# --------------------------------------------------------------------------------------------------
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside DDP / DeepSpeed / FSDP / compile and peft wrappers (LoRA layers are
+    injected in place, so its modules are the ones that run)."""
+    from align.models import unwrap_model
+
+    inner = unwrap_model(model)
+    get_base = getattr(inner, "get_base_model", None)  # peft
+    return get_base() if callable(get_base) else inner
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) positions counted from each row's first real token (left padding), as ``generate`` does."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Completions given prompts.
+# --------------------------------------------------------------------------------------------------
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +60,49 @@ def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[
     same = (prompt_ids[1:] == prompt_ids[:-1]).all(-1) & (prompt_mask[1:] == prompt_mask[:-1]).all(-1)
     starts = torch.cat([torch.ones(1, dtype=torch.bool, device=prompt_ids.device), ~same])
     return starts, starts.long().cumsum(0) - 1
+
+
+def next_token_logits(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, cache: bool = False
+) -> tuple[torch.Tensor, Any]:
+    """Logits ``(B, V)`` after the last token of left-padded rows ``(B, T)`` (they predict the next token),
+    and the rows' KV cache when ``cache``, else ``None``. Only the last position goes through the lm_head."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=cache,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1], (out.past_key_values if cache else None)
+
+
+def whole_forward(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_completion: int,
+    *,
+    with_logits: bool = True,
+    hidden: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One forward over whole rows ``[prompt | completion]`` ``(N, P + C)``, ``C = num_completion``.
+
+    Returns the logits ``(N, C, V)`` at the positions that predict the completion tokens (position ``t``
+    predicts token ``t``; ``None`` without ``with_logits``) and, with ``hidden``, the last hidden states at
+    those positions ``(N, C, H)``: ``hidden[:, t]`` is the state in which completion token ``t`` is chosen.
+    """
+    C = num_completion
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        logits_to_keep=C + 1 if with_logits else 1,
+        output_hidden_states=hidden,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1] if with_logits else None
+    return logits, (out.hidden_states[-1][:, -(C + 1) : -1] if hidden else None)
 
 
 def completion_logits(
@@ -47,35 +120,21 @@ def completion_logits(
     Args:
         model: a transformers causal LM (possibly wrapped by DDP or peft).
         prompt_ids: ``(N, P)`` left-padded prompts; prompt_mask ``(N, P)``, 1 = real token.
-        completion_ids: ``(N, C)`` right-padded completions; completion_mask ``(N, C)``, 1 = counts.
+        completion_ids: ``(N, C)`` right-padded completions; completion_mask ``(N, C)``, 1 = attended.
         share_prompt: run each run of identical consecutive prompts once and reuse its KV cache.
         prompt_model: module for the prompt pass (default ``model``). Under DDP, pass the unwrapped module
             so the wrapper sees one forward per backward; gradients still reach the same parameters.
     """
     N, C = completion_ids.shape
-    starts, row_to_prompt = prompt_groups(prompt_ids, prompt_mask)
-    if not share_prompt or int(starts.sum()) == N:
-        attn = torch.cat([prompt_mask, completion_mask], 1)
-        out = model(
-            input_ids=torch.cat([prompt_ids, completion_ids], 1),
-            attention_mask=attn,
-            position_ids=position_ids(attn),
-            logits_to_keep=C + 1,
-            use_cache=False,
-        )
-        return out.logits[:, :-1]
-
-    u_ids, u_mask = prompt_ids[starts], prompt_mask[starts]
-    first = (prompt_model or model)(
-        input_ids=u_ids,
-        attention_mask=u_mask,
-        position_ids=position_ids(u_mask),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache = first.past_key_values
-    cache.batch_select_indices(row_to_prompt)  # (U, ...) -> (N, ...): a differentiable gather
     attn = torch.cat([prompt_mask, completion_mask], 1)
+    if share_prompt:
+        starts, row_to_prompt = prompt_groups(prompt_ids, prompt_mask)
+        share_prompt = int(starts.sum()) < N  # no prompt repeats: one plain forward
+    if not share_prompt:
+        return whole_forward(model, torch.cat([prompt_ids, completion_ids], 1), attn, C)[0]
+    prompts = prompt_model or model
+    last, cache = next_token_logits(prompts, prompt_ids[starts], prompt_mask[starts], cache=True)
+    cache.batch_select_indices(row_to_prompt)  # (U, ...) -> (N, ...): a differentiable gather
     pos = prompt_mask.long().sum(1, keepdim=True) + torch.arange(C, device=completion_ids.device)
     rest = model(
         input_ids=completion_ids,
@@ -86,22 +145,121 @@ def completion_logits(
         logits_to_keep=C,
     )
     # The prompt's last logit predicts completion token 0; completion position t predicts token t + 1.
-    return torch.cat([first.logits[:, -1:][row_to_prompt], rest.logits[:, :-1]], 1)
+    return torch.cat([last[row_to_prompt, None], rest.logits[:, :-1]], 1)
+
+
+@torch.no_grad()
+def rollout_logprobs(
+    model: nn.Module, rollout: Any, batch_size: int = 16, *, temperature: float = 1.0
+) -> torch.Tensor:
+    """``(N, C)`` log-probs of a rollout's completion tokens under ``model`` at ``temperature`` (0 on
+    padding), ``batch_size`` rows per forward, no gradient: PPO's reference pass and reward-KL evaluation.
+
+    ``rollout`` has ``prompt_ids`` / ``prompt_mask`` ``(N, P)`` and ``completion_ids`` / ``completion_mask``
+    ``(N, C)`` (``align.generation.Rollout``). Log-probs are float32 (``logits.float() / temperature``).
+    """
+    out = []
+    for s in range(0, len(rollout), batch_size):
+        sl = slice(s, s + batch_size)
+        ids, mask = rollout.completion_ids[sl], rollout.completion_mask[sl]
+        logits = completion_logits(
+            model, rollout.prompt_ids[sl], rollout.prompt_mask[sl], ids, mask, share_prompt=False
+        )
+        out.append(selective_log_softmax(logits.float() / temperature, ids) * mask)
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole sequences, logits only where a label counts.
+# --------------------------------------------------------------------------------------------------
+
+
+def label_positions(mask: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` bool: position ``t`` is kept when token ``t + 1`` counts (its logits predict it)."""
+    keep = torch.zeros_like(mask, dtype=torch.bool)
+    keep[:, :-1] = mask[:, 1:].bool()
+    return keep
+
+
+@functools.lru_cache(maxsize=32)
+def _takes_bool_logits_to_keep(forward_cls: type) -> bool:
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  (boolean masks: 5.x)
+    except ImportError:
+        return False
+    return "logits_to_keep" in inspect.signature(forward_cls.forward).parameters
+
+
+def selected_logits(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    keep: torch.Tensor,
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits ``(N, V)`` at the ``N`` positions where ``keep`` ``(B, T)`` is True, in row-major order.
+
+    The lm_head projects only those hidden states (boolean ``logits_to_keep``) when the model supports it;
+    otherwise the logits from the first kept column on are computed and indexed. ``positions`` ``(B, T)``
+    default to ``position_ids(attention_mask)``, right for left and right padding alike.
+    """
+    if positions is None and attention_mask is not None:
+        positions = position_ids(attention_mask)
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "position_ids": positions, "use_cache": False}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if _takes_bool_logits_to_keep(type(base_model(model))):
+        logits = model(**kwargs, logits_to_keep=keep).logits
+        if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
+            return logits
+        if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # the model ignored the mask
+            return logits[keep]
+        raise RuntimeError(
+            f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean logits_to_keep "
+            f"of shape {tuple(keep.shape)} with {int(keep.sum())} positions kept"
+        )
+    cols = keep.any(0).nonzero()
+    first = int(cols.min()) if cols.numel() else keep.shape[1] - 1
+    try:
+        logits = model(**kwargs, logits_to_keep=keep.shape[1] - first).logits
+    except TypeError:  # a model without logits_to_keep
+        logits = model(**kwargs).logits[:, first:]
+    return logits[keep[:, first:]]
+
+
+def _sums_by_row(token_logps: torch.Tensor, rows: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs ``(M,)`` summed into ``n`` sequences by index ``rows`` ``(M,)``, and the counts."""
+    logps = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+    counts = torch.zeros(n, dtype=torch.long, device=rows.device).index_add(0, rows, torch.ones_like(rows))
+    return logps, counts
+
+
+def logprob_sums(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    mask: torch.Tensor,
+    positions: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of the log-probs of the tokens where ``mask`` is 1, per row: ``(B,)``, and their counts ``(B,)``.
+
+    ``log pi(y | x) = sum_t log softmax(logits_{t-1})[y_t]`` over completion tokens ``t``; padding on either
+    side is fine (positions come from the attention mask unless ``positions`` are given, as for packed
+    rows). Log-probs are float32 even for bf16 logits (``selective_log_softmax``).
+    """
+    keep = label_positions(mask)
+    logits = selected_logits(model, input_ids, attention_mask, keep, positions)
+    counted = mask[:, 1:].bool()
+    labels = input_ids[:, 1:][counted]
+    token_logps = selective_log_softmax(logits.unsqueeze(0), labels.unsqueeze(0)).squeeze(0)  # (N,)
+    B = input_ids.shape[0]
+    rows = torch.arange(B, device=input_ids.device)[:, None].expand_as(counted)[counted]
+    return _sums_by_row(token_logps, rows, B)
 
 
 # --------------------------------------------------------------------------------------------------
 # Preference pairs: one row per pair, [prompt | chosen | rejected], the prompt run once.
 # --------------------------------------------------------------------------------------------------
-
-
-def base_model(model: nn.Module) -> nn.Module:
-    """The transformers model inside DDP / DeepSpeed / FSDP / compile and peft wrappers (LoRA layers are
-    injected in place, so its modules are the ones that run)."""
-    from align.models import unwrap_model
-
-    inner = unwrap_model(model)
-    get_base = getattr(inner, "get_base_model", None)  # peft
-    return get_base() if callable(get_base) else inner
 
 
 def pair_attention_mask(model: nn.Module, branch: torch.Tensor) -> torch.Tensor | None:
@@ -134,3 +292,37 @@ def pair_attention_mask(model: nn.Module, branch: torch.Tensor) -> torch.Tensor 
             ~visible, torch.finfo(dtype).min
         )
     return visible
+
+
+def pair_logprob_sums(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``logprob_sums`` of a preference batch's 2B sequences (chosen, then rejected), computed from one row
+    per pair with the prompt run once (``collate_preferences``'s ``shared_ids``, under
+    :func:`pair_attention_mask`): summed log-probs ``(2B,)`` and token counts ``(2B,)``.
+
+    A completion's first token is predicted by the prompt's last position (shared by both completions), each
+    later token by the position before it. ``None`` (run the sequences whole) where the mask does not apply
+    or a prompt is empty (the whole sequence's first token is then predicted by nothing).
+    """
+    ids, branch, positions = batch["shared_ids"], batch["shared_branch"], batch["shared_positions"]  # (B, S)
+    B, S = ids.shape
+    prompt = branch == 0
+    if not bool(prompt.any(1).all()):
+        return None
+    mask = pair_attention_mask(model, branch)
+    if mask is None:
+        return None
+    col = torch.arange(S, device=ids.device)
+    prompt_end = (col * prompt).argmax(1, keepdim=True)  # (B, 1): the prompt's last position
+    counted = branch > 0  # (B, S): every completion token counts
+    starts = counted & (branch != torch.cat([branch[:, :1], branch[:, :-1]], 1))
+    source = torch.where(starts, prompt_end, col - 1)  # (B, S): the position whose logits predict each token
+    keep = torch.zeros_like(counted)
+    rows = torch.arange(B, device=ids.device)[:, None].expand(B, S)[counted]
+    keep[rows, source[counted]] = True
+    logits = selected_logits(model, ids, mask, keep, positions)  # (N, V), row-major over keep
+    index = (keep.flatten().long().cumsum(0) - 1).view(B, S)[rows, source[counted]]
+    token_logps = selective_log_softmax(logits[index].unsqueeze(0), ids[counted].unsqueeze(0)).squeeze(0)
+    sequence = rows + B * (branch[counted] - 1)  # chosen rows 0..B-1, rejected rows B..2B-1
+    return _sums_by_row(token_logps, sequence, 2 * B)

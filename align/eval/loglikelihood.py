@@ -12,23 +12,22 @@ the continuation's tokens are `whole[len(context_tokens):]`. The model then read
 `context_tokens + continuation_tokens`, so both compute the same numbers (up to float rounding).
 
 Speed. lm-eval runs one forward pass per (question, choice) pair over context + continuation, and takes a
-log-softmax over the whole vocabulary at every position. Here, per batch of questions:
-
-1. one forward pass over the *contexts* alone (left-padded, `logits_to_keep=1`: only the last position's
-   logits are computed, which predict each continuation's first token), keeping the KV cache;
-2. one forward pass runs the continuations minus their last token (right-padded) on top of that cache,
-   each row reading its question's cached context (cache rows repeated once per choice); single-token
-   continuations skip it, and choices that differ only in their last token share a row (same inputs);
-3. log-probs are `logit[token] - logsumexp(logits)` at the continuation positions only.
-
-So the shared context is computed once per question instead of once per choice (ARC: ~4x fewer context
-tokens), no vocabulary-sized output is made for context positions, and continuations are barely padded.
-Questions are sorted by length (longest first, as lm-eval does, so an out-of-memory error shows at once)
-and packed so that a batch holds at most `batch_size` (question, choice) pairs.
+log-softmax over the whole vocabulary at every position. Here a batch of questions is one call of
+`align.forward.completion_logits`, the shared-prompt forward that GRPO trains with: each context runs once
+(left-padded, `logits_to_keep=1`: only its last position's logits, which predict every first token), and
+the continuations (right-padded) run on top of its KV cache, gathered once per choice; choices that differ
+only in their last token share a row (same inputs); log-probs are `logit[token] - logsumexp(logits)` at the
+continuation positions only. So the shared context is computed once per question instead of once per
+choice (ARC: ~4x fewer context tokens), no vocabulary-sized output is made for context positions, and
+continuations are barely padded. Questions are sorted by length (longest first, as lm-eval does, so an
+out-of-memory error shows at once) and packed so that a batch holds at most `batch_size` (question, choice)
+pairs.
 
 Measured on 150 synthetic ARC-Easy-schema questions (benchmarks/eval_vs_lm_eval.py), the embedded
 SmolLM2-135M, fp32, one CPU thread, CPU seconds: the model reads about 3,700 tokens here against 7,500
 in lm-eval (which also shares rows whose inputs are equal), and the scoring takes ~10 s against ~18 s.
+(That was a hand-written pass that skipped each row's last token, whose logits predict nothing; the shared
+forward runs it, about 5% more CPU time on the same questions, with log-likelihoods equal to 3e-5.)
 Choices run in one continuation pass per batch: splitting it into groups of similar length (less padding)
 was slower (11.5 s against 10.3 s: per-pass overhead outweighs the padding), and packing context and
 choices into one sequence with a custom 4D attention mask was ~10% faster but breaks with attention
@@ -39,10 +38,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
+
+from align.forward import completion_logits
 
 __all__ = ["ChoiceRequest", "choice_loglikelihoods", "encode_choices"]
 
@@ -147,86 +147,45 @@ def _score_batch(
         longest = max((len(c) for c in r.continuations), default=0)
         keep = len(r.context) if max_len is None else max(1, min(len(r.context), max_len - longest))
         contexts.append(r.context[-keep:])
-    B, P = len(contexts), max(len(c) for c in contexts)
-    ctx_ids = torch.full((B, P), pad_id, dtype=torch.long)
-    ctx_mask = torch.zeros((B, P), dtype=torch.long)
-    for b, ids in enumerate(contexts):
-        ctx_ids[b, P - len(ids) :] = torch.as_tensor(ids)
-        ctx_mask[b, P - len(ids) :] = 1
-    ctx_ids, ctx_mask = ctx_ids.to(device), ctx_mask.to(device)
-    ctx_lengths = ctx_mask.sum(1)  # (B,)
-
-    # 1. Contexts once; keep the cache and the last position's logits (they predict every first token).
-    first = model(
-        input_ids=ctx_ids,
-        attention_mask=ctx_mask,
-        position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    last_logits = first.logits[:, -1].float()  # (B, V)
-
-    # One row per (question, choice); log p of each row's tokens, filled in below.
-    owner = [b for b, r in enumerate(requests) for _ in r.continuations]  # question of each row
+    owner = [b for b, r in enumerate(requests) for _ in r.continuations]  # the question of each choice
     conts = [c for r in requests for c in r.continuations]
-    sums = [0.0] * len(conts)  # an empty continuation has log p = 0
-    # The first token of every continuation is predicted by its context's last logits.
-    firsts = [row for row, c in enumerate(conts) if c]
-    if firsts:
-        logits = last_logits[torch.as_tensor([owner[row] for row in firsts], device=device)]  # (n, V)
-        tokens = torch.as_tensor([conts[row][0] for row in firsts], device=device)
-        first_lp = (logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1)).tolist()
-        for row, lp in zip(firsts, first_lp):
-            sums[row] += lp
-    # 2. The rest of each multi-token continuation, in one forward pass on top of its question's cached
-    # context. Choices of a question that differ only in their last token (" 45" / " 47" when digits are
-    # single tokens, " a bat" / " a cow") read the same inputs, so they share one row, as in lm-eval.
-    shared: dict[tuple, list[int]] = {}
-    for row, c in enumerate(conts):
-        if len(c) > 1:
-            shared.setdefault((owner[row], tuple(c[:-1])), []).append(row)
-    if shared:
-        keys = list(shared)  # (question, inputs) of each row of this pass
-        idx = torch.as_tensor([b for b, _ in keys], device=device)
-        width = max(len(prefix) for _, prefix in keys)
-        # Inputs are tokens 0..L-2 (right-padded); their logits predict tokens 1..L-1 of each member.
-        inputs = torch.full((len(keys), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(keys), width), dtype=torch.long)
-        for g, (_, prefix) in enumerate(keys):
-            inputs[g, : len(prefix)] = torch.as_tensor(prefix)
-            mask[g, : len(prefix)] = 1
-        inputs, mask = inputs.to(device), mask.to(device)
-        rest = model(
-            input_ids=inputs,
-            attention_mask=torch.cat([ctx_mask[idx], mask], dim=1),
-            position_ids=ctx_lengths[idx, None] + torch.arange(width, device=device)[None, :],
-            past_key_values=_select_rows(first.past_key_values, idx),
-            use_cache=False,
-        )
-        logits = rest.logits.float()  # (g, width, V)
-        lse = logits.logsumexp(-1)  # (g, width)
-        # 3. log p(token) = logit[token] - logsumexp(logits), summed where the continuation has tokens.
-        members = [(g, row) for g, key in enumerate(keys) for row in shared[key]]
-        which = torch.as_tensor([g for g, _ in members], device=device)  # (M,) the row each member reads
-        targets = torch.full((len(members), width), pad_id, dtype=torch.long)
-        for m, (_, row) in enumerate(members):
-            targets[m, : len(conts[row]) - 1] = torch.as_tensor(conts[row][1:])
-        targets = targets.to(device)
-        steps = torch.arange(width, device=device)[None, :]
-        token_lp = logits[which[:, None], steps, targets] - lse[which]  # (M, width)
-        for (_, row), lp in zip(members, (token_lp * mask[which]).sum(1).tolist()):
-            sums[row] += lp
+    # One row per (question, continuation but its last token): choices that differ only in their last token
+    # (" 45" / " 47" when digits are single tokens, " a bat" / " a cow") read the same inputs, so they share
+    # a row, as in lm-eval; the row runs its first choice. An empty continuation has log p = 0.
+    rows: dict[tuple, list[int]] = {}
+    for j, c in enumerate(conts):
+        if c:
+            rows.setdefault((owner[j], tuple(c[:-1])), []).append(j)
+    sums = [0.0] * len(conts)
+    if rows:
+        keys = list(rows)  # consecutive rows of a question share its context: it runs once
+        prompt_ids, prompt_mask = _pad([contexts[b] for b, _ in keys], pad_id, device, left=True)
+        ids, mask = _pad([conts[rows[k][0]] for k in keys], pad_id, device)
+        logits = completion_logits(model, prompt_ids, prompt_mask, ids, mask).float()  # (R, W, V)
+        lse = logits.logsumexp(-1)  # (R, W)
+        # log p(token) = logit[token] - logsumexp(logits), summed over each choice's tokens.
+        members = [(g, j) for g, k in enumerate(keys) for j in rows[k]]
+        which = torch.as_tensor([g for g, _ in members], device=device)  # (M,) the row each choice reads
+        targets, counted = _pad([conts[j] for _, j in members], pad_id, device)  # (M, W)
+        steps = torch.arange(targets.shape[1], device=device)[None, :]
+        token_lp = logits[which[:, None], steps, targets] - lse[which]  # (M, W)
+        for (_, j), lp in zip(members, (token_lp * counted).sum(1).tolist()):
+            sums[j] = lp
     out: list[list[float]] = [[] for _ in requests]
-    for row, b in enumerate(owner):
-        out[b].append(float(sums[row]))
+    for j, b in enumerate(owner):
+        out[b].append(float(sums[j]))
     return out
 
 
-def _select_rows(cache: Any, idx: torch.Tensor) -> Any:
-    """A new KV cache holding rows `idx` of `cache` (rows may repeat: one per choice of a question)."""
-    from transformers.cache_utils import DynamicCache
-
-    selected = DynamicCache()
-    for layer_idx, layer in enumerate(cache.layers):
-        selected.update(layer.keys[idx], layer.values[idx], layer_idx)
-    return selected
+def _pad(
+    seqs: list[list[int]], pad_id: int, device: torch.device, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as ``(n, longest)`` ids and mask (1 = real), right-padded (left-padded with ``left``)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        span = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, span] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, span] = 1
+    return ids.to(device), mask.to(device)

@@ -18,34 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from align.forward import position_ids
+from align.forward import rollout_logprobs
 from align.generation import Generator, SamplingParams, make_generator
-from align.losses import selective_log_softmax
 from align.models import reference_model
 
-__all__ = ["reward_and_kl", "sequence_logprobs_of_rollout"]
-
-
-@torch.no_grad()
-def sequence_logprobs_of_rollout(
-    model: nn.Module, rollout: Any, batch_size: int = 16, *, temperature: float = 1.0
-) -> torch.Tensor:
-    """``(N, C)`` log-probs of a rollout's completion tokens under ``model`` at ``temperature`` (0 on padding)."""
-    ids, attn = rollout.input_ids(), rollout.attention_mask()
-    C = rollout.completion_ids.shape[1]
-    out = []
-    for s in range(0, len(rollout), batch_size):
-        sl = slice(s, s + batch_size)
-        logits = model(
-            input_ids=ids[sl],
-            attention_mask=attn[sl],
-            position_ids=position_ids(attn[sl]),
-            logits_to_keep=C + 1,
-            use_cache=False,
-        ).logits[:, :-1]
-        lp = selective_log_softmax(logits.float() / temperature, rollout.completion_ids[sl])
-        out.append(lp * rollout.completion_mask[sl])
-    return torch.cat(out)
+__all__ = ["reward_and_kl"]
 
 
 @torch.no_grad()
@@ -95,22 +72,29 @@ def reward_and_kl(
         for start in range(0, len(rows), per_call):
             chunk = list(rows[start : start + per_call])
             rollout = gen.generate([r["prompt"] for r in chunk], params)
-            completions: list[Any] = rollout.completion_texts
-            if isinstance(chunk[0]["prompt"], list):
-                completions = [[{"role": "assistant", "content": c}] for c in completions]
-            columns = {
-                k: [r[k] for r in chunk for _ in range(num_samples)] for k in chunk[0] if k != "prompt"
-            }
-            out = reward_fn(rollout.prompts, completions, **columns)
-            total = getattr(out, "total", out)
-            scores += [float("nan") if s is None else float(s) for s in total]
-            lp = sequence_logprobs_of_rollout(policy, rollout, batch_size)
+            scores += _scores(reward_fn, chunk, rollout, num_samples)
+            lp = rollout_logprobs(policy, rollout, batch_size)
             with reference_model(policy, reference) as ref:
-                ref_lp = sequence_logprobs_of_rollout(ref, rollout, batch_size)
+                ref_lp = rollout_logprobs(ref, rollout, batch_size)
             kls += (lp - ref_lp).sum(-1).tolist()
             lengths += rollout.completion_lengths.float().tolist()
     finally:
         policy.train(was_training)
+    return _summary(scores, kls, lengths)
+
+
+def _scores(reward_fn: Callable, chunk: list[dict[str, Any]], rollout: Any, num_samples: int) -> list[float]:
+    """The rewards of a rollout of ``chunk``'s prompts (``num_samples`` each), NaN where not applicable."""
+    completions: list[Any] = rollout.completion_texts
+    if isinstance(chunk[0]["prompt"], list):
+        completions = [[{"role": "assistant", "content": c}] for c in completions]
+    columns = {k: [r[k] for r in chunk for _ in range(num_samples)] for k in chunk[0] if k != "prompt"}
+    out = reward_fn(rollout.prompts, completions, **columns)
+    return [float("nan") if s is None else float(s) for s in getattr(out, "total", out)]
+
+
+def _summary(scores: list[float], kls: list[float], lengths: list[float]) -> dict[str, float]:
+    """Means over the samples (the score over its finite values only: NaN = not applicable)."""
     s = torch.tensor(scores)
     finite = s[torch.isfinite(s)]
     return {

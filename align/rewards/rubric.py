@@ -534,6 +534,8 @@ class HFJudge:
         """log p(option | prompt, assistant turn starting with `prefix`) for each prompt and option."""
         import torch
 
+        from align.forward import next_token_logits
+
         if not prompts:
             return []
         forced, ids = self._option_token_ids(self._render(prompts[0]), prefix, options)
@@ -541,8 +543,8 @@ class HFJudge:
         for start in range(0, len(prompts), self.batch_size):
             chunk = [self._render(p, forced) for p in prompts[start : start + self.batch_size]]
             batch = self._encode(chunk)
-            with torch.inference_mode():
-                logits = self.model(**batch).logits[:, -1, :].float()  # left padding: last column is real
+            with torch.inference_mode():  # left padding: the last column is real; positions as generate's
+                logits = next_token_logits(self.model, batch["input_ids"], batch["attention_mask"])[0].float()
             logprobs = torch.log_softmax(logits, dim=-1)[:, ids]
             result += logprobs.cpu().tolist()
         return result

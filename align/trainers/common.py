@@ -1,7 +1,7 @@
 r"""What the SFT, reward-model and DPO trainers share (and what PPO can reuse): the chat-data config fields,
-logits only where a label counts, per-sequence log-probs, sharded evaluation, the final save, and a mixin
-with the supervised trainers' data plumbing (tokenise once, a shuffled loader, a token count per step,
-evaluation sums over all processes).
+dropout off, sharded evaluation, the final save, and a mixin with the supervised trainers' data plumbing
+(tokenise once, a shuffled loader, a token count per step, evaluation sums over all processes). Their
+forward passes (logits only where a label counts, per-sequence log-probs) are in ``align.forward``.
 
 Each trainer keeps only its algorithm: which tokeniser and collator its rows need (``tokenize_rows``,
 ``collate``), how a batch becomes a loss (``batch_loss``) and which sums its evaluation reports.
@@ -10,7 +10,6 @@ Each trainer keeps only its algorithm: which tokeniser and collator its rows nee
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from torch.utils.data import DataLoader
 
 from align.chat_data import TRUNCATION_POLICIES, DataStats, collate_preferences, tokenize_preferences
 from align.config import check_choice, check_range
-from align.forward import pair_attention_mask
-from align.losses import selective_log_softmax
 from align.trainer import Trainer
 
 __all__ = [
@@ -31,13 +28,9 @@ __all__ = [
     "PairTrainerMixin",
     "PreferenceDataConfig",
     "SupervisedTrainerMixin",
-    "completion_logprobs",
     "disable_dropout",
     "eval_shards",
-    "label_positions",
     "save_final_model",
-    "selected_logits",
-    "shared_pair_logprobs",
 ]
 
 
@@ -101,7 +94,7 @@ class PreferenceDataConfig(ChatDataConfig):
 
 
 # --------------------------------------------------------------------------------------------------
-# Dropout off, logits only where they are needed, sequence log-probs, sharded evaluation, the final save.
+# Dropout off, sharded evaluation, the final save (the forward passes are in align.forward).
 # --------------------------------------------------------------------------------------------------
 
 _DROPOUT_MODULES = (
@@ -131,130 +124,6 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.dropout = 0.0
         if isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
-
-
-def label_positions(mask: torch.Tensor) -> torch.Tensor:
-    """``(B, T)`` bool: position ``t`` is kept when token ``t + 1`` counts (its logits predict it)."""
-    keep = torch.zeros_like(mask, dtype=torch.bool)
-    keep[:, :-1] = mask[:, 1:].bool()
-    return keep
-
-
-@functools.lru_cache(maxsize=32)
-def _takes_bool_logits_to_keep(forward_cls: type) -> bool:
-    try:
-        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  (boolean masks: 5.x)
-    except ImportError:
-        return False
-    return "logits_to_keep" in inspect.signature(forward_cls.forward).parameters
-
-
-def _base_class(model: torch.nn.Module) -> type:
-    from align.models import unwrap_model
-
-    inner = unwrap_model(model)
-    get_base = getattr(inner, "get_base_model", None)  # peft
-    return type(get_base() if callable(get_base) else inner)
-
-
-def selected_logits(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    keep: torch.Tensor,
-    position_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Logits ``(N, V)`` at the ``N`` positions where ``keep`` ``(B, T)`` is True, in row-major order.
-
-    The lm_head projects only those hidden states (boolean ``logits_to_keep``) when the model supports it;
-    otherwise the logits from the first kept column on are computed and indexed. ``position_ids`` default
-    to ``cumsum(attention_mask) - 1``, right for left and right padding alike.
-    """
-    if position_ids is None and attention_mask is not None:
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
-    if attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask
-    if _takes_bool_logits_to_keep(_base_class(model)):
-        logits = model(**kwargs, logits_to_keep=keep).logits
-        if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
-            return logits
-        if logits.dim() == 3 and logits.shape[:2] == keep.shape:  # the model ignored the mask
-            return logits[keep]
-        raise RuntimeError(
-            f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean logits_to_keep "
-            f"of shape {tuple(keep.shape)} with {int(keep.sum())} positions kept"
-        )
-    cols = keep.any(0).nonzero()
-    first = int(cols.min()) if cols.numel() else keep.shape[1] - 1
-    try:
-        logits = model(**kwargs, logits_to_keep=keep.shape[1] - first).logits
-    except TypeError:  # a model without logits_to_keep
-        logits = model(**kwargs).logits[:, first:]
-    return logits[keep[:, first:]]
-
-
-def completion_logprobs(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    mask: torch.Tensor,
-    position_ids: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of the log-probs of the tokens where ``mask`` is 1, per row: ``(B,)``, and their counts ``(B,)``.
-
-    ``log pi(y | x) = sum_t log softmax(logits_{t-1})[y_t]`` over completion tokens ``t``; padding on either
-    side is fine (positions come from the attention mask unless ``position_ids`` are given, as for packed
-    rows). Log-probs are float32 even for bf16 logits
-    (``selective_log_softmax``).
-    """
-    keep = label_positions(mask)
-    logits = selected_logits(model, input_ids, attention_mask, keep, position_ids)
-    counted = mask[:, 1:].bool()
-    labels = input_ids[:, 1:][counted]
-    token_logps = selective_log_softmax(logits.unsqueeze(0), labels.unsqueeze(0)).squeeze(0)  # (N,)
-    B = input_ids.shape[0]
-    rows = torch.arange(B, device=input_ids.device)[:, None].expand_as(counted)[counted]
-    logps = torch.zeros(B, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
-    return logps, counted.sum(-1)
-
-
-def shared_pair_logprobs(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``completion_logprobs`` of a preference batch's 2B sequences (chosen, then rejected), computed from
-    one row per pair with the prompt run once (``collate_preferences``'s ``shared_ids``, under
-    ``align.forward.pair_attention_mask``): summed log-probs ``(2B,)`` and token counts ``(2B,)``.
-
-    A completion's first token is predicted by the prompt's last position (shared by both completions), each
-    later token by the position before it. ``None`` (run the sequences whole) where the mask does not apply
-    or a prompt is empty (the whole sequence's first token is then predicted by nothing).
-    """
-    ids, branch, positions = batch["shared_ids"], batch["shared_branch"], batch["shared_positions"]  # (B, S)
-    B, S = ids.shape
-    prompt = branch == 0
-    if not bool(prompt.any(1).all()):
-        return None
-    mask = pair_attention_mask(model, branch)
-    if mask is None:
-        return None
-    col = torch.arange(S, device=ids.device)
-    prompt_end = (col * prompt).argmax(1, keepdim=True)  # (B, 1): the prompt's last position
-    counted = branch > 0  # (B, S): every completion token counts
-    starts = counted & (branch != torch.cat([branch[:, :1], branch[:, :-1]], 1))
-    source = torch.where(starts, prompt_end, col - 1)  # (B, S): the position whose logits predict each token
-    keep = torch.zeros_like(counted)
-    rows = torch.arange(B, device=ids.device)[:, None].expand(B, S)[counted]
-    keep[rows, source[counted]] = True
-    logits = selected_logits(model, ids, mask, keep, positions)  # (N, V), row-major over keep
-    index = (keep.flatten().long().cumsum(0) - 1).view(B, S)[rows, source[counted]]
-    token_logps = selective_log_softmax(logits[index].unsqueeze(0), ids[counted].unsqueeze(0)).squeeze(0)
-    sequence = rows + B * (branch[counted] - 1)  # chosen rows 0..B-1, rejected rows B..2B-1
-    logps = torch.zeros(2 * B, dtype=token_logps.dtype, device=ids.device).index_add(0, sequence, token_logps)
-    counts = torch.zeros(2 * B, dtype=torch.long, device=ids.device).index_add(
-        0, sequence, torch.ones_like(sequence)
-    )
-    return logps, counts
 
 
 def eval_shards(

@@ -11,9 +11,9 @@ with conservative label smoothing (cDPO) or the IPO loss (Azar et al. 2023) as o
 - ``log pi(y | x)``, the summed log-probs of a completion's tokens, for the chosen and rejected completions
   of B pairs in one forward pass, with logits computed only where they predict a completion token: by
   default (``share_prompt``) one row per pair, ``[prompt | chosen | rejected]``, the prompt run once under
-  a mask that hides each completion from the other (``align.trainers.common.shared_pair_logprobs``, the
-  same numbers as the reward model's ``pair_rewards``), else 2B rows of whole sequences, right-padded
-  (``align.trainers.common.completion_logprobs``);
+  a mask that hides each completion from the other (``align.forward.pair_logprob_sums``, the same numbers
+  as the reward model's ``pair_rewards``), else 2B rows of whole sequences, right-padded
+  (``align.forward.logprob_sums``);
 - ``log pi_ref(y | x)`` from the reference policy: with LoRA the policy with its adapter disabled (no extra
   memory), else a frozen copy made before training, or, with ``precompute_ref_logprobs``, once over the
   data before the first step (stored with each pair, after which no reference model is kept at all: for
@@ -33,17 +33,11 @@ import torch
 
 from align.chat_data import collate_preferences
 from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
+from align.forward import logprob_sums, pair_logprob_sums
 from align.losses import dpo_loss, ipo_loss
 from align.models import make_reference, reference_model
 from align.trainer import Trainer
-from align.trainers.common import (
-    PairTrainerMixin,
-    PreferenceDataConfig,
-    completion_logprobs,
-    disable_dropout,
-    eval_shards,
-    shared_pair_logprobs,
-)
+from align.trainers.common import PairTrainerMixin, PreferenceDataConfig, disable_dropout, eval_shards
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +90,14 @@ def pair_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs ``(2B,)`` (chosen rows, then rejected rows) and token counts ``(2B,)``.
 
-    With ``share_prompt``, from one row per pair, its prompt once (``shared_pair_logprobs``; the same numbers),
+    With ``share_prompt``, from one row per pair, its prompt once (``pair_logprob_sums``; the same numbers),
     where that applies; else from the 2B whole sequences.
     """
     if share_prompt and "shared_ids" in batch:
-        out = shared_pair_logprobs(model, batch)
+        out = pair_logprob_sums(model, batch)
         if out is not None:
             return out
-    return completion_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["mask"])
+    return logprob_sums(model, batch["input_ids"], batch["attention_mask"], batch["mask"])
 
 
 def _is_peft(model: torch.nn.Module) -> bool:

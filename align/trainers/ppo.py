@@ -46,8 +46,7 @@ from torch import nn
 
 from align.advantages import gae, whiten
 from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
-from align.eval.reward_kl import sequence_logprobs_of_rollout
-from align.forward import position_ids
+from align.forward import base_model, position_ids, rollout_logprobs, whole_forward
 from align.generation import Rollout
 from align.losses import (
     entropy_from_logits,
@@ -360,9 +359,7 @@ def explained_variance(
 def _value_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """``(backbone, head)`` of a transformers sequence classifier (possibly a peft model): the backbone
     gives per-token hidden states, the head (``score``) maps them to per-token values."""
-    inner = unwrap_model(model)
-    get_base = getattr(inner, "get_base_model", None)
-    base = get_base() if callable(get_base) else inner  # a PeftModel injects LoRA layers in place
+    base = base_model(model)  # a PeftModel injects LoRA layers in place
     head = getattr(base, "score", None)
     backbone = getattr(base, getattr(base, "base_model_prefix", "model"), None)
     if head is None or backbone is None or backbone is base:
@@ -416,27 +413,26 @@ class PolicyAndValue(nn.Module):
             ``values[:, t] = V(prompt + completion[:t])``, the state in which token t is chosen.
         """
         C = num_completion
-        pos = position_ids(attention_mask)
         logits = values = None
         shared = self.value_model is None
         if with_logits or (with_values and shared):
-            out = self.policy(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=pos,
-                logits_to_keep=C + 1 if with_logits else 1,
-                output_hidden_states=with_values and shared,
-                use_cache=False,
+            logits, hidden = whole_forward(
+                self.policy,
+                input_ids,
+                attention_mask,
+                C,
+                with_logits=with_logits,
+                hidden=with_values and shared,
             )
-            if with_logits:
-                logits = out.logits[:, :-1]
-            if with_values and shared:
-                hidden = out.hidden_states[-1][:, -(C + 1) : -1]
+            if hidden is not None:
                 values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
         if with_values and not shared:
             backbone, head = _value_parts(self.value_model)
             hidden = backbone(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask),
+                use_cache=False,
             ).last_hidden_state[:, -(C + 1) : -1]
             values = head(hidden).squeeze(-1)
         return logits, values
@@ -580,7 +576,7 @@ class PPOTrainer(RolloutMixin, Trainer):
                 )
                 vals.append(values.float())
             with reference_model(self.policy, self.ref_model) as ref:
-                refs = sequence_logprobs_of_rollout(
+                refs = rollout_logprobs(
                     ref, rollout, cfg.per_device_train_batch_size, temperature=cfg.temperature
                 )
         finally:

@@ -16,8 +16,9 @@ Speed and memory, since SFT is as fast as its forward pass:
 - optional packing of short examples into rows of ``max_length`` (best-fit decreasing, no example split),
   with position ids that restart per example so they do not attend to each other.
 
-The helpers it uses (``selected_logits``, ``completion_logprobs``, ``eval_shards``, ``save_final_model``) and
-the data plumbing it shares with the reward model and DPO live in ``align.trainers.common``.
+Its forward passes (``selected_logits``, ``logprob_sums``) are in ``align.forward``; the helpers it shares
+with the reward model and DPO (``eval_shards``, ``save_final_model``, the data plumbing) in
+``align.trainers.common``.
 """
 
 from __future__ import annotations
@@ -32,15 +33,10 @@ import torch
 
 from align.chat_data import DataStats, collate_sft, pack_examples, tokenize_sft
 from align.config import ModelConfig, TrainConfig
+from align.forward import label_positions, logprob_sums, selected_logits
 from align.losses import sft_loss
 from align.trainer import Trainer
-from align.trainers.common import (
-    ChatDataConfig,
-    SupervisedTrainerMixin,
-    completion_logprobs,
-    label_positions,
-    selected_logits,
-)
+from align.trainers.common import ChatDataConfig, SupervisedTrainerMixin
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +156,7 @@ class SFTTrainer(SupervisedTrainerMixin, Trainer):
         t0 = time.perf_counter()
 
         def sums(batch: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:  # [NLL, tokens]
-            logps, counts = completion_logprobs(
+            logps, counts = logprob_sums(
                 self.model, batch["input_ids"], batch["attention_mask"], batch["mask"], batch["position_ids"]
             )
             w = weights.to(torch.float64)

@@ -173,7 +173,7 @@ def test_packing_best_fit_keeps_every_example(tiny_tokenizer):
 
 def test_packed_forward_equals_separate_examples(tiny_tokenizer, tiny_model):
     """Packed examples must not attend to each other: their log-probs equal those of unpacked runs."""
-    from align.trainers.common import completion_logprobs
+    from align.forward import logprob_sums
 
     data = [{"messages": conv(f"What is {i} + {i}?", f"{i} + {i} = {2 * i}.")} for i in range(1, 5)]
     rows, _ = tokenize_sft(data, tiny_tokenizer)
@@ -182,13 +182,11 @@ def test_packed_forward_equals_separate_examples(tiny_tokenizer, tiny_model):
     batch = collate_sft(packed, tiny_tokenizer.pad_token_id)
     assert batch["attention_mask"] is None
     with torch.no_grad():
-        total, _ = completion_logprobs(
-            tiny_model, batch["input_ids"], None, batch["mask"], batch["position_ids"]
-        )
+        total, _ = logprob_sums(tiny_model, batch["input_ids"], None, batch["mask"], batch["position_ids"])
         separate = 0.0
         for r in rows:
             b = collate_sft([r], tiny_tokenizer.pad_token_id)
-            lp, _ = completion_logprobs(tiny_model, b["input_ids"], b["attention_mask"], b["mask"])
+            lp, _ = logprob_sums(tiny_model, b["input_ids"], b["attention_mask"], b["mask"])
             separate += float(lp)
     torch.testing.assert_close(total, torch.tensor([separate]), atol=1e-4, rtol=1e-5)
 

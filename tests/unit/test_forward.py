@@ -1,8 +1,11 @@
-"""The shared-prompt forward pass equals a plain forward: logits and gradients."""
+"""The forward passes of ``align.forward`` equal plain forwards: the shared prompt (logits and gradients),
+rollout log-probs, next-token logits of left-padded rows."""
+
+from types import SimpleNamespace
 
 import torch
 
-from align.forward import completion_logits, prompt_groups
+from align.forward import completion_logits, next_token_logits, prompt_groups, rollout_logprobs
 from align.testing import tiny_causal_lm, tiny_tokenizer
 
 
@@ -40,3 +43,35 @@ def test_shared_prompt_equals_plain_forward_logits_and_grads():
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
     assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+class _Rollout(SimpleNamespace):
+    """What ``rollout_logprobs`` reads of ``align.generation.Rollout``."""
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+
+def test_rollout_logprobs_equal_plain_forward():
+    model = tiny_causal_lm(tiny_tokenizer(), seed=0).eval()
+    p, pm, c, cm = _batch()
+    ids, attn = torch.cat([p, c], 1), torch.cat([pm, cm], 1)
+    with torch.no_grad():
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, p.shape[1] - 1 : -1]
+    expected = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, c[..., None]).squeeze(-1) * cm
+    rollout = _Rollout(prompt_ids=p, prompt_mask=pm, completion_ids=c, completion_mask=cm)
+    got = rollout_logprobs(model, rollout, batch_size=4, temperature=0.7)  # two micro-batches: 4 + 2 rows
+    assert got.shape == c.shape and bool((got[cm == 0] == 0).all())
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_next_token_logits_do_not_depend_on_left_padding():
+    model = tiny_causal_lm(tiny_tokenizer(), seed=0).eval()
+    p, pm, _, _ = _batch()
+    with torch.no_grad():
+        batched, cache = next_token_logits(model, p, pm)
+        alone, _ = next_token_logits(model, p[:1, 2:], pm[:1, 2:])  # row 0 without its two pads
+        plain = model(input_ids=p[:1, 2:]).logits[:, -1]
+    assert cache is None and batched.shape == (6, model.config.vocab_size)
+    assert torch.allclose(batched[0], alone[0], atol=1e-5) and torch.allclose(alone, plain, atol=1e-5)

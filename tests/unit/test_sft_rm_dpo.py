@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import align.forward as forward_module
 from align.chat_data import collate_preferences, collate_sft, tokenize_preferences, tokenize_sft
 from align.config import ConfigError, parse_config
+from align.forward import logprob_sums, selected_logits
 from align.losses import bradley_terry_loss
 from align.testing import (
     bare_trl_trainer,
@@ -20,8 +22,6 @@ from align.testing import (
     tiny_llama_config,
     tiny_sequence_classifier,
 )
-from align.trainers import common as common_module
-from align.trainers.common import completion_logprobs, selected_logits
 from align.trainers.dpo import DPOConfig, DPOTrainer
 from align.trainers.reward_model import RewardModelConfig, RewardModelTrainer, pair_rewards
 from align.trainers.sft import SFTConfig, SFTTrainer
@@ -76,7 +76,7 @@ def reference_logprob(model, ids: list[int], start: int) -> float:
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_completion_logprobs_equal_plain_computation(tiny_tokenizer, tiny_model, side):
+def test_logprob_sums_equal_plain_computation(tiny_tokenizer, tiny_model, side):
     rows, _ = tokenize_preferences(pairs(), tiny_tokenizer)
     seqs = [(r["prompt_ids"] + r["chosen_ids"], len(r["prompt_ids"])) for r in rows]
     seqs += [(r["prompt_ids"] + r["rejected_ids"], len(r["prompt_ids"])) for r in rows]
@@ -90,7 +90,7 @@ def test_completion_logprobs_equal_plain_computation(tiny_tokenizer, tiny_model,
         attention[b, off : off + len(s)] = 1
         mask[b, off + p : off + len(s)] = 1
     with torch.no_grad():
-        logps, counts = completion_logprobs(tiny_model, ids, attention, mask)
+        logps, counts = logprob_sums(tiny_model, ids, attention, mask)
     expected = [reference_logprob(tiny_model, s, p) for s, p in seqs]
     close(logps, expected, atol=2e-4)
     assert counts.tolist() == [len(s) - p for s, p in seqs]
@@ -99,10 +99,10 @@ def test_completion_logprobs_equal_plain_computation(tiny_tokenizer, tiny_model,
 def test_selected_logits_without_boolean_logits_to_keep(tiny_tokenizer, tiny_model, monkeypatch):
     rows, _ = tokenize_sft(chats(), tiny_tokenizer)
     b = collate_sft(rows, tiny_tokenizer.pad_token_id)
-    keep = common_module.label_positions(b["mask"])
+    keep = forward_module.label_positions(b["mask"])
     with torch.no_grad():
         fast = selected_logits(tiny_model, b["input_ids"], b["attention_mask"], keep)
-        monkeypatch.setattr(common_module, "_takes_bool_logits_to_keep", lambda cls: False)
+        monkeypatch.setattr(forward_module, "_takes_bool_logits_to_keep", lambda cls: False)
         slow = selected_logits(tiny_model, b["input_ids"], b["attention_mask"], keep)
         full = tiny_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[keep]
     assert fast.shape == (int(keep.sum()), tiny_model.config.vocab_size)
@@ -314,8 +314,8 @@ def test_dpo_shared_prompt_logprobs_equal_plain_forward(
     rows[1] = dict(rows[1], rejected_ids=rows[1]["rejected_ids"][:1])  # a one-token completion
     batch = collate_preferences(rows, tiny_tokenizer.pad_token_id)
     shared = []
-    split = dpo.shared_pair_logprobs
-    monkeypatch.setattr(dpo, "shared_pair_logprobs", lambda *a: shared.append(split(*a)) or shared[-1])
+    split = dpo.pair_logprob_sums
+    monkeypatch.setattr(dpo, "pair_logprob_sums", lambda *a: shared.append(split(*a)) or shared[-1])
 
     def run(share):
         model.zero_grad()
@@ -343,7 +343,7 @@ def test_dpo_shared_prompt_logprobs_equal_plain_forward(
 def test_dpo_trainer_share_prompt_loss_and_fallback(tmp_path, tiny_tokenizer):
     """The trainer's loss (policy and frozen reference) is the same with and without share_prompt; an empty
     prompt or an attention without custom masks falls back to whole sequences."""
-    from align.trainers.common import shared_pair_logprobs
+    from align.forward import pair_logprob_sums
 
     losses = []
     for share in (True, False):
@@ -357,9 +357,9 @@ def test_dpo_trainer_share_prompt_loss_and_fallback(tmp_path, tiny_tokenizer):
     model = tiny_causal_lm(tiny_tokenizer)
     rows, _ = tokenize_preferences(pairs(3), tiny_tokenizer)
     empty = collate_preferences([dict(rows[0], prompt_ids=[]), *rows[1:]], tiny_tokenizer.pad_token_id)
-    assert shared_pair_logprobs(model, empty) is None
+    assert pair_logprob_sums(model, empty) is None
     model.config._attn_implementation = "flash_attention_2"
-    assert shared_pair_logprobs(model, collate_preferences(rows, tiny_tokenizer.pad_token_id)) is None
+    assert pair_logprob_sums(model, collate_preferences(rows, tiny_tokenizer.pad_token_id)) is None
 
 
 @pytest.mark.parametrize("share", [True, False])
@@ -441,8 +441,8 @@ def test_dpo_label_smoothing_changes_loss_as_cdpo(tmp_path, tiny_tokenizer):
     batch = collate_preferences(ours.train_rows, tiny_tokenizer.pad_token_id)
     loss, m = ours.compute_loss(batch)
     with torch.no_grad():
-        logps, _ = completion_logprobs(policy, batch["input_ids"], batch["attention_mask"], batch["mask"])
-        ref, _ = completion_logprobs(reference, batch["input_ids"], batch["attention_mask"], batch["mask"])
+        logps, _ = logprob_sums(policy, batch["input_ids"], batch["attention_mask"], batch["mask"])
+        ref, _ = logprob_sums(reference, batch["input_ids"], batch["attention_mask"], batch["mask"])
     c, r = logps.chunk(2)
     rc, rr = ref.chunk(2)
     h = 0.5 * ((c - rc) - (r - rr))
