@@ -730,7 +730,13 @@ class Trainer:
 
 
 def check_output_dir(
-    output_dir: str | Path, *, resume: bool, overwrite: bool, accelerator: Any = None, markers=RUN_MARKERS
+    output_dir: str | Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    accelerator: Any = None,
+    markers: tuple[str, ...] = RUN_MARKERS,
+    resumable: bool = True,
 ) -> None:
     """The one output-directory guard, run before anything is written.
 
@@ -739,12 +745,12 @@ def check_output_dir(
     and any other file of the user's stays. The directory must be writable.
     """
     out = Path(output_dir)
-    found = [m for m in markers if (out / m).exists()]
+    found = previous_run(out, markers)
     if found and not resume and not overwrite:
+        resume_hint = "--resume_from_checkpoint latest to continue it, " if resumable else ""
         raise FileExistsError(
             f"output_dir {str(out)!r} already holds a previous run ({', '.join(found)}). Nothing was changed. "
-            "Pass --resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, "
-            "or choose another --output_dir."
+            f"Pass {resume_hint}--overwrite_output_dir to replace it, or choose another --output_dir."
         )
     main = accelerator is None or accelerator.is_main_process
     if accelerator is not None:
@@ -760,6 +766,11 @@ def check_output_dir(
         out.mkdir(parents=True, exist_ok=True)
     if accelerator is not None:
         accelerator.wait_for_everyone()
+
+
+def previous_run(output_dir: str | Path, markers: tuple[str, ...] = RUN_MARKERS) -> list[str]:
+    """The files and folders of ``markers`` present in ``output_dir``: non-empty when it holds a run."""
+    return [m for m in markers if (Path(output_dir) / m).exists()]
 
 
 def run_files(output_dir: str | Path) -> list[str]:

@@ -42,7 +42,7 @@ from align.recipe_helpers import (
     reset_accelerate_state,
 )
 from align.rewards import get_reward_funcs
-from align.trainer import RUN_MARKERS, Callback, read_metrics
+from align.trainer import Callback, previous_run, read_metrics
 from align.trainers.ppo import PPOConfig, PPOTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,7 +350,7 @@ def _check_pipeline_outputs(path: str, spec: dict, stages: list[str], out: Path,
     """
     for stage in stages:
         section = spec.get(stage) or {}
-        found = [m for m in RUN_MARKERS if (out / stage / m).exists()]
+        found = previous_run(out / stage)
         if found and not (section.get("overwrite_output_dir") or section.get("resume_from_checkpoint")):
             sys.exit(f"ppo_rlhf: {out / stage} already holds a previous run of the {stage} stage "
                      f"({', '.join(found)}). Nothing was changed. Set overwrite_output_dir: true (or "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,21 +218,16 @@ def load_eval_model(
 
 
 def _check_output_dir(cfg: EvalConfig) -> Path:
+    """The run-directory guard every align run uses (``align.trainer.check_output_dir``), with the files an
+    evaluation writes as the marks of a previous one; the names it will write go into the run manifest."""
+    from align.trainer import MANIFEST_FILE, check_output_dir, record_run_files
+
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output_dir {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not cfg.overwrite_output_dir:
-            raise FileExistsError(
-                f"output_dir {out} is not empty (a previous evaluation?); pass --overwrite_output_dir "
-                "to replace its files, or choose another output_dir"
-            )
-        for name in ("summary.json", "report.md", "config.yaml"):
-            (out / name).unlink(missing_ok=True)
-        for task in cfg.tasks:
-            if (out / task / "summary.json").is_file():
-                shutil.rmtree(out / task)
-    out.mkdir(parents=True, exist_ok=True)
+    markers = ("summary.json", "report.md", "config.yaml", MANIFEST_FILE, *cfg.tasks)
+    check_output_dir(out, resume=False, overwrite=cfg.overwrite_output_dir, markers=markers, resumable=False)
+    record_run_files(out, "summary.json", "report.md", "config.yaml", *cfg.tasks)
     return out
 
 

@@ -60,7 +60,7 @@ def test_recipe_several_tasks(tiny_model_dir, tmp_path, capsys):
 
     # An existing evaluation is not overwritten unless asked.
     assert eval_recipe.main(argv) == 1
-    assert "not empty" in capsys.readouterr().err
+    assert "already holds a previous run" in capsys.readouterr().err
     assert eval_recipe.main([*argv, "--overwrite_output_dir"]) == 0
 
 
