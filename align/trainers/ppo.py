@@ -59,7 +59,7 @@ from align.losses import (
 )
 from align.models import make_reference, reference_model, unwrap_model
 from align.rewards import CombinedReward
-from align.trainer import NonFiniteError, Trainer
+from align.trainer import NonFiniteError, Trainer, UpdateStep
 from align.trainers.common import disable_dropout
 from align.trainers.rollout import RolloutMixin
 
@@ -463,9 +463,8 @@ class PPOMicroBatch:
     """(B, C)."""
     returns: torch.Tensor
     """(B, C) value targets."""
-    share: float
-    """This micro-batch's share of its minibatch's counted tokens (over every process)."""
-    metrics: dict[str, float]
+    ptx_scale: float = 0.0
+    """Factor of the PPO-ptx term in this micro-batch's loss (see ``PPOTrainer._minibatch_plan``)."""
     """Rollout metrics, carried by the first micro-batch of an iteration."""
 
 
@@ -486,7 +485,7 @@ class PPOTrainer(RolloutMixin, Trainer):
     """
 
     progress_keys = ("score/mean", "kl", "beta", "eval/score")
-    loss_scaling = "share"
+    plan_types = (PPOMicroBatch,)
 
     def __init__(
         self,
@@ -592,7 +591,7 @@ class PPOTrainer(RolloutMixin, Trainer):
             )
 
     @torch.no_grad()
-    def _make_micro_batches(self, rows: list[dict[str, Any]]) -> list[PPOMicroBatch]:
+    def _make_plan(self, rows: list[dict[str, Any]]) -> list[UpdateStep]:
         cfg, acc = self.config, self.accelerator
         if self._iteration_start is None:
             # The first iteration's clock starts here, so evaluations before training do not count as its time.
@@ -645,31 +644,43 @@ class PPOTrainer(RolloutMixin, Trainer):
         }
         self._iteration_start = now
 
+        return self._minibatch_plan(rollout, (logprobs, values, advantages, returns), metrics, timing)
+
+    def _minibatch_plan(
+        self, rollout: Rollout, tensors: tuple[torch.Tensor, ...], metrics: dict[str, float], timing: dict
+    ) -> list[UpdateStep]:
+        """``num_ppo_epochs`` x ``num_mini_batches`` optimizer steps over shuffled minibatches of the rollout,
+        each split into ``gradient_accumulation_steps`` micro-batches weighted by their counted tokens."""
+        cfg, acc = self.config, self.accelerator
+        mask = rollout.completion_mask
         ids, attn = rollout.input_ids(), rollout.attention_mask()
         N = len(rollout)
         per_minibatch = N // cfg.num_mini_batches
-        batches: list[PPOMicroBatch] = []
-        generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
-        for _epoch in range(cfg.num_ppo_epochs):
-            order = torch.randperm(N, generator=generator).to(device)
-            for m in range(cfg.num_mini_batches):
-                mb_rows = order[m * per_minibatch : (m + 1) * per_minibatch]
-                tokens = torch.tensor(float(mask[mb_rows].sum()), device=acc.device)
-                tokens = acc.reduce(tokens, "sum") if acc.num_processes > 1 else tokens
-                for chunk in torch.tensor_split(mb_rows, cfg.gradient_accumulation_steps):
-                    batches.append(
-                        self._slice(ids, attn, rollout, chunk, logprobs, values, advantages, returns, mask)
-                    )
-                    batches[-1].share = float(mask[chunk].sum()) * acc.num_processes / max(float(tokens), 1.0)
+        W, n_acc = acc.num_processes, cfg.gradient_accumulation_steps
         # The rollout's statistics describe every optimizer step of this iteration, so each step logs them
         # (KL, beta and the non-score reward every step); the iteration's counters and timings (tokens,
         # seconds, throughput) go on its first step only, so that summing them over steps stays true.
         per_iteration = {"completions/tokens", "throughput/completion_tokens_per_second", *timing}
         shared = {k: v for k, v in metrics.items() if k not in per_iteration}
-        for i in range(0, len(batches), cfg.gradient_accumulation_steps):
-            batches[i].metrics = dict(shared)
-        batches[0].metrics = metrics
-        return batches
+        generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
+        steps: list[UpdateStep] = []
+        for _epoch in range(cfg.num_ppo_epochs):
+            order = torch.randperm(N, generator=generator).to(mask.device)
+            for m in range(cfg.num_mini_batches):
+                mb_rows = order[m * per_minibatch : (m + 1) * per_minibatch]
+                total = self._global_sum(float(mask[mb_rows].sum()))
+                micro = []
+                for chunk in torch.tensor_split(mb_rows, n_acc):
+                    if chunk.numel():
+                        mb = self._slice(ids, attn, rollout, chunk, *tensors, mask)
+                        w = float(mask[chunk].sum())
+                        # PPO-ptx is one term per optimizer step, not a token mean: scale it so that the
+                        # base's weighting (w / total, summed over micro-batches and processes) gives it
+                        # ptx_coef / (micro-batches x processes) per micro-batch.
+                        mb.ptx_scale = total / max(w * n_acc * W, 1e-9)
+                        micro.append((mb, w))
+                steps.append(UpdateStep(micro, dict(shared) if steps else metrics, total))
+        return steps
 
     def _slice(
         self,
@@ -698,8 +709,6 @@ class PPOTrainer(RolloutMixin, Trainer):
             old_values=values[rows][:, :c_len],
             advantages=advantages[rows][:, :c_len],
             returns=returns[rows][:, :c_len],
-            share=0.0,
-            metrics={},
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -707,7 +716,7 @@ class PPOTrainer(RolloutMixin, Trainer):
     # ----------------------------------------------------------------------------------------------
 
     def compute_loss(self, mb: PPOMicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
-        """share x [ token-mean(-min(r A, clip(r) A)) + vf_coef * token-mean(value loss) ] (+ ptx term)."""
+        """token-mean(-min(r A, clip(r) A)) + vf_coef * token-mean(value loss) (+ the PPO-ptx term)."""
         cfg = self.config
         C = mb.completion_ids.shape[1]
         logits, values = self.model(mb.input_ids, mb.attention_mask, C)
@@ -722,14 +731,12 @@ class PPOTrainer(RolloutMixin, Trainer):
             values, mb.old_values, mb.returns, mb.mask, clip_eps=cfg.cliprange_value, aggregation="token"
         )
         loss = pg_loss + cfg.vf_coef * v_loss
-        metrics: dict[str, Any] = {**mb.metrics, **m_pg, **m_v}
+        metrics: dict[str, Any] = {**m_pg, **m_v}
         with torch.no_grad():
             metrics["entropy"] = masked_mean(entropy_from_logits(logits.detach()), mb.mask)
-        loss = loss * mb.share
         if cfg.ptx_coef > 0:
             ptx, m_ptx = self._ptx_loss()
-            # Per micro-batch, so that the ptx term's weight per optimizer step is ptx_coef.
-            loss = loss + cfg.ptx_coef * ptx / cfg.gradient_accumulation_steps
+            loss = loss + cfg.ptx_coef * mb.ptx_scale * ptx
             metrics.update(m_ptx)
         return loss, metrics
 
@@ -778,8 +785,6 @@ class PPOTrainer(RolloutMixin, Trainer):
         if "kl_ctl" in state:
             self.kl_ctl.load_state_dict(state["kl_ctl"])
         self._ptx_epoch = int(state.get("ptx_epoch", 0))
-        # A resumed run starts a fresh rollout: the queue of the interrupted iteration is not saved.
-        self._queue.clear()
 
     def save_model(self, path: str | Path, *, merge_lora: bool | None = None) -> Path:
         """Save the policy (adapter or full weights, with the tokenizer) to ``path``; a separate value model

@@ -284,7 +284,8 @@ def test_lora_policy_logprobs_match(tiny_model, tiny_tokenizer):
 
 
 def _draw(scores: torch.Tensor, params: SamplingParams, rows: int = 20000) -> torch.Tensor:
-    sampler = generation._Sampler(params, torch.Generator().manual_seed(0), raw=None)
+    draws = generation.row_uniforms(0, 0, rows, 1)  # one token per row, each row its own stream
+    sampler = generation._Sampler(params, draws, raw=None)
     out = sampler(None, scores.expand(rows, -1).clone())
     assert ((out == 0).sum(1) == 1).all() and torch.isinf(out).sum(1).eq(scores.numel() - 1).all()
     return torch.bincount(out.argmax(1), minlength=scores.numel()).float() / rows
@@ -504,9 +505,12 @@ def test_vllm_colocate_generate_with_fake_engine(monkeypatch, tiny_model, tiny_t
     rollout = generator.generate(conversations, SamplingParams(max_new_tokens=16, num_generations=2, seed=5))
     prompts, sampling = llm.requests[0]
     assert prompts == [{"prompt_token_ids": ids} for ids in tokenize_prompts(tiny_tokenizer, conversations)]
-    assert sampling == dict(
-        n=2, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_tokens=16, logprobs=0, seed=5
-    )
+    # one seeded request per prompt, keyed by its first completion's index in the global batch
+    common = dict(n=2, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_tokens=16, logprobs=0)
+    assert sampling == [
+        {**common, "seed": generation.stream_seed(5, 0)},
+        {**common, "seed": generation.stream_seed(5, 2)},
+    ]
     assert rollout.is_eos.tolist() == [True, False, True, True] and rollout.logprobs is not None
     assert isinstance(generator, generation.Generator)
 
@@ -670,3 +674,18 @@ def test_real_vllm_logprobs_and_weight_sync(tmp_path, tiny_tokenizer):
     assert result["rows"] == 6 and result["seeded_repeat"]
     assert result["initial"] < tolerance and result["synced"] < tolerance
     assert result["stale"] > 100 * tolerance  # the check can tell stale weights from synced ones
+
+
+def test_seeded_completions_do_not_depend_on_batch_or_offset(tiny_model, tiny_tokenizer):
+    """Completion i draws from a stream keyed by (seed, seed_offset + i): sampling the batch in chunks, or
+    its second half alone with the matching offset (a second process), gives the same completions."""
+    gen = HFGenerator(tiny_model, tiny_tokenizer)
+    prompts = ["a b", "c d e", "f"]
+    params = SamplingParams(max_new_tokens=6, num_generations=2, seed=7)
+    whole = gen.generate(prompts, params).completion_texts
+    chunked = HFGenerator(tiny_model, tiny_tokenizer, batch_size=1).generate(prompts, params).completion_texts
+    assert chunked == whole
+    tail = gen.generate(prompts[1:], SamplingParams(max_new_tokens=6, num_generations=2, seed=7, seed_offset=2))
+    assert tail.completion_texts == whole[2:]
+    other = gen.generate(prompts, SamplingParams(max_new_tokens=6, num_generations=2, seed=8)).completion_texts
+    assert other != whole  # the seed matters

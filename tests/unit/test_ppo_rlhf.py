@@ -178,12 +178,12 @@ def test_first_epoch_ratio_is_one_and_loss_matches_hand_computation(tmp_path):
     old_values = values + 0.3
     returns = torch.tensor([[1.0, 0.0, 2.0, -1.0], [0.5, 0.5, 0.0, 0.0]])
     mb = PPOMicroBatch(
-        input_ids, attn, completion, mask, old, old_values, advantages, returns, share=0.25, metrics={}
+        input_ids, attn, completion, mask, old, old_values, advantages, returns
     )
     loss, metrics = trainer.compute_loss(mb)
     pg, _ = ppo_clip_loss(logprobs, old, advantages, mask, clip_eps=0.2)
     vl, _ = value_loss(values, old_values, returns, mask, clip_eps=0.1)
-    assert loss.item() == pytest.approx(0.25 * (pg.item() + 0.5 * vl.item()), rel=1e-5)
+    assert loss.item() == pytest.approx(pg.item() + 0.5 * vl.item(), rel=1e-5)
     # by hand for one token: ratio exp(0.3) = 1.35 > 1.2 with A = 1 > 0 -> clipped at 1.2
     assert metrics["clip/fraction"].item() > 0
     # old values sit 0.3 above: clipped values are values + 0.2, the larger error where values + 0.1 > R
@@ -198,8 +198,10 @@ def test_rollout_microbatches_have_ratio_one_in_first_epoch(tmp_path, temperatur
     tok = tiny_tokenizer()
     cfg = _config(tmp_path, "--value_model", "shared", "--num_ppo_epochs", "1", "--temperature", temperature)
     trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [_length_reward], _dataset())
-    mb = trainer.get_batch()
+    step = trainer.plan_updates()[0]
+    mb = step.micro_batches[0][0]
     _, metrics = trainer.compute_loss(mb)
+    metrics = {**step.metrics, **metrics}
     assert metrics["clip/ratio_mean"].item() == pytest.approx(1.0, abs=1e-5)
     assert metrics["kl/old_approx"].item() == pytest.approx(0.0, abs=1e-6)
     # at step 0 the policy is the reference: the KL penalty, and so the non-score reward, is 0
@@ -274,16 +276,20 @@ def test_ptx_adds_language_modelling_loss(tmp_path):
     rows, _ = tokenize_sft(load_rows(None, "train", default="sft", limit=8), tok, max_length=64)
     cfg = _config(tmp_path, "--value_model", "shared", "--ptx_coef", "0.5", "--ptx_dataset_name", "default")
     trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [_length_reward], _dataset(), ptx_dataset=rows)
-    mb = trainer.get_batch()
+    step = trainer.plan_updates()[0]
+    (mb, w), total = step.micro_batches[0], step.total
     loss, metrics = trainer.compute_loss(mb)
     ptx = metrics["loss/ptx"].item()
     assert ptx > 0
     trainer.config.ptx_coef = 0.0
     without, metrics0 = trainer.compute_loss(mb)
     assert "loss/ptx" not in metrics0
-    # InstructGPT's objective: the PPO loss plus gamma x the LM loss, split over the accumulation steps
+    # InstructGPT's objective: the PPO loss plus gamma x the LM loss once per optimizer step. The base weighs
+    # this micro-batch's loss by w / total, so its ptx term carries total / (w x accumulation x processes).
     gas = cfg.gradient_accumulation_steps
-    assert loss.item() - without.item() == pytest.approx(0.5 * ptx / gas, rel=1e-5)
+    assert mb.ptx_scale == pytest.approx(total / (w * gas))
+    assert loss.item() - without.item() == pytest.approx(0.5 * ptx * mb.ptx_scale, rel=1e-5)
+    assert (w / total) * (loss.item() - without.item()) == pytest.approx(0.5 * ptx / gas, rel=1e-5)
 
 
 def test_config_errors_name_the_fields(tmp_path):
