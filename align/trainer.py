@@ -37,6 +37,7 @@ import math
 import shutil
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,8 @@ class Trainer:
             nothing to optimise by gradient (it must then override ``training_step``).
         tokenizer: saved next to the model when given.
         callbacks: ``Callback`` objects.
+        evaluator: ``evaluator(trainer) -> metrics``, the in-training evaluation (``align.eval`` builds
+            them: held-out accuracy, held-out reward and KL), so trainers never import the evaluations.
     """
 
     #: Metric keys shown on the progress bar when present.
@@ -142,10 +145,12 @@ class Trainer:
         *,
         tokenizer: Any = None,
         callbacks: list[Callback] | None = None,
+        evaluator: Callable[[Trainer], dict[str, float]] | None = None,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.callbacks = list(callbacks or [])
+        self.evaluator = evaluator
         self.state = TrainerState()
         self.output_dir = Path(config.output_dir)
         self.accelerator = self._make_accelerator(config)
@@ -299,8 +304,10 @@ class Trainer:
         """Called after each optimizer step (e.g. to sync a target network)."""
 
     def evaluate(self) -> dict[str, float]:
-        """Periodic evaluation; return metrics with keys like ``eval/<task>/accuracy``."""
-        return {}
+        """Evaluation (every ``eval_steps`` and on demand): the ``evaluator`` given to the trainer, called
+        with the trainer, returning metrics with keys like ``eval/<task>/accuracy``. Trainers whose
+        evaluation is part of the algorithm (RL returns, held-out losses) override it."""
+        return dict(self.evaluator(self)) if self.evaluator is not None else {}
 
     def extra_state_dict(self) -> dict[str, Any]:
         """Subclass state a checkpoint must hold (replay buffer, KL coefficient, env RNG, ...): tensors,

@@ -18,6 +18,7 @@ after), model/ (full weights or the LoRA adapter).
 """
 
 from align.data import load_math_dataset
+from align.eval.heldout import heldout_evaluator
 from align.recipe_helpers import finish_recipe, load_policy_and_tokenizer, parse_recipe_config
 from align.rewards import get_reward_funcs, make_math_reward
 from align.trainers.grpo import GRPOConfig, GRPOTrainer
@@ -35,8 +36,12 @@ def main(args: list[str] | None = None) -> dict:
         tokenizer,
         get_reward_funcs(cfg.reward_funcs),
         train,
-        eval_dataset=heldout,
-        eval_reward=make_math_reward(),
+        evaluator=heldout_evaluator(
+            heldout,
+            make_math_reward(),
+            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
+            limit=cfg.eval_limit or None,
+        ),
     )
     before = trainer.evaluate() if cfg.eval_limit >= 0 else {}
     trainer.train()

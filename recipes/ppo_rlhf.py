@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from align.chat_data import load_rows, tokenize_sft
+from align.eval.reward_kl import reward_kl_evaluator
 from align.recipe_helpers import (
     finish_recipe,
     load_classifier_and_tokenizer,
@@ -184,7 +185,9 @@ def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
         rewards,
         Dataset.from_list(train),
         value_model=value_model,
-        eval_dataset=heldout,
+        evaluator=reward_kl_evaluator(heldout, limit=cfg.eval_limit, num_samples=cfg.eval_samples)
+        if heldout
+        else None,
         ptx_dataset=ptx,
         callbacks=callbacks,
     )

@@ -59,3 +59,23 @@ def heldout_accuracy(
         "unscorable": unscorable,
         "mean_length": tokens / max(n, 1.0),
     }
+
+
+def heldout_evaluator(
+    dataset: Any, reward_fn: Callable, *, max_new_tokens: int = 256, limit: int | None = None
+) -> Callable[[Any], dict[str, float]]:
+    """The in-training evaluation of an RL trainer (``Trainer(evaluator=...)``): ``heldout_accuracy`` with
+    the trainer's own sampler and processes, as ``eval/accuracy`` and ``eval/mean_length``."""
+
+    def evaluate(trainer: Any) -> dict[str, float]:
+        res = heldout_accuracy(
+            trainer.generator,
+            dataset,
+            reward_fn,
+            max_new_tokens=max_new_tokens,
+            limit=limit,
+            accelerator=trainer.accelerator,
+        )
+        return {"eval/accuracy": res["accuracy"], "eval/mean_length": res["mean_length"]}
+
+    return evaluate

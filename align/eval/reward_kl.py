@@ -104,3 +104,30 @@ def _summary(scores: list[float], kls: list[float], lengths: list[float]) -> dic
         "mean_length": float(torch.tensor(lengths).mean()),
         "n": float(len(scores)),
     }
+
+
+def reward_kl_evaluator(
+    dataset: Any, *, limit: int | None, num_samples: int = 1
+) -> Callable[[Any], dict[str, float]]:
+    """PPO-RLHF's in-training evaluation (``Trainer(evaluator=...)``): ``reward_and_kl`` of the trainer's
+    policy against its reference on the first ``limit`` held-out prompts, scored by the trainer's reward,
+    sampled at temperature 1 with the run's seed; metrics ``eval/score``, ``eval/kl``, ..."""
+    rows = [dataset[i] for i in range(len(dataset) if not limit else min(limit, len(dataset)))]
+
+    def evaluate(trainer: Any) -> dict[str, float]:
+        cfg = trainer.config
+        res = reward_and_kl(
+            trainer.policy,
+            trainer.tokenizer,
+            rows,
+            trainer.reward,
+            reference=trainer.ref_model,
+            max_new_tokens=cfg.max_new_tokens,
+            num_samples=num_samples,
+            seed=cfg.seed,
+            batch_size=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
+            generator=trainer.generator,
+        )
+        return {f"eval/{k}": v for k, v in res.items()}
+
+    return evaluate

@@ -143,7 +143,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
         tokenizer: its tokenizer (left padding for generation is handled by the generator).
         reward_funcs: reward callables (TRL contract) or a ``CombinedReward``.
         train_dataset: rows with a ``prompt`` (chat messages or text) and the columns the rewards read.
-        eval_dataset: optional held-out rows for ``evaluate()`` (accuracy of greedy answers).
+        evaluator: the in-training evaluation, e.g. ``align.eval.heldout.heldout_evaluator``.
         ref_model: frozen reference for kl_coef > 0 and full fine-tuning (default: a copy; LoRA: adapter off).
     """
 
@@ -158,20 +158,17 @@ class GRPOTrainer(RolloutMixin, Trainer):
         reward_funcs: Sequence[Callable] | CombinedReward,
         train_dataset: Any,
         *,
-        eval_dataset: Any = None,
         ref_model: torch.nn.Module | None = None,
-        eval_reward: Callable | None = None,
+        evaluator: Callable | None = None,
         callbacks: list | None = None,
     ) -> None:
         if "prompt" not in train_dataset.column_names:
             raise ValueError(f"train_dataset needs a 'prompt' column; it has {train_dataset.column_names}")
         self.train_dataset = train_dataset
-        self.eval_dataset = eval_dataset
         self.reward = reward_funcs if isinstance(reward_funcs, CombinedReward) else CombinedReward(
             list(reward_funcs), config.reward_weights
         )  # fmt: skip
-        self.eval_reward = eval_reward or self.reward.funcs[0]
-        super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks)
+        super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks, evaluator=evaluator)
         self.config: GRPOConfig = config
         self.ref_model = None
         if config.kl_coef > 0:
@@ -341,26 +338,6 @@ class GRPOTrainer(RolloutMixin, Trainer):
         tokens = metrics.get("completions/tokens")
         if tokens is not None and metrics.get("time/step_seconds"):
             metrics["throughput/completion_tokens_per_second"] = tokens / metrics["time/step_seconds"]
-
-    # ----------------------------------------------------------------------------------------------
-    # Evaluation and samples.
-    # ----------------------------------------------------------------------------------------------
-
-    def evaluate(self) -> dict[str, float]:
-        if self.eval_dataset is None:
-            return {}
-        from align.eval.heldout import heldout_accuracy
-
-        cfg = self.config
-        res = heldout_accuracy(
-            self.generator,
-            self.eval_dataset,
-            self.eval_reward,
-            max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
-            limit=cfg.eval_limit or None,
-            accelerator=self.accelerator,
-        )
-        return {"eval/accuracy": res["accuracy"], "eval/mean_length": res["mean_length"]}
 
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "MicroBatch"]

@@ -479,7 +479,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         train_dataset: rows with a ``prompt`` (chat messages or text) and the columns the rewards read.
         value_model: a sequence classifier (``num_labels=1``) for ``value_model="separate"``; ``None``
             builds a value head on the policy (``"shared"``) or requires one for ``"separate"``.
-        eval_dataset: held-out prompts for ``evaluate()`` (held-out score and KL to the reference).
+        evaluator: the in-training evaluation, e.g. ``align.eval.reward_kl.reward_kl_evaluator``.
         ref_model: frozen reference for full fine-tuning (default: a copy; LoRA: the adapter disabled).
         ptx_dataset: tokenised SFT rows (``align.chat_data.tokenize_sft``) for PPO-ptx.
     """
@@ -496,7 +496,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         train_dataset: Any,
         *,
         value_model: nn.Module | None = None,
-        eval_dataset: Any = None,
+        evaluator: Callable | None = None,
         ref_model: nn.Module | None = None,
         ptx_dataset: list[dict[str, list[int]]] | None = None,
         callbacks: list | None = None,
@@ -516,7 +516,6 @@ class PPOTrainer(RolloutMixin, Trainer):
         if config.ptx_coef > 0 and not ptx_dataset:
             raise ValueError("ptx_coef > 0 needs ptx_dataset (tokenised SFT rows)")
         self.train_dataset = train_dataset
-        self.eval_dataset = eval_dataset
         self.reward = (
             reward_funcs
             if isinstance(reward_funcs, CombinedReward)
@@ -530,7 +529,13 @@ class PPOTrainer(RolloutMixin, Trainer):
         for module in (model, value_model):
             if module is not None:
                 disable_dropout(module)
-        super().__init__(config, PolicyAndValue(model, value_model), tokenizer=tokenizer, callbacks=callbacks)
+        super().__init__(
+            config,
+            PolicyAndValue(model, value_model),
+            tokenizer=tokenizer,
+            callbacks=callbacks,
+            evaluator=evaluator,
+        )
         self.config: PPOConfig = config
         self.ref_model = (
             self.accelerator.prepare_model(ref, evaluation_mode=True) if ref is not None else None
@@ -809,26 +814,3 @@ class PPOTrainer(RolloutMixin, Trainer):
                 )
         acc.wait_for_everyone()
         return path
-
-    def evaluate(self) -> dict[str, float]:
-        """Held-out score and KL to the reference: completions sampled at temperature 1 from held-out prompts."""
-        if self.eval_dataset is None:
-            return {}
-        from align.eval.reward_kl import reward_and_kl
-
-        cfg = self.config
-        n = len(self.eval_dataset) if not cfg.eval_limit else min(cfg.eval_limit, len(self.eval_dataset))
-        rows = [self.eval_dataset[i] for i in range(n)]
-        res = reward_and_kl(
-            self.policy,
-            self.tokenizer,
-            rows,
-            self.reward,
-            reference=self.ref_model,
-            max_new_tokens=cfg.max_new_tokens,
-            num_samples=cfg.eval_samples,
-            seed=cfg.seed,
-            batch_size=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
-            generator=self.generator,
-        )
-        return {f"eval/{k}": v for k, v in res.items()}

@@ -17,6 +17,7 @@ from datasets import Dataset
 
 from align.chat_data import load_rows
 from align.config import parse_config
+from align.eval.reward_kl import reward_kl_evaluator
 from align.testing import reset_accelerate_state
 from align.trainer import read_metrics
 
@@ -73,7 +74,8 @@ def test_ppo_raises_heldout_reward_under_kl_target(tmp_path, embedded_model_dir)
     prompts = [{"prompt": r["prompt"]} for r in load_rows(None, "train", default="prefs")]
     heldout = [{"prompt": r["prompt"]} for r in load_rows(None, "test", default="prefs")]
     torch.manual_seed(0)
-    trainer = PPOTrainer(cfg, policy, tokenizer, [reward], Dataset.from_list(prompts), eval_dataset=heldout)
+    evaluator = reward_kl_evaluator(heldout, limit=cfg.eval_limit, num_samples=cfg.eval_samples)
+    trainer = PPOTrainer(cfg, policy, tokenizer, [reward], Dataset.from_list(prompts), evaluator=evaluator)
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()
