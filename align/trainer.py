@@ -5,7 +5,7 @@ The loop does one thing: **an optimizer step over a list of weighted micro-batch
 
 * ``plan_updates() -> list[UpdateStep]``: it gathers experience (dataset batches by default; a rollout
   for GRPO, PPO-RLHF and the policy-gradient agents; environment steps into a replay buffer for DQN) and
-  returns the optimizer steps to take on it. GRPO's ``num_iterations``, PPO's epochs x minibatches and
+  returns the optimizer steps to take on it. GRPO's num_epochs (mu), PPO's epochs x minibatches and
   DQN's gradient steps are plans, not loops of their own. The base queues the steps and takes one per
   trainer step, so ``max_steps``, ``save_steps``, ``eval_steps``, ``logging_steps`` and the LR schedule
   count optimizer steps in every trainer; rollouts, environment steps and episodes are ``counters``,

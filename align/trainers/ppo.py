@@ -17,9 +17,9 @@ and then the same clipped surrogate (``align.losses.ppo_clip_loss``), clipped va
 
 One PPO *iteration* (TRL's old PPOTrainer, OpenRLHF): sample completions for ``rollout_batch_size``
 prompts; score them; compute old log-probs, reference log-probs and values with no gradient; assemble
-per-token rewards; GAE; then ``num_ppo_epochs`` passes over the rollout in ``num_mini_batches``
+per-token rewards; GAE; then ``num_epochs`` passes over the rollout in ``num_mini_batches``
 shuffled minibatches, one optimizer step each. A trainer *step* is one optimizer step, so an iteration
-is ``num_ppo_epochs * num_mini_batches`` steps and ``max_steps`` counts optimizer steps.
+is ``num_epochs * num_mini_batches`` steps and ``max_steps`` counts optimizer steps.
 
 Roles (the four models of InstructGPT):
 
@@ -61,7 +61,7 @@ from align.models import make_reference, reference_model, unwrap_model
 from align.rewards import CombinedReward
 from align.trainer import NonFiniteError, Trainer, UpdateStep
 from align.trainers.common import disable_dropout
-from align.trainers.rollout import RolloutMixin
+from align.trainers.rollout import RolloutConfig, RolloutMixin
 
 __all__ = [
     "AdaptiveKLController",
@@ -80,7 +80,7 @@ __all__ = [
 
 
 @dataclass
-class PPOConfig(ModelConfig, TrainConfig):
+class PPOConfig(RolloutConfig, ModelConfig, TrainConfig):
     """PPO-RLHF with a KL penalty. Batch sizes count completions (rows of the rollout)."""
 
     output_dir: str = "outputs/ppo_rlhf"
@@ -88,20 +88,12 @@ class PPOConfig(ModelConfig, TrainConfig):
     dataset_name: str | None = None
     """Prompts: a local JSONL/Parquet file or folder, or a hub dataset with a 'prompt' column (chat
     messages or text); empty = the prompts of the shipped preference pairs (data/prefs)."""
-    dataset_split: str = "train"
-    """Split of dataset_name to train on."""
-    eval_dataset_name: str | None = None
-    """Held-out prompts for evaluate() (default: dataset_name)."""
-    eval_split: str = "test"
-    """Split of the evaluation dataset."""
     eval_limit: int = 32
     """Evaluate on the first N held-out prompts (0 = all)."""
     eval_samples: int = 1
     """Completions sampled per held-out prompt (temperature 1) for the held-out score and KL."""
     reward_funcs: list[str] = field(default_factory=lambda: ["reward_model:outputs/reward_model/model"])
     """Reward names (align.rewards): reward_model:PATH (a trained Bradley-Terry model), math, choice, ..."""
-    reward_weights: list[float] | None = None
-    """One weight per reward function (default all 1)."""
     reward_model_batch_size: int = 16
     """Sequences per forward pass of a reward_model:PATH reward."""
 
@@ -113,8 +105,8 @@ class PPOConfig(ModelConfig, TrainConfig):
     starts the value model from the reward model, as InstructGPT does."""
     vf_coef: float = 0.1
     """Weight of the value loss in the total loss."""
-    cliprange_value: float | None = 0.2
-    """Value clipping range around the rollout-time values (PPO2); empty = no clipping."""
+    clip_eps_value: float | None = 0.2
+    """Value clipping range around the rollout-time values (PPO2; TRL cliprange_value); empty = none."""
 
     rollout_batch_size: int = 16
     """Completions sampled per process per PPO iteration; must equal per_device_train_batch_size x
@@ -123,22 +115,14 @@ class PPOConfig(ModelConfig, TrainConfig):
     """Completions sampled per prompt (rows of one prompt are consecutive)."""
     num_mini_batches: int = 1
     """Minibatches per PPO epoch; each is one optimizer step."""
-    num_ppo_epochs: int = 4
-    """Passes over each rollout (PPO epochs)."""
+    num_epochs: int = 4
+    """Passes over each rollout (PPO epochs; TRL num_ppo_epochs)."""
     max_new_tokens: int = 48
     """Most tokens per completion."""
-    temperature: float = 1.0
-    """Sampling temperature (also divides the logits in the loss, so ratios are of the sampled policy)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1 = off)."""
-    top_k: int = 0
-    """Top-k sampling (0 = off)."""
     gamma: float = 1.0
     """Discount over completion tokens."""
-    lam: float = 0.95
-    """GAE lambda."""
-    cliprange: float = 0.2
-    """Policy ratio clip range epsilon."""
+    gae_lambda: float = 0.95
+    """GAE lambda (TRL lam)."""
     whiten_advantages: bool = True
     """Normalise advantages over the rollout's completion tokens (zero mean, unit variance)."""
     whiten_rewards: bool = False
@@ -167,19 +151,6 @@ class PPOConfig(ModelConfig, TrainConfig):
     ptx_max_length: int = 256
     """PPO-ptx: most tokens per SFT row; longer rows are truncated (keeping the start), as in the SFT recipe."""
 
-    generation_backend: Literal["hf", "vllm", "vllm-server"] = "hf"
-    """Sampler: transformers generate, vLLM colocated, or a `trl vllm-serve` server."""
-    generation_batch_size: int | None = None
-    """Most sequences per generate call (memory); default all of a rollout's completions at once."""
-    vllm_gpu_memory_utilization: float = 0.3
-    """vLLM colocated: fraction of GPU memory for its weights and KV cache."""
-    vllm_server_host: str = "127.0.0.1"
-    """vllm-server backend: host of `trl vllm-serve`."""
-    vllm_server_port: int = 8000
-    """vllm-server backend: port of `trl vllm-serve`."""
-    log_completions: int = 2
-    """Write this many sample completions per logged iteration to completions.jsonl (0 = none)."""
-
     # CPU defaults for the embedded model (recipes/configs/ppo/smollm2.yaml); GPU configs override.
     per_device_train_batch_size: int = 8
     """Completions per micro-batch."""
@@ -188,14 +159,12 @@ class PPOConfig(ModelConfig, TrainConfig):
     learning_rate: float = 1e-5
     """Peak learning rate of AdamW."""
     max_steps: int = 40
-    """Optimizer steps (an iteration is num_ppo_epochs x num_mini_batches steps)."""
+    """Optimizer steps (an iteration is num_epochs x num_mini_batches steps)."""
 
     def validate(self) -> None:
         super().validate()
         check_range("rollout_batch_size", self.rollout_batch_size, 1)
-        check_range("num_generations", self.num_generations, 1)
         check_range("num_mini_batches", self.num_mini_batches, 1)
-        check_range("num_ppo_epochs", self.num_ppo_epochs, 1)
         per_iteration = (
             self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
         )
@@ -210,38 +179,22 @@ class PPOConfig(ModelConfig, TrainConfig):
                 f"rollout_batch_size = {self.rollout_batch_size} must be divisible by num_generations = "
                 f"{self.num_generations}"
             )
-        check_range("max_new_tokens", self.max_new_tokens, 1)
-        check_range("temperature", self.temperature, 0.0, low_inclusive=False)
-        check_range("top_p", self.top_p, 0.0, 1.0, low_inclusive=False)
-        check_range("top_k", self.top_k, 0)
         check_range("gamma", self.gamma, 0.0, 1.0)
-        check_range("lam", self.lam, 0.0, 1.0)
-        check_range("cliprange", self.cliprange, 0.0, 1.0, low_inclusive=False)
-        check_range("cliprange_value", self.cliprange_value, 0.0, low_inclusive=False, allow_none=True)
+        check_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
+        check_range("clip_eps_value", self.clip_eps_value, 0.0, low_inclusive=False, allow_none=True)
         check_range("vf_coef", self.vf_coef, 0.0)
-        check_range("kl_coef", self.kl_coef, 0.0)
         check_range("kl_target", self.kl_target, 0.0, low_inclusive=False)
         check_range("kl_horizon", self.kl_horizon, 1)
         check_range("missing_eos_penalty", self.missing_eos_penalty, 0.0, allow_none=True)
         check_range("ptx_coef", self.ptx_coef, 0.0)
         check_range("ptx_batch_size", self.ptx_batch_size, 1)
         check_range("ptx_max_length", self.ptx_max_length, 1)
-        check_range("eval_limit", self.eval_limit, 0)
         check_range("eval_samples", self.eval_samples, 1)
-        check_range("log_completions", self.log_completions, 0)
         check_range("reward_model_batch_size", self.reward_model_batch_size, 1)
         check_choice("value_model", self.value_model, ["separate", "shared"])
-        check_choice("kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
-        check_choice("generation_backend", self.generation_backend, ["hf", "vllm", "vllm-server"])
         if self.ptx_coef > 0 and not self.ptx_dataset_name:
             raise ConfigError(
                 "ptx_coef > 0 needs ptx_dataset_name (an SFT dataset, or 'default' for data/sft)"
-            )
-        if not self.reward_funcs:
-            raise ConfigError("reward_funcs must name at least one reward function")
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
-            raise ConfigError(
-                f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} reward_funcs"
             )
         if self.value_model == "shared" and self.value_model_name_or_path:
             raise ConfigError(
@@ -252,7 +205,7 @@ class PPOConfig(ModelConfig, TrainConfig):
     @property
     def steps_per_iteration(self) -> int:
         """Optimizer steps per rollout."""
-        return self.num_ppo_epochs * self.num_mini_batches
+        return self.num_epochs * self.num_mini_batches
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -592,7 +545,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         if bool(bad.any()):
             raise NonFiniteError(
                 f"step {self.state.step + 1}: the value model produced {int(bad.sum())} non-finite values ({where}); "
-                "lower learning_rate or vf_coef, enable cliprange_value, or check the value model's weights"
+                "lower learning_rate or vf_coef, enable clip_eps_value, or check the value model's weights"
             )
 
     @torch.no_grad()
@@ -617,7 +570,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         )
         if cfg.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False)
-        advantages, returns = gae(rewards, values, gamma=cfg.gamma, lam=cfg.lam, mask=mask)
+        advantages, returns = gae(rewards, values, gamma=cfg.gamma, lam=cfg.gae_lambda, mask=mask)
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask)
 
@@ -654,7 +607,7 @@ class PPOTrainer(RolloutMixin, Trainer):
     def _minibatch_plan(
         self, rollout: Rollout, tensors: tuple[torch.Tensor, ...], metrics: dict[str, float], timing: dict
     ) -> list[UpdateStep]:
-        """``num_ppo_epochs`` x ``num_mini_batches`` optimizer steps over shuffled minibatches of the rollout,
+        """``num_epochs`` x ``num_mini_batches`` optimizer steps over shuffled minibatches of the rollout,
         each split into ``gradient_accumulation_steps`` micro-batches weighted by their counted tokens."""
         cfg, acc = self.config, self.accelerator
         mask = rollout.completion_mask
@@ -669,7 +622,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         shared = {k: v for k, v in metrics.items() if k not in per_iteration}
         generator = torch.Generator().manual_seed(cfg.seed + self.state.step)
         steps: list[UpdateStep] = []
-        for _epoch in range(cfg.num_ppo_epochs):
+        for _epoch in range(cfg.num_epochs):
             order = torch.randperm(N, generator=generator).to(mask.device)
             for m in range(cfg.num_mini_batches):
                 mb_rows = order[m * per_minibatch : (m + 1) * per_minibatch]
@@ -730,10 +683,10 @@ class PPOTrainer(RolloutMixin, Trainer):
         self._check_values(values, mb.mask, "in the loss")
         logprobs = selective_log_softmax(logits, mb.completion_ids)
         pg_loss, m_pg = ppo_clip_loss(
-            logprobs, mb.old_logprobs, mb.advantages, mb.mask, clip_eps=cfg.cliprange, aggregation="token"
+            logprobs, mb.old_logprobs, mb.advantages, mb.mask, clip_eps=cfg.clip_eps, aggregation="token"
         )
         v_loss, m_v = value_loss(
-            values, mb.old_values, mb.returns, mb.mask, clip_eps=cfg.cliprange_value, aggregation="token"
+            values, mb.old_values, mb.returns, mb.mask, clip_eps=cfg.clip_eps_value, aggregation="token"
         )
         loss = pg_loss + cfg.vf_coef * v_loss
         metrics: dict[str, Any] = {**m_pg, **m_v}
