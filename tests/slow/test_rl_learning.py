@@ -23,13 +23,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state"
 QUIET = ["--disable_progress_bar", "true"]
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_dqn_solves_cartpole(tmp_path, seed):
-    """DQN, recipes/configs/rl/dqn_cartpole.yaml: 50,000 environment steps, seeds 1 and 2 -> greedy mean
-    >= 475. Not every seed: the final greedy policy of DQN oscillates, and on the 2026-12-07 CI image seeds
-    0-3 gave 196.6 / 500 / 500 / 229.2 (double DQN: 500 / 500 / 169.1 / 72.0); see the config's comment."""
+    """DQN, recipes/configs/rl/dqn_cartpole.yaml: 50,000 environment steps, seeds 0-3 -> greedy mean >= 475 on
+    the 20 reported episodes. The final greedy policy of DQN oscillates (seeds 0-3 gave 196.6 / 500 / 500 /
+    229.2 without selection); a greedy evaluation every 10 training phases on episodes of its own keeps the
+    best weights, as Stable-Baselines3's EvalCallback."""
     summary = dqn_cartpole.main(["--output_dir", str(tmp_path / "dqn"), "--seed", str(seed), *QUIET])
-    assert summary["env_steps"] <= 50_176
+    assert summary["env_steps"] <= 50_176 and summary["best_step"] > 0
     assert summary["eval_return_mean"] >= 475, summary
 
 
