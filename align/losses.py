@@ -227,8 +227,7 @@ def ppo_clip_loss(
         ``clip/low_fraction`` and ``clip/high_fraction``; ``clip/ratio_mean``; ``kl/old_approx``: k3 estimate
         of KL(old || new), ``(r - 1) - log r``.
     """
-    eps_low = clip_eps
-    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    eps_low, eps_high = clip_eps, (clip_eps if clip_eps_high is None else clip_eps_high)
     advantages = _broadcast_advantages(advantages, logprobs)
     log_ratio = logprobs - old_logprobs.detach()
     ratio = torch.exp(log_ratio)
@@ -239,9 +238,8 @@ def ppo_clip_loss(
 
     with torch.no_grad():
         m = _bool_mask(per_token_loss, mask)
-        low = (ratio < 1.0 - eps_low) & (advantages < 0)
-        high = (ratio > 1.0 + eps_high) & (advantages > 0)
-        low, high = low.expand_as(m), high.expand_as(m)
+        low = ((ratio < 1.0 - eps_low) & (advantages < 0)).expand_as(m)
+        high = ((ratio > 1.0 + eps_high) & (advantages > 0)).expand_as(m)
         metrics = {
             "loss/policy": loss.detach(),
             "clip/fraction": masked_mean((low | high).to(ratio.dtype), m),

@@ -58,10 +58,11 @@ the embedded model is loaded on first use via `align.models.load_causal_lm()` / 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -155,6 +156,73 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _regex_rule(rule: dict, err: Callable[[str], RubricError]) -> dict[str, Any]:
+    pattern = rule.get("pattern")
+    if not isinstance(pattern, str) or not pattern:
+        raise err(f"field 'pattern': expected a non-empty string, got {pattern!r}")
+    flags_text = rule.get("flags", "")
+    if not isinstance(flags_text, str) or any(c not in _FLAG_LETTERS for c in flags_text):
+        raise err(f"field 'flags': expected a string of letters from 'imsx', got {flags_text!r}")
+    flags = 0
+    for c in flags_text:
+        flags |= _FLAG_LETTERS[c]
+    try:
+        return {"regex": re.compile(pattern, flags)}
+    except re.error as e:
+        raise err(f"field 'pattern': invalid regular expression {pattern!r}: {e}") from e
+
+
+def _contains_rule(rule: dict, err: Callable[[str], RubricError]) -> dict[str, Any]:
+    strings = rule.get("strings")
+    if isinstance(strings, str):
+        strings = [strings]
+    if not isinstance(strings, list) or not strings or not all(isinstance(s, str) and s for s in strings):
+        raise err(f"field 'strings': expected a non-empty list of non-empty strings, got {strings!r}")
+    mode = rule.get("mode", "any")
+    if mode not in ("any", "all"):
+        raise err(f"field 'mode': expected 'any' or 'all', got {mode!r}")
+    case_sensitive = rule.get("case_sensitive", False)
+    if not isinstance(case_sensitive, bool):
+        raise err(f"field 'case_sensitive': expected true or false, got {case_sensitive!r}")
+    return {"strings": tuple(strings), "mode": mode, "case_sensitive": case_sensitive}
+
+
+def _length_rule(rule: dict, err: Callable[[str], RubricError]) -> dict[str, Any]:
+    unit = rule.get("unit", "chars")
+    if unit not in ("chars", "words"):
+        raise err(f"field 'unit': expected 'chars' or 'words', got {unit!r}")
+    lo, hi = rule.get("min"), rule.get("max")
+    if lo is None and hi is None:
+        raise err("expected at least one of 'min' and 'max'")
+    for key, value in (("min", lo), ("max", hi)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise err(f"field {key!r}: expected a non-negative integer, got {value!r}")
+    if lo is not None and hi is not None and lo > hi:
+        raise err(f"fields 'min'/'max': expected min <= max, got {lo} > {hi}")
+    return {"unit": unit, "min": lo, "max": hi}
+
+
+def _verifier_rule(rule: dict, err: Callable[[str], RubricError]) -> dict[str, Any]:
+    verifier = rule.get("verifier")
+    if verifier not in VERIFIERS:
+        raise err(f"field 'verifier': expected one of {list(VERIFIERS)}, got {verifier!r}")
+    timeout = rule.get("timeout_s", 5.0)
+    if verifier != "math" and "timeout_s" in rule:
+        raise err("field 'timeout_s': only the 'math' verifier takes a timeout")
+    if timeout is not None and not (_number(timeout) and timeout > 0):
+        raise err(f"field 'timeout_s': expected a positive number or null, got {timeout!r}")
+    return {"verifier": verifier, "timeout_s": timeout}
+
+
+# kind -> (the rule's allowed keys besides 'kind', the parser of its fields)
+_RULES = {
+    "regex": ({"pattern", "flags", "must_match"}, _regex_rule),
+    "contains": ({"strings", "mode", "case_sensitive", "must_match"}, _contains_rule),
+    "length": ({"unit", "min", "max"}, _length_rule),
+    "verifier": ({"verifier", "timeout_s"}, _verifier_rule),
+}
+
+
 def _parse_rule(rule: Any, where: _Where, i: int, name: str) -> dict[str, Any]:
     if not isinstance(rule, dict):
         raise where.error(f"field 'rule': expected a mapping with 'kind', got {rule!r}", index=i, name=name)
@@ -165,64 +233,10 @@ def _parse_rule(rule: Any, where: _Where, i: int, name: str) -> dict[str, Any]:
             index=i,
             name=name,
         )
+    keys, parse = _RULES[kind]
+    _check_keys(rule, {"kind", *keys}, where, "field 'rule'", i, name)
     err = lambda what: where.error(f"rule {kind!r}: {what}", index=i, name=name)  # noqa: E731
-    out: dict[str, Any] = {"kind": kind}
-    if kind == "regex":
-        _check_keys(rule, {"kind", "pattern", "flags", "must_match"}, where, "field 'rule'", i, name)
-        pattern = rule.get("pattern")
-        if not isinstance(pattern, str) or not pattern:
-            raise err(f"field 'pattern': expected a non-empty string, got {pattern!r}")
-        flags_text = rule.get("flags", "")
-        if not isinstance(flags_text, str) or any(c not in _FLAG_LETTERS for c in flags_text):
-            raise err(f"field 'flags': expected a string of letters from 'imsx', got {flags_text!r}")
-        flags = 0
-        for c in flags_text:
-            flags |= _FLAG_LETTERS[c]
-        try:
-            out["regex"] = re.compile(pattern, flags)
-        except re.error as e:
-            raise err(f"field 'pattern': invalid regular expression {pattern!r}: {e}") from e
-    elif kind == "contains":
-        _check_keys(
-            rule, {"kind", "strings", "mode", "case_sensitive", "must_match"}, where, "field 'rule'", i, name
-        )
-        strings = rule.get("strings")
-        if isinstance(strings, str):
-            strings = [strings]
-        if not isinstance(strings, list) or not strings or not all(isinstance(s, str) and s for s in strings):
-            raise err(f"field 'strings': expected a non-empty list of non-empty strings, got {strings!r}")
-        mode = rule.get("mode", "any")
-        if mode not in ("any", "all"):
-            raise err(f"field 'mode': expected 'any' or 'all', got {mode!r}")
-        case_sensitive = rule.get("case_sensitive", False)
-        if not isinstance(case_sensitive, bool):
-            raise err(f"field 'case_sensitive': expected true or false, got {case_sensitive!r}")
-        out.update(strings=tuple(strings), mode=mode, case_sensitive=case_sensitive)
-    elif kind == "length":
-        _check_keys(rule, {"kind", "unit", "min", "max"}, where, "field 'rule'", i, name)
-        unit = rule.get("unit", "chars")
-        if unit not in ("chars", "words"):
-            raise err(f"field 'unit': expected 'chars' or 'words', got {unit!r}")
-        lo, hi = rule.get("min"), rule.get("max")
-        if lo is None and hi is None:
-            raise err("expected at least one of 'min' and 'max'")
-        for key, value in (("min", lo), ("max", hi)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise err(f"field {key!r}: expected a non-negative integer, got {value!r}")
-        if lo is not None and hi is not None and lo > hi:
-            raise err(f"fields 'min'/'max': expected min <= max, got {lo} > {hi}")
-        out.update(unit=unit, min=lo, max=hi)
-    else:  # verifier
-        _check_keys(rule, {"kind", "verifier", "timeout_s"}, where, "field 'rule'", i, name)
-        verifier = rule.get("verifier")
-        if verifier not in VERIFIERS:
-            raise err(f"field 'verifier': expected one of {list(VERIFIERS)}, got {verifier!r}")
-        timeout = rule.get("timeout_s", 5.0)
-        if verifier != "math" and "timeout_s" in rule:
-            raise err("field 'timeout_s': only the 'math' verifier takes a timeout")
-        if timeout is not None and not (_number(timeout) and timeout > 0):
-            raise err(f"field 'timeout_s': expected a positive number or null, got {timeout!r}")
-        out.update(verifier=verifier, timeout_s=timeout)
+    out = {"kind": kind, **parse(rule, err)}
     if "must_match" in rule:
         if not isinstance(rule["must_match"], bool):
             raise err(f"field 'must_match': expected true or false, got {rule['must_match']!r}")
@@ -231,41 +245,26 @@ def _parse_rule(rule: Any, where: _Where, i: int, name: str) -> dict[str, Any]:
 
 
 def _parse_judge(judge: Any, where: _Where, i: int, name: str) -> JudgeSpec:
+    err = functools.partial(where.error, index=i, name=name)
     if not isinstance(judge, dict):
-        raise where.error(
-            f"field 'judge': expected a mapping with 'question' and 'scale', got {judge!r}",
-            index=i,
-            name=name,
-        )
+        raise err(f"field 'judge': expected a mapping with 'question' and 'scale', got {judge!r}")
     _check_keys(judge, {"question", "scale", "include_prompt"}, where, "field 'judge'", i, name)
     question = judge.get("question")
     if not isinstance(question, str) or not question.strip():
-        raise where.error(
-            f"field 'judge.question': expected a non-empty string, got {question!r}", index=i, name=name
-        )
+        raise err(f"field 'judge.question': expected a non-empty string, got {question!r}")
     scale = judge.get("scale")
     if scale is None:
-        raise where.error(
-            "field 'judge.scale': missing; expected [min, max] integers, e.g. [1, 5]", index=i, name=name
-        )
+        raise err("field 'judge.scale': missing; expected [min, max] integers, e.g. [1, 5]")
     if (
         not isinstance(scale, (list, tuple))
         or len(scale) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in scale)
         or scale[0] >= scale[1]
     ):
-        raise where.error(
-            f"field 'judge.scale': expected [min, max] integers with min < max, got {scale!r}",
-            index=i,
-            name=name,
-        )
+        raise err(f"field 'judge.scale': expected [min, max] integers with min < max, got {scale!r}")
     include_prompt = judge.get("include_prompt", True)
     if not isinstance(include_prompt, bool):
-        raise where.error(
-            f"field 'judge.include_prompt': expected true or false, got {include_prompt!r}",
-            index=i,
-            name=name,
-        )
+        raise err(f"field 'judge.include_prompt': expected true or false, got {include_prompt!r}")
     return JudgeSpec(question=question.strip(), scale=(scale[0], scale[1]), include_prompt=include_prompt)
 
 
