@@ -421,6 +421,24 @@ class PPOMicroBatch:
     """Rollout metrics, carried by the first micro-batch of an iteration."""
 
 
+def _check_inputs(config: PPOConfig, train_dataset: Any, value_model: Any, ptx_dataset: Any) -> None:
+    """Refuse what PPOTrainer cannot train on, before any model is wrapped."""
+    if len(train_dataset) == 0:
+        raise ValueError("PPOTrainer: train_dataset is empty; it needs rows with a 'prompt' column")
+    columns = getattr(train_dataset, "column_names", None) or list(train_dataset[0])
+    if "prompt" not in columns:
+        raise ValueError(f"PPOTrainer: train_dataset needs a 'prompt' column; it has {columns}")
+    if config.value_model == "separate" and value_model is None:
+        raise ValueError(
+            "value_model='separate' needs a value model (align.models.load_sequence_classifier(path, "
+            "num_labels=1)); or set value_model='shared' for a head on the policy"
+        )
+    if config.value_model == "shared" and value_model is not None:
+        raise ValueError("a value model was given but config.value_model is 'shared'")
+    if config.ptx_coef > 0 and not ptx_dataset:
+        raise ValueError("ptx_coef > 0 needs ptx_dataset (tokenised SFT rows)")
+
+
 class PPOTrainer(RolloutMixin, Trainer):
     """PPO-RLHF on the Trainer base (see the module docstring).
 
@@ -454,20 +472,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         ptx_dataset: list[dict[str, list[int]]] | None = None,
         callbacks: list | None = None,
     ) -> None:
-        if len(train_dataset) == 0:
-            raise ValueError("PPOTrainer: train_dataset is empty; it needs rows with a 'prompt' column")
-        columns = getattr(train_dataset, "column_names", None) or list(train_dataset[0])
-        if "prompt" not in columns:
-            raise ValueError(f"PPOTrainer: train_dataset needs a 'prompt' column; it has {columns}")
-        if config.value_model == "separate" and value_model is None:
-            raise ValueError(
-                "value_model='separate' needs a value model (align.models.load_sequence_classifier(path, "
-                "num_labels=1)); or set value_model='shared' for a head on the policy"
-            )
-        if config.value_model == "shared" and value_model is not None:
-            raise ValueError("a value model was given but config.value_model is 'shared'")
-        if config.ptx_coef > 0 and not ptx_dataset:
-            raise ValueError("ptx_coef > 0 needs ptx_dataset (tokenised SFT rows)")
+        _check_inputs(config, train_dataset, value_model, ptx_dataset)
         self.train_dataset = train_dataset
         self.reward = (
             reward_funcs
