@@ -32,6 +32,7 @@ environments. The loop below is deliberately short enough to read top to bottom.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -593,19 +594,8 @@ class Trainer:
         return self.output_dir / CHECKPOINT_DIR / f"step-{step}"
 
     def _rank_state(self) -> dict[str, Any]:
-        s = self.state
         return {
-            "loop": {
-                "step": s.step,
-                "epoch": s.epoch,
-                "batch_in_epoch": s.batch_in_epoch,
-                "consecutive_nonfinite": s.consecutive_nonfinite,
-                "total_nonfinite": s.total_nonfinite,
-                "best_metric": s.best_metric,
-                "best_step": s.best_step,
-                "counters": dict(s.counters),
-                "log_window": s.log_window,
-            },
+            "loop": dataclasses.asdict(self.state),
             "rng": ckpt.rng_state(),
             "extra": self.extra_state_dict(),
             "pending": [[list(u.micro_batches), u.metrics, u.total] for u in self._pending],
@@ -705,14 +695,7 @@ class Trainer:
         self._restore(state)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        loop, s = state["loop"], self.state
-        s.step, s.epoch, s.batch_in_epoch = int(loop["step"]), int(loop["epoch"]), int(loop["batch_in_epoch"])
-        s.consecutive_nonfinite, s.total_nonfinite = (
-            int(loop["consecutive_nonfinite"]),
-            int(loop["total_nonfinite"]),
-        )
-        s.best_metric, s.best_step = loop["best_metric"], int(loop["best_step"])
-        s.counters, s.log_window = dict(loop["counters"]), loop["log_window"]
+        self.state = TrainerState(**state["loop"])
         ckpt.set_rng_state(state["rng"])
         self.load_extra_state_dict(state["extra"] or {})
         self._pending = deque(
