@@ -14,9 +14,11 @@ inputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from align.losses import masked_mean, masked_sum
+from align.losses import masked_sum
 
 __all__ = [
     "discounted_returns",
@@ -229,7 +231,12 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def whiten(
-    x: torch.Tensor, mask: torch.Tensor | None = None, *, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Normalise to zero mean and unit variance over the counted elements: ``(x - mean) / sqrt(var + eps)``.
 
@@ -243,14 +250,17 @@ def whiten(
         shift_mean: ``False`` rescales but keeps the mean (TRL's reward whitening: the sign of a reward
             carries information that subtracting the mean would destroy).
         eps: numerical floor on the variance.
+        reduce: sums a tensor over processes (``lambda t: accelerator.reduce(t, "sum")``), so that every
+            process normalises with the statistics of the whole batch, as one process would.
 
     Returns:
         The shape of ``x``.
     """
     m = _flag(mask, x, default=True)
-    count = m.sum()
-    mean = masked_mean(x, m)
-    sq = masked_sum((x - mean) ** 2, m)
+    total = lambda t: t if reduce is None else reduce(t)  # noqa: E731
+    count = total(m.sum().to(x.dtype))
+    mean = total(masked_sum(x, m)) / count.clamp(min=1)
+    sq = total(masked_sum((x - mean) ** 2, m))
     var = torch.where(count > 1, sq / (count - 1).clamp(min=1), torch.zeros_like(sq))
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:

@@ -151,17 +151,8 @@ class DataStats:
 def load_rows(
     name_or_path: str | Path | None, split: str = "train", *, default: str = "sft", limit: int = 0
 ) -> Dataset:
-    """A ``datasets.Dataset`` read by ``align.data.read_rows``, or the shipped ``data/<default>`` folder.
-
-    Args:
-        name_or_path: a ``.jsonl`` / ``.json`` / ``.parquet`` file; a folder with ``<split>.jsonl`` (or
-            ``.json``, ``.parquet``, ``<split>-*.parquet``, ``data/<split>-*``); a hub name such as
-            ``trl-lib/ultrafeedback_binarized`` (``datasets.load_dataset(name, split=split)``, network
-            needed); ``None`` or ``""``: the project's ``data/<default>`` folder.
-        split: which split of a folder or hub dataset (ignored for a single file).
-        default: ``"sft"`` or ``"prefs"``, the shipped folder used for ``None``.
-        limit: keep the first ``limit`` rows (0 = all).
-    """
+    """``align.data.read_rows`` of ``name_or_path`` (first ``limit`` rows, 0 = all), or of the shipped
+    ``data/<default>`` folder (``"sft"`` or ``"prefs"``) when it is ``None`` or ``""``."""
     return read_rows(name_or_path or shipped_data(default), split, limit=limit or None)
 
 
@@ -189,6 +180,11 @@ _SHAREGPT_ROLES.update({"system": "system", "tool": "tool", "function": "tool"})
 def is_messages(x: Any) -> bool:
     """A list of message dicts (conversational) rather than a string."""
     return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(m, dict) for m in x)
+
+
+def _common_prefix(a: Sequence, b: Sequence) -> int:
+    """The length of the longest common prefix of two strings or lists."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _content(content: Any) -> str:
@@ -305,8 +301,7 @@ def _with_eos(text: str, tokenizer: Any) -> str:
 def _completion_messages(completion: Any) -> list[dict]:
     if isinstance(completion, str):
         return [{"role": "assistant", "content": completion}]
-    msgs = normalize_messages(completion)
-    return msgs
+    return normalize_messages(completion)
 
 
 def _prompt_messages(prompt: Any) -> list[dict]:
@@ -328,17 +323,12 @@ def _render_pair(tokenizer: Any, prompt: Any, completion: Any) -> tuple[str, int
         text = _render(tokenizer, p + c)
         if not text.startswith(before):
             # Keep the longest common prefix as the prompt (as TRL does), with a one-time warning.
-            n = 0
-            for a, b in zip(before, text):
-                if a != b:
-                    break
-                n += 1
             _warn_once(
                 "prefix",
                 "the chat template renders the prompt alone differently from the prompt followed by the "
                 "completion; the completion starts where they diverge",
             )
-            before = before[:n]
+            before = before[: _common_prefix(before, text)]
         end = _end_of_turn(text, len(before), len(text), getattr(tokenizer, "eos_token", None))
         return text, len(before), end, False
     text = str(prompt) + _with_eos(str(completion), tokenizer)
@@ -473,20 +463,14 @@ def tokenize_sft(
     completion_only_loss: bool = True,
     name: str = "sft data",
 ) -> tuple[list[dict[str, list[int]]], DataStats]:
-    """Tokenise an SFT dataset into rows ``{"input_ids": [...], "mask": [...]}`` (mask 1 = trained on).
+    """Tokenise an SFT dataset (a ``datasets.Dataset`` or list of dicts in a schema of the module docstring)
+    into rows ``{"input_ids": [...], "mask": [...]}`` (mask 1 = trained on) with a fast tokenizer.
 
-    Args:
-        dataset: a ``datasets.Dataset`` or list of dicts in one of the SFT schemas (module docstring).
-        tokenizer: a fast tokenizer; its chat template formats conversations.
-        max_length: most tokens per row (``None``: no limit); longer rows follow ``truncation``.
-        truncation: one of :data:`TRUNCATION_POLICIES`.
-        assistant_only_loss: for ``messages``: count only assistant turns (content + end token);
-            False counts every token of the conversation.
-        completion_only_loss: for prompt/completion rows: count only the completion; False counts all.
-
-    Returns:
-        The rows, in dataset order (skipped rows left out), and the ``DataStats``. A row whose counted
-        tokens are all cut by truncation is skipped (``no_counted_tokens``).
+    ``max_length`` ``None`` is no limit; longer rows follow ``truncation`` (:data:`TRUNCATION_POLICIES`).
+    ``assistant_only_loss`` counts only a conversation's assistant turns (content + end token),
+    ``completion_only_loss`` only a prompt/completion row's completion; False counts every token. Returns
+    the rows in dataset order and the ``DataStats``; a row whose counted tokens are all cut by truncation
+    is skipped (``no_counted_tokens``).
     """
     _check_truncation(truncation)
     rows = _as_rows(dataset)
@@ -625,20 +609,14 @@ def extract_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     """
     if is_messages(chosen) and is_messages(rejected):
         c, r = normalize_messages(chosen), normalize_messages(rejected)
-        n = 0
-        while n < min(len(c), len(r)) and c[n] == r[n]:
-            n += 1
+        n = _common_prefix(c, r)
         while n > 0 and (c[n : n + 1] or [{}])[0].get("role") != "assistant":
             n -= 1
         if n == 0:
             raise SkipRow("no_shared_prompt", "chosen and rejected share no prompt messages")
         return c[:n], c[n:], r[n:]
     if isinstance(chosen, str) and isinstance(rejected, str):
-        n = 0
-        for a, b in zip(chosen, rejected):
-            if a != b:
-                break
-            n += 1
+        n = _common_prefix(chosen, rejected)
         if n < min(len(chosen), len(rejected)):
             cut = max(chosen.rfind(" ", 0, n + 1), chosen.rfind("\n", 0, n + 1))
             n = cut + 1 if cut >= 0 else 0
@@ -723,9 +701,7 @@ def _encode_both(tokenizer: Any, prompt: Any, chosen: Any, rejected: Any) -> tup
     if pc == pr:
         return pc, cc, cr
     full_c, full_r = pc + cc, pr + cr
-    n = 0
-    while n < min(len(pc), len(pr)) and full_c[n] == full_r[n]:
-        n += 1
+    n = min(_common_prefix(full_c, full_r), len(pc), len(pr))
     return full_c[:n], full_c[n:], full_r[n:]
 
 
@@ -738,18 +714,14 @@ def tokenize_preferences(
     use_margin: bool = False,
     name: str = "preference data",
 ) -> tuple[list[dict[str, Any]], DataStats]:
-    """Tokenise preference pairs into rows ``{"prompt_ids", "chosen_ids", "rejected_ids"[, "margin"]}``.
+    """Tokenise preference pairs (:data:`PREFERENCE_SCHEMAS`) into rows ``{"prompt_ids", "chosen_ids",
+    "rejected_ids"[, "margin"]}``, the margin with ``use_margin`` (see :func:`normalize_preference`).
 
-    Args:
-        dataset: a ``datasets.Dataset`` or list of dicts (see :data:`PREFERENCE_SCHEMAS`).
-        tokenizer: a fast tokenizer; its chat template formats conversational pairs.
-        max_length: most tokens of prompt + completion, for each of chosen and rejected.
-        truncation: for a pair over ``max_length``: ``skip`` (default: cutting a pair can cut exactly what
-            makes one answer better), ``keep_start`` (cut the completions' ends), ``keep_end`` (cut the
-            prompt's start so both completions fit whole; a completion longer than ``max_length`` alone is
-            skipped), ``error``. A pair whose completions become equal after cutting is skipped
-            (``identical_after_truncation``).
-        use_margin: keep a per-pair ``margin`` (reward model; see :func:`normalize_preference`).
+    ``max_length`` bounds prompt + completion, for each of chosen and rejected. ``truncation`` of a longer
+    pair: ``skip`` (default: cutting a pair can cut exactly what makes one answer better), ``keep_start``
+    (cut the completions' ends), ``keep_end`` (cut the prompt's start so both completions fit whole; a
+    completion longer than ``max_length`` alone is skipped), ``error``. A pair whose completions become
+    equal after cutting is skipped (``identical_after_truncation``).
     """
     _check_truncation(truncation)
     rows = _as_rows(dataset)

@@ -42,12 +42,23 @@ def parse_recipe_config(cls: type[C], args: Sequence[str] | None, prog: str) -> 
         sys.exit(f"{prog}: {e}")
 
 
+def _seed_init(cfg: ModelConfig) -> None:
+    """Seed the random generators with the run's ``seed`` before new weights (a LoRA adapter, a score head)
+    are drawn: ``--seed`` then decides them, and two runs in one process start alike."""
+    seed = getattr(cfg, "seed", None)
+    if seed is not None:
+        from accelerate.utils import set_seed
+
+        set_seed(seed)
+
+
 def load_policy_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any]:
     """The causal LM and tokenizer of ``cfg.model_name_or_path`` (empty: the embedded model), with the
     config's dtype, attention kernel, gradient checkpointing and ``trust_remote_code``; wrapped in a fresh
     LoRA adapter when ``cfg.use_lora`` (``cfg.lora_kwargs()``). Returns ``(model, tokenizer)``."""
     from align.models import apply_lora, load_causal_lm, load_tokenizer
 
+    _seed_init(cfg)
     tokenizer = load_tokenizer(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
     model = load_causal_lm(
         cfg.model_name_or_path,
@@ -69,6 +80,7 @@ def load_classifier_and_tokenizer(cfg: ModelConfig, *, num_labels: int = 1) -> t
     Returns ``(model, tokenizer)``."""
     from align.models import apply_lora, load_sequence_classifier, load_tokenizer
 
+    _seed_init(cfg)
     tokenizer = load_tokenizer(cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code)
     model = load_sequence_classifier(
         cfg.model_name_or_path,

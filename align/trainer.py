@@ -181,6 +181,7 @@ class Trainer:
         self._data_iter: Any = None
         self._pending: deque[UpdateStep] = deque()
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._metric_weights: dict[str, float] = {}
         self._pbar: Any = None
 
     def _make_accelerator(self, config: TrainConfig) -> Accelerator:
@@ -390,6 +391,7 @@ class Trainer:
                     s[0] += _to_float(v) * w
                     s[1] += w
         out = {k: (s[0] / s[1] if s[1] > 0 else float("nan")) for k, s in sums.items()}
+        self._metric_weights = {k: s[1] for k, s in sums.items() if s[1] > 0}
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
@@ -473,6 +475,7 @@ class Trainer:
     def _one_step(self) -> dict[str, float] | None:
         cfg = self.config
         t0 = time.perf_counter()
+        self._metric_weights = {}
         metrics = self.training_step()
         self.state.step += 1
         metrics["time/step_seconds"] = time.perf_counter() - t0
@@ -533,25 +536,29 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
 
     def _accumulate_log(self, metrics: dict[str, Any]) -> None:
+        # A loss metric counts with its micro-batches' weight on this process (set by optimizer_step), so
+        # the logged mean over steps and processes is the weighted one; other metrics count once per step.
         for k, v in metrics.items():
-            f = _to_float(v)
-            s = self.state.log_window.setdefault(k, [0.0, 0])
-            s[0] += f
-            s[1] += 1
+            w = self._metric_weights.get(k, 1.0)
+            s = self.state.log_window.setdefault(k, [0.0, 0.0])
+            s[0] += _to_float(v) * w
+            s[1] += w
 
     def log(self, extra: dict[str, float] | None = None) -> dict[str, float]:
-        """Average the logging window over steps and processes, write it with the counters, and reset it."""
+        """Average the logging window over steps and processes (weighted, see ``_accumulate_log``), write it
+        with the counters, and reset it."""
         acc = self.accelerator
-        local = {k: s[0] / max(s[1], 1) for k, s in self.state.log_window.items()}
+        window = [self.state.log_window]
         self.state.log_window = {}
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
 
-            gathered = gather_object([local])
-            keys = sorted({k for d in gathered for k in d})
-            local = {
-                k: sum(d[k] for d in gathered if k in d) / sum(1 for d in gathered if k in d) for k in keys
-            }
+            window = gather_object(window)
+        keys = sorted({k for d in window for k in d})
+        local = {}
+        for k in keys:
+            total, weight = (sum(d[k][i] for d in window if k in d) for i in (0, 1))
+            local[k] = total / weight if weight > 0 else float("nan")
         logs = {"step": self.state.step, **local, **self.state.counters, **(extra or {})}
         if acc.is_main_process:
             with open(self.output_dir / METRICS_FILE, "a") as f:

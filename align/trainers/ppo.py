@@ -545,6 +545,11 @@ class PPOTrainer(RolloutMixin, Trainer):
             self.model.train()
         return torch.cat(old), torch.cat(vals), refs
 
+    def _sum_over_processes(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over processes, so statistics (whitening) are those of the whole rollout."""
+        acc = self.accelerator
+        return acc.reduce(t.to(acc.device), "sum") if acc.num_processes > 1 else t
+
     def _check_values(self, values: torch.Tensor, mask: torch.Tensor, where: str) -> None:
         bad = ~torch.isfinite(values) & mask.bool()
         if bool(bad.any()):
@@ -574,10 +579,10 @@ class PPOTrainer(RolloutMixin, Trainer):
             scores, logprobs, ref_logprobs, mask, kl_coef=beta, kl_estimator=cfg.kl_estimator
         )
         if cfg.whiten_rewards:
-            rewards = whiten(rewards, mask, shift_mean=False)
+            rewards = whiten(rewards, mask, shift_mean=False, reduce=self._sum_over_processes)
         advantages, returns = gae(rewards, values, gamma=cfg.gamma, lam=cfg.gae_lambda, mask=mask)
         if cfg.whiten_advantages:
-            advantages = whiten(advantages, mask)
+            advantages = whiten(advantages, mask, reduce=self._sum_over_processes)
 
         seq_kl = kl.sum(-1)
         # The controller sees the KL of every process's completions.

@@ -167,22 +167,7 @@ def test_ppo_resume_equals_uninterrupted(tmp_path, tiny):
     assert float(full_w["weight"].abs().max()) > 0  # the value head (zero at the start) trained
 
 
-@pytest.mark.parametrize(
-    "whiten",
-    [
-        "false",
-        pytest.param(
-            "true",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="PPOTrainer._make_plan whitens advantages over each process's own rollout "
-                "(align.advantages.whiten has no cross-process reduction), so with 2 processes the "
-                "advantages, and so the gradient, differ from 1 process's (grad norm 1.87 vs 1.90 at step 1)",
-            ),
-        ),
-    ],
-    ids=["raw_advantages", "whitened_advantages"],
-)
+@pytest.mark.parametrize("whiten", ["false", "true"], ids=["raw_advantages", "whitened_advantages"])
 def test_ppo_two_processes_equal_one(tmp_path, tiny, whiten):
     """accelerate launch with 2 CPU processes (gloo DDP), 4 completions each per rollout, samples, updates and
     ends where 1 process with 8 completions does.
