@@ -97,8 +97,7 @@ class SamplingParams:
     It changes the sampling distribution but not the returned log-probs (HF backend)."""
     return_logprobs: bool = True
     """Return the sampling log-probs of the chosen tokens (`Rollout.logprobs`). Turning it off saves a
-    log-softmax over the vocabulary per step (~10% of a tiny model's time, ~1% of the embedded one's)
-    when the trainer recomputes them anyway."""
+    log-softmax over the vocabulary per step when the trainer recomputes them anyway."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -380,11 +379,9 @@ def _model_device(model: nn.Module) -> torch.device:
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zero all but the smallest set of most likely tokens whose mass reaches `top_p` (rows sum to 1).
 
-    Sorting the whole vocabulary (what transformers' TopPLogitsWarper does) costs ~49 ms per step for
-    16 x 49152 on one CPU core, while the top 256 cost ~2.7 ms and the top 4096 ~9 ms. A trained model's
-    nucleus is usually small, so look at the top 256 tokens, then 4096, and sort everything only when a
-    row's nucleus is larger still (a near-uniform distribution, e.g. a randomly initialised model: then
-    this costs ~25% more than a plain sort). Same set as a full sort, up to ties.
+    Sorting the whole vocabulary every step (transformers' TopPLogitsWarper) is the slow part of top-p, and
+    a trained model's nucleus is usually small: look at the top 256 tokens, then 4096, and sort everything
+    only when a row's nucleus is larger still (README, "Sampler design"). Same set as a full sort, up to ties.
     """
     vocab = probs.shape[-1]
     for k in (256, 4096, vocab):
@@ -403,9 +400,8 @@ class _Sampler(LogitsProcessor):
 
     `generate` runs in greedy mode with this processor last: it returns a score row that is 0 at the
     drawn token and -inf elsewhere, so greedy decoding takes that token. Why not `do_sample=True`:
-    transformers draws with `torch.multinomial`, which costs ~17 ms per step for 16 x 49152 on one CPU
-    core (57% of a tiny model's generation time), while inverse-CDF sampling (cumsum + searchsorted,
-    one uniform number per row) costs ~0.6 ms and draws from the same distribution. With a seed, row i's
+    transformers draws with `torch.multinomial`, much slower on CPU than inverse-CDF sampling (cumsum +
+    searchsorted, one uniform number per row) from the same distribution (README). With a seed, row i's
     uniforms come from its own stream (`row_uniforms`), so seeding never touches the global RNG and a
     completion does not depend on the batch it is sampled in.
 
@@ -487,17 +483,12 @@ class HFGenerator:
             for gradient checkpointing, which is inactive in eval mode anyway).
         cache_implementation: passed to `generate`; None = transformers' dynamic cache.
 
-    Design choices (timings in the README's "Sampler design" note):
-
-      * each prompt is repeated G times before `generate` rather than `num_return_sequences=G`:
-        transformers repeats the inputs itself anyway (measured equal: 1.82 vs 1.79 s), and repeating
-        lets `batch_size` split a prompt's rows;
-      * dynamic cache: `cache_implementation="static"` was no faster on CPU (1.75 vs 1.82 s) and
-        allocates max_new_tokens of cache per row up front;
-      * `_Sampler` rather than `do_sample=True`: `torch.multinomial` was 57% of the tiny model's time,
-        and transformers' top-p sorts the whole vocabulary every step (see `_Sampler`, `_nucleus`);
-      * log-probs from a forward hook, one (n,) vector per step, rather than `output_logits=True`,
-        which keeps N x C x vocab floats until the end.
+    Design choices (measured in the README's "Sampler design" note): each prompt is repeated G times
+    before `generate` rather than `num_return_sequences=G` (transformers repeats the inputs itself anyway,
+    and repeating lets `batch_size` split a prompt's rows); the dynamic cache (a static one was no faster
+    on CPU and allocates max_new_tokens of cache per row up front); `_Sampler` rather than `do_sample=True`
+    (see `_Sampler`, `_nucleus`); log-probs from a forward hook, one (n,) vector per step, rather than
+    `output_logits=True`, which keeps N x C x vocab floats until the end.
     """
 
     def __init__(
@@ -699,7 +690,7 @@ def rollout_from_vllm_outputs(
 def _named_weights_for_vllm(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs under the names vLLM's `load_weights` expects, LoRA merged in.
 
-    Follows TRL 1.16's `VLLMGeneration._iter_named_params` (single process, unsharded parameters):
+    Follows TRL's `VLLMGeneration._iter_named_params` (single process, unsharded parameters):
     a PeftModel's adapters are merged into the base weights for the duration of the iteration, the
     PEFT prefixes are stripped (`base_model.model.`, `.base_layer`, `modules_to_save.default.`), and
     the adapter's own tensors are skipped. Sharded parameters (DeepSpeed ZeRO-3) would sync empty
@@ -785,7 +776,7 @@ class VLLMGenerator:
     straight into its model.
 
     Server (`mode="server"`): a separate vLLM server on other GPUs, started with
-    `trl vllm-serve --model <policy dir>` (TRL 1.16 wraps `vllm serve` with the flags it needs, among
+    `trl vllm-serve --model <policy dir>` (TRL wraps `vllm serve` with the flags it needs, among
     them `--logprobs-mode processed_logprobs`, without which the returned log-probs ignore the
     temperature). Weights are streamed to it over NCCL (`VLLMClient.init_communicator`, CUDA only).
 
