@@ -9,8 +9,9 @@ import os
 import pytest
 import torch
 
-from align import models, testing
+from align import models
 from align.rl.common import torch_threads
+from tests import support as testing
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # CI runs the suite in two pytest-xdist workers on two cores: one torch thread each, or they contend

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from align.testing import reset_accelerate_state
 from align.trainer import read_metrics
+from tests.support import reset_accelerate_state
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))

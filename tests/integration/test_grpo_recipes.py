@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from align import checkpoint as ckpt
-from align.testing import reset_accelerate_state, save_tiny_model
 from align.trainer import read_metrics
 from tests.integration.exactness import Interrupt, launch_two, read_jsonl, stable
+from tests.support import reset_accelerate_state, save_tiny_model
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -208,9 +208,9 @@ def test_zero_weight_micro_batch_changes_nothing(tmp_path, tiny_tokenizer):
     from datasets import Dataset
 
     from align.config import parse_config
-    from align.testing import tiny_causal_lm
     from align.trainer import UpdateStep
     from align.trainers.grpo import GRPOConfig, GRPOTrainer
+    from tests.support import tiny_causal_lm
 
     prompts = Dataset.from_list([{"prompt": f"What is {i} + {i}?"} for i in range(8)])
 

@@ -12,10 +12,10 @@ import yaml
 
 from align.chat_data import load_rows
 from align.config import load_config
-from align.testing import save_tiny_model
 from align.trainer import read_metrics
 from align.trainers.ppo import PPOConfig
 from tests.integration.exactness import Interrupt, launch_two, read_jsonl, stable
+from tests.support import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -96,7 +96,7 @@ def test_ppo_recipe_resume_restores_beta(tmp_path, tiny):
                  "--save_steps", "2", "--eval_split", "none")  # fmt: skip
     ppo_recipe.main(args)
     betas = [r["beta/current"] for r in read_metrics(tmp_path / "out")]
-    from align.testing import reset_accelerate_state
+    from tests.support import reset_accelerate_state
 
     reset_accelerate_state()
     ppo_recipe.main([*args, "--resume_from_checkpoint", str(tmp_path / "out" / "checkpoints" / "step-2"),
@@ -136,8 +136,8 @@ def test_ppo_resume_equals_uninterrupted(tmp_path, tiny):
     uninterrupted run did, with the adaptive KL coefficient restored, log every step and every sample once, and
     end with the same policy and value head."""
     from align.checkpoint import list_checkpoints, load_state
-    from align.testing import reset_accelerate_state
     from align.trainers.ppo import PPOMicroBatch
+    from tests.support import reset_accelerate_state
 
     def run(name, *extra, callbacks=None):
         reset_accelerate_state()

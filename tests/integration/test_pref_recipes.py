@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from align.chat_data import load_rows
 from align.config import load_config, parse_config
-from align.testing import reset_accelerate_state
 from align.trainer import read_metrics
 from tests.integration.exactness import launch_two, stable
+from tests.support import reset_accelerate_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,8 +170,8 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_model_dir, small_data, recip
 
 
 def _sft_params(tmp_path, tiny_tokenizer, name, batch, acc):
-    from align.testing import tiny_causal_lm
     from align.trainers.sft import SFTConfig, SFTTrainer
+    from tests.support import tiny_causal_lm
 
     cfg = parse_config(
         SFTConfig,
@@ -193,8 +193,8 @@ def test_sft_batch8_acc1_equals_batch2_acc4(tmp_path, tiny_tokenizer, monkeypatc
     """The token mean spans the whole step (num_items): one big batch and accumulated small ones agree,
     although the examples (and so the micro-batches' token counts) have different lengths. Adam's first
     steps move each weight by about the learning rate (1e-3), so 1e-5 is float rounding, not a difference."""
-    from align.testing import tiny_causal_lm
     from align.trainers.sft import SFTTrainer
+    from tests.support import tiny_causal_lm
 
     a = _sft_params(tmp_path, tiny_tokenizer, "a", 8, 1)
     reset_accelerate_state()

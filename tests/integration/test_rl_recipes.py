@@ -13,8 +13,8 @@ from align.rl.common import load_model, parse_rl_config
 from align.rl.dqn import DQNConfig, DQNTrainer
 from align.rl.policy_gradient import PPOConfig, PPOTrainer
 from align.rl.tabular_trainer import TabularConfig, TabularTrainer
-from align.testing import reset_accelerate_state
 from align.trainer import Callback, read_metrics
+from tests.support import reset_accelerate_state
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))

@@ -18,8 +18,8 @@ from datasets import Dataset
 from align.chat_data import load_rows
 from align.config import parse_config
 from align.eval.reward_kl import reward_kl_evaluator
-from align.testing import reset_accelerate_state
 from align.trainer import read_metrics
+from tests.support import reset_accelerate_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
 

@@ -39,7 +39,7 @@ from align.rl.offline_dataset import (
     load_offline_dataset,
     save_offline_dataset,
 )
-from align.testing import reset_accelerate_state
+from tests.support import reset_accelerate_state
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import torch
 
 from align.forward import completion_logits, next_token_logits, prompt_groups, rollout_logprobs
-from align.testing import tiny_causal_lm, tiny_tokenizer
+from tests.support import tiny_causal_lm, tiny_tokenizer
 
 
 def _batch():

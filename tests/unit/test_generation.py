@@ -652,7 +652,7 @@ if __name__ == "__main__":
 def test_real_vllm_logprobs_and_weight_sync(tmp_path, tiny_tokenizer):
     """vLLM's log-probs equal the policy's at the same temperature, before and after `sync_weights`."""
     from align.models import save_pretrained
-    from align.testing import tiny_causal_lm
+    from tests.support import tiny_causal_lm
 
     path = save_pretrained(
         tiny_causal_lm(tiny_tokenizer, hidden_size=128, num_heads=2), tiny_tokenizer, tmp_path / "m"

@@ -8,8 +8,8 @@ from datasets import Dataset
 
 from align.config import ConfigError, parse_config
 from align.generation import build_rollout, eos_token_ids
-from align.testing import reset_accelerate_state, tiny_causal_lm, tiny_tokenizer
 from align.trainers.grpo import GRPOConfig, GRPOTrainer, MicroBatch
+from tests.support import reset_accelerate_state, tiny_causal_lm, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

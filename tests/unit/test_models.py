@@ -1,4 +1,4 @@
-"""align.models and align.testing: dtypes, loading, LoRA, the reference model, saving, the embedded cache."""
+"""align.models and the test models (tests/support.py): dtypes, loading, LoRA, the reference model, saving, the embedded cache."""
 
 import json
 import threading
@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from align import models, testing
+from align import models
 from align.models import (
     apply_lora,
     count_parameters,
@@ -23,6 +23,7 @@ from align.models import (
     resolve_model_path,
     save_pretrained,
 )
+from tests import support as testing
 
 
 @pytest.fixture

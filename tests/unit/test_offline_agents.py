@@ -28,7 +28,7 @@ from align.rl.offline_dataset import (
     REQUIRED_FIELDS,
     load_offline_dataset,
 )
-from align.testing import reset_accelerate_state
+from tests.support import reset_accelerate_state
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET = {"total_timesteps": 8000, "snapshot_every": 2}

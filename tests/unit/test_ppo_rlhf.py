@@ -9,7 +9,6 @@ from datasets import Dataset
 from align.advantages import gae
 from align.config import ConfigError, parse_config
 from align.losses import ppo_clip_loss, selective_log_softmax, value_loss
-from align.testing import tiny_causal_lm, tiny_sequence_classifier, tiny_tokenizer
 from align.trainer import NonFiniteError, read_metrics
 from align.trainers.ppo import (
     AdaptiveKLController,
@@ -20,6 +19,7 @@ from align.trainers.ppo import (
     explained_variance,
     per_token_rewards,
 )
+from tests.support import tiny_causal_lm, tiny_sequence_classifier, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -242,7 +242,7 @@ def test_reward_model_with_another_tokenizer_is_reencoded(tmp_path):
     """A reward model whose tokenizer differs from the policy's scores decoded text, re-encoded with its own."""
     from align.models import save_pretrained
     from align.rewards.reward_model import make_reward_model_reward
-    from align.testing import _trained_fallback_tokenizer
+    from tests.support import _trained_fallback_tokenizer
 
     policy_tok = tiny_tokenizer()
     rm_tok = _trained_fallback_tokenizer()

@@ -32,7 +32,7 @@ from align.rl.policy_gradient import (
 )
 from align.rl.tabular import policy_iteration, value_iteration
 from align.rl.tabular_trainer import TabularConfig, TabularTrainer, success_probability
-from align.testing import reset_accelerate_state
+from tests.support import reset_accelerate_state
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

@@ -14,7 +14,10 @@ from align.chat_data import collate_preferences, collate_sft, tokenize_preferenc
 from align.config import ConfigError, parse_config
 from align.forward import logprob_sums, selected_logits
 from align.losses import bradley_terry_loss
-from align.testing import (
+from align.trainers.dpo import DPOConfig, DPOTrainer
+from align.trainers.reward_model import RewardModelConfig, RewardModelTrainer, pair_rewards
+from align.trainers.sft import SFTConfig, SFTTrainer
+from tests.support import (
     bare_trl_trainer,
     reset_accelerate_state,
     save_tiny_model,
@@ -22,9 +25,6 @@ from align.testing import (
     tiny_llama_config,
     tiny_sequence_classifier,
 )
-from align.trainers.dpo import DPOConfig, DPOTrainer
-from align.trainers.reward_model import RewardModelConfig, RewardModelTrainer, pair_rewards
-from align.trainers.sft import SFTConfig, SFTTrainer
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

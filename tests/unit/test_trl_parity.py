@@ -23,7 +23,7 @@ from align.losses import (
     ppo_clip_loss,
     sequence_logprobs,
 )
-from align.testing import bare_trl_trainer
+from tests.support import bare_trl_trainer
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor | float) -> None:
