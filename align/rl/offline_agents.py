@@ -50,6 +50,7 @@ from align.rl.offline_dataset import (
     DATASET_KINDS,
     DEFAULT_STEPS,
     OfflineDataset,
+    episode_from_steps,
     load_offline_dataset,
     offline_data_dir,
     save_offline_dataset,
@@ -167,7 +168,7 @@ def play_episodes(
                         still.append(i)
                 active = still
             for steps in bufs:
-                out.append(_episode(steps))
+                out.append(episode_from_steps(steps))
                 total += len(steps)
                 if min_steps is not None and total >= min_steps:
                     break
@@ -175,18 +176,6 @@ def play_episodes(
         for env in envs:
             env.close()
     return out
-
-
-def _episode(steps: list[tuple]) -> dict[str, np.ndarray]:
-    obs, actions, rewards, terms, touts = zip(*steps)
-    return {
-        "observations": np.asarray(obs, dtype=np.float32),
-        "actions": np.asarray(actions, dtype=np.int64),
-        "rewards": np.asarray(rewards, dtype=np.float64),
-        "terminals": np.asarray(terms, dtype=bool),
-        "timeouts": np.asarray(touts, dtype=bool),
-        "timesteps": np.arange(len(actions), dtype=np.int64),
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,7 +216,7 @@ class RecordingPPOTrainer(PPOTrainer):
                 (np.array(obs[i]), int(actions[i]), float(rewards[i]), bool(terminated[i]), cut)
             )
             if terminated[i] or truncated[i]:
-                self.replay.append(_episode(self._open[i]))
+                self.replay.append(episode_from_steps(self._open[i]))
                 self.replay_updates.append(version)
                 self._open[i] = []
         return out

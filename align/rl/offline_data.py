@@ -50,6 +50,7 @@ from align.rl.offline_dataset import (
     DATASET_KINDS,
     DEFAULT_STEPS,
     OfflineDataset,
+    episode_from_steps,
     offline_data_dir,
     save_offline_dataset,
 )
@@ -147,31 +148,17 @@ def collect_episodes(
     while total < steps:
         eps = float(epsilons(i))
         obs, _ = env.reset(seed=seed if i == 0 else None)
-        o, a, r, term, tout = [], [], [], [], []
+        steps_taken: list[tuple] = []
         while True:
             act = int(rng.integers(n_actions)) if rng.random() < eps else int(expert(obs))
             nxt, rew, terminated, truncated, _ = env.step(act)
-            o.append(obs)
-            a.append(act)
-            r.append(float(rew))
-            term.append(bool(terminated))
-            tout.append(bool(truncated and not terminated))
+            steps_taken.append((obs, act, float(rew), bool(terminated), bool(truncated and not terminated)))
             obs = nxt
             if terminated or truncated:
                 break
-        obs_arr = np.asarray(o)
-        episodes.append(
-            {
-                "observations": obs_arr.astype(np.int64) if obs_arr.ndim == 1 else obs_arr.astype(np.float32),
-                "actions": np.asarray(a, dtype=np.int64),
-                "rewards": np.asarray(r, dtype=np.float64),
-                "terminals": np.asarray(term),
-                "timeouts": np.asarray(tout),
-                "timesteps": np.arange(len(a), dtype=np.int64),
-            }
-        )
+        episodes.append(episode_from_steps(steps_taken))
         policies.append("expert" if eps == 0 else "random" if eps == 1 else f"eps={eps:.2f}")
-        total += len(a)
+        total += len(steps_taken)
         i += 1
     return episodes, policies
 

@@ -95,10 +95,6 @@ class OfflineDataset:
     def discrete_actions(self) -> bool:
         return self.episodes[0]["actions"].ndim == 1
 
-    @property
-    def discrete_observations(self) -> bool:
-        return self.episodes[0]["observations"].ndim == 1
-
     def stats(self) -> dict[str, Any]:
         """Return statistics: the dataset's mean and best trajectory returns are the baselines of Chen et al."""
         ret, n = self.returns, self.lengths
@@ -119,6 +115,21 @@ class OfflineDataset:
             "length_max": int(n.max()),
             "episodes_by_policy": dict(sorted(by_policy.items())),
         }
+
+
+def episode_from_steps(steps: Sequence[tuple]) -> dict[str, np.ndarray]:
+    """One episode in the layout above from its ``(observation, action, reward, terminated, timed_out)``
+    steps; Discrete observations (one integer per step) stay integers."""
+    obs, actions, rewards, terms, touts = zip(*steps)
+    obs_arr = np.asarray(obs)
+    return {
+        "observations": obs_arr.astype(np.int64) if obs_arr.ndim == 1 else obs_arr.astype(np.float32),
+        "actions": np.asarray(actions, dtype=np.int64),
+        "rewards": np.asarray(rewards, dtype=np.float64),
+        "terminals": np.asarray(terms, dtype=bool),
+        "timeouts": np.asarray(touts, dtype=bool),
+        "timesteps": np.arange(len(actions), dtype=np.int64),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
