@@ -19,6 +19,7 @@ the prompt per completion); it is written here by hand on top of transformers' `
 
 import functools
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -44,6 +45,28 @@ def base_model(model: nn.Module) -> nn.Module:
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) positions counted from each row's first real token (left padding), as ``generate`` does."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def pad_rows(
+    rows: Sequence[Sequence[float]],
+    value: float,
+    *,
+    left: bool = False,
+    dtype: torch.dtype = torch.long,
+    min_width: int = 0,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged rows as ``(len(rows), width)`` padded with ``value`` on the right (on the left with ``left``),
+    and the mask of the real entries (1 = real); ``width`` is the longest row's, at least ``min_width``."""
+    width = max(min_width, max(len(row) for row in rows))
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            cols = slice(width - len(row), width) if left else slice(0, len(row))
+            out[i, cols] = torch.as_tensor(row, dtype=dtype)
+            mask[i, cols] = 1
+    return (out, mask) if device is None else (out.to(device), mask.to(device))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor
 
-from align.forward import base_model, position_ids
+from align.forward import base_model, pad_rows, position_ids
 from align.models import unwrap_model
 
 __all__ = [
@@ -272,26 +272,6 @@ def tokenize_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> list[list[int
     )
 
 
-def _pad(
-    rows: Sequence[Sequence[float]],
-    value: float,
-    *,
-    left: bool,
-    dtype: torch.dtype = torch.long,
-    min_width: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(len(rows), width) rows padded with `value` on the left or the right, and the 0/1 mask of the rows."""
-    width = max(min_width, max(len(row) for row in rows))
-    out = torch.full((len(rows), width), value, dtype=dtype)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            cols = slice(width - len(row), width) if left else slice(0, len(row))
-            out[i, cols] = torch.as_tensor(row, dtype=dtype)
-            mask[i, cols] = 1
-    return out, mask
-
-
 def _cut_at_eos(
     completion_ids: Sequence[Sequence[int]],
     eos_ids: Sequence[int],
@@ -340,15 +320,15 @@ def build_rollout(
             )
     kept_ids, is_eos = _cut_at_eos(completion_ids, eos_ids, finish_reasons)
     # min_width=1 keeps C >= 1, so the shapes stay (N, C) even when every completion is empty
-    completion, completion_mask = _pad(kept_ids, pad_id, left=False, min_width=1)
+    completion, completion_mask = pad_rows(kept_ids, pad_id, min_width=1)
     logprob_tensor = None
     if logprobs is not None:
         kept_logprobs = [[float(x) for x in lps[: len(ids)]] for lps, ids in zip(logprobs, kept_ids)]
         for row, (lps, ids) in enumerate(zip(kept_logprobs, kept_ids)):
             if len(lps) != len(ids):
                 raise ValueError(f"row {row}: {len(lps)} log-probs for {len(ids)} completion tokens")
-        logprob_tensor = _pad(kept_logprobs, 0.0, left=False, dtype=torch.float32, min_width=1)[0]
-    prompt_tensor, prompt_mask = _pad(prompt_ids, pad_id, left=True)
+        logprob_tensor = pad_rows(kept_logprobs, 0.0, dtype=torch.float32, min_width=1)[0]
+    prompt_tensor, prompt_mask = pad_rows(prompt_ids, pad_id, left=True)
     texts = tokenizer.batch_decode(kept_ids, skip_special_tokens=True)
     return Rollout(
         prompt_ids=prompt_tensor.to(device),
@@ -565,7 +545,7 @@ class HFGenerator:
         draws: torch.Tensor | None,
     ) -> tuple[list[list[int]], list[list[float]] | None]:
         """Sample one micro-batch; returns completions cut after the first EOS, and their log-probs."""
-        input_ids, attention_mask = _pad(rows, self.pad_id, left=True)
+        input_ids, attention_mask = pad_rows(rows, self.pad_id, left=True)
         want_logprobs = params.return_logprobs and not params.greedy
         raw: dict | None = {} if want_logprobs else None
         sampler = None if params.greedy else _Sampler(params, draws, raw)

@@ -23,15 +23,10 @@ continuations are barely padded. Questions are sorted by length (longest first, 
 out-of-memory error shows at once) and packed so that a batch holds at most `batch_size` (question, choice)
 pairs.
 
-Measured on 150 synthetic ARC-Easy-schema questions (benchmarks/eval_vs_lm_eval.py), the embedded
-SmolLM2-135M, fp32, one CPU thread, CPU seconds: the model reads about 3,700 tokens here against 7,500
-in lm-eval (which also shares rows whose inputs are equal), and the scoring takes ~10 s against ~18 s.
-(That was a hand-written pass that skipped each row's last token, whose logits predict nothing; the shared
-forward runs it, about 5% more CPU time on the same questions, with log-likelihoods equal to 3e-5.)
 Choices run in one continuation pass per batch: splitting it into groups of similar length (less padding)
-was slower (11.5 s against 10.3 s: per-pass overhead outweighs the padding), and packing context and
-choices into one sequence with a custom 4D attention mask was ~10% faster but breaks with attention
-kernels that ignore such masks (flash-attention), so the KV cache it is.
+was slower (per-pass overhead outweighs the padding), and packing context and choices into one sequence
+with a custom 4D attention mask breaks with attention kernels that ignore such masks (flash-attention), so
+the KV cache it is. The measurements are in README.md ("Log-likelihood evaluation").
 """
 
 from __future__ import annotations
@@ -42,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from align.forward import completion_logits
+from align.forward import completion_logits, pad_rows
 
 __all__ = ["ChoiceRequest", "choice_loglikelihoods", "encode_choices"]
 
@@ -159,14 +154,14 @@ def _score_batch(
     sums = [0.0] * len(conts)
     if rows:
         keys = list(rows)  # consecutive rows of a question share its context: it runs once
-        prompt_ids, prompt_mask = _pad([contexts[b] for b, _ in keys], pad_id, device, left=True)
-        ids, mask = _pad([conts[rows[k][0]] for k in keys], pad_id, device)
+        prompt_ids, prompt_mask = pad_rows([contexts[b] for b, _ in keys], pad_id, left=True, device=device)
+        ids, mask = pad_rows([conts[rows[k][0]] for k in keys], pad_id, device=device)
         logits = completion_logits(model, prompt_ids, prompt_mask, ids, mask).float()  # (R, W, V)
         lse = logits.logsumexp(-1)  # (R, W)
         # log p(token) = logit[token] - logsumexp(logits), summed over each choice's tokens.
         members = [(g, j) for g, k in enumerate(keys) for j in rows[k]]
         which = torch.as_tensor([g for g, _ in members], device=device)  # (M,) the row each choice reads
-        targets, counted = _pad([conts[j] for _, j in members], pad_id, device)  # (M, W)
+        targets, counted = pad_rows([conts[j] for _, j in members], pad_id, device=device)  # (M, W)
         steps = torch.arange(targets.shape[1], device=device)[None, :]
         token_lp = logits[which[:, None], steps, targets] - lse[which]  # (M, W)
         for (_, j), lp in zip(members, (token_lp * counted).sum(1).tolist()):
@@ -175,17 +170,3 @@ def _score_batch(
     for j, b in enumerate(owner):
         out[b].append(float(sums[j]))
     return out
-
-
-def _pad(
-    seqs: list[list[int]], pad_id: int, device: torch.device, *, left: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists as ``(n, longest)`` ids and mask (1 = real), right-padded (left-padded with ``left``)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        span = slice(width - len(s), width) if left else slice(0, len(s))
-        ids[i, span] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, span] = 1
-    return ids.to(device), mask.to(device)

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from align.forward import pad_rows
+
 __all__ = ["RewardModelReward", "make_reward_model_reward", "reward_model_from_name"]
 
 
@@ -116,13 +118,7 @@ class RewardModelReward:
         pad = self.model.config.pad_token_id
         out: list[float] = []
         for i in range(0, len(sequences), self.batch_size):
-            chunk = sequences[i : i + self.batch_size]
-            T = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-            attention = torch.zeros((len(chunk), T), dtype=torch.long)
-            for b, s in enumerate(chunk):
-                ids[b, : len(s)] = torch.tensor(s)
-                attention[b, : len(s)] = 1
+            ids, attention = pad_rows(sequences[i : i + self.batch_size], pad)
             logits = self.model(
                 input_ids=ids.to(self.device), attention_mask=attention.to(self.device), use_cache=False
             ).logits
