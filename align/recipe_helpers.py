@@ -117,11 +117,8 @@ def finish_recipe(
     (``data/skipped/<reason>``, ``data/truncated``, ... from ``trainer.data_metrics``, if it has them) to
     ``summary``, write it to ``<output_dir>/summary.json`` and print ``message`` on the main process.
     Returns the summary."""
-    from align.trainer import record_run_files
     from align.trainers.common import save_final_model
 
-    if trainer.accelerator.is_main_process:
-        record_run_files(cfg.output_dir, "model", "summary.json")
     save_final_model(
         trainer, Path(cfg.output_dir) / "model", merge_lora=getattr(cfg, "merge_lora_on_save", False)
     )
@@ -131,6 +128,7 @@ def finish_recipe(
         Path(cfg.output_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if message:
             print(message)
+    trainer.record_outputs()
     return summary
 
 

@@ -162,6 +162,9 @@ class Trainer:
             overwrite=config.overwrite_output_dir,
             accelerator=self.accelerator,
         )
+        # What the directory held before this run (the user's files): everything else that appears in it
+        # is the run's, recorded in the manifest so that --overwrite_output_dir removes exactly that.
+        self._preexisting = {p.name for p in self.output_dir.iterdir()} - set(run_files(self.output_dir))
 
         self.model = model
         self.optimizer: torch.optim.Optimizer | None = None
@@ -466,6 +469,7 @@ class Trainer:
             last_logs = self._one_step() or last_logs
         if self._pbar is not None:
             self._pbar.close()
+        self.record_outputs()
         for cb in self.callbacks:
             cb.on_train_end(self)
         if cfg.report_to:
@@ -572,6 +576,14 @@ class Trainer:
             cb.on_log(self, logs)
         return logs
 
+    def record_outputs(self) -> None:
+        """Add every file or folder that appeared in ``output_dir`` since the run started (plots, summaries,
+        samples, the model) to the run manifest; called at checkpoints, at the end of training and by the
+        recipes' end-of-run paths."""
+        if self.accelerator.is_main_process and self.output_dir.is_dir():
+            new = {p.name for p in self.output_dir.iterdir()} - self._preexisting
+            record_run_files(self.output_dir, *sorted(n for n in new if not n.startswith(".")))
+
     def log_step_record(self, filename: str, records: list[dict[str, Any]]) -> None:
         """Append records (each with a ``step``) to a per-step JSONL log of the run (main process only);
         resume cuts it back to the checkpoint like ``metrics.jsonl``."""
@@ -634,6 +646,7 @@ class Trainer:
         if acc.is_main_process:
             ckpt.commit_dir(tmp, final, {"step": self.state.step, "processes": acc.num_processes})
             self._rotate_checkpoints()
+            self.record_outputs()
         acc.wait_for_everyone()
         for cb in self.callbacks:
             cb.on_save(self, final)

@@ -19,7 +19,6 @@ from align.data import load_math_dataset, repo_root
 from align.generation import SamplingParams
 from align.recipe_helpers import finish_recipe, load_policy_and_tokenizer, parse_recipe_config
 from align.rewards import make_rubric_reward
-from align.trainer import record_run_files
 from align.trainers.grpo import GRPOConfig, GRPOTrainer
 
 
@@ -82,11 +81,11 @@ def main(args: list[str] | None = None) -> dict:
     result = {"rubric": str(path), "prompts": len(rows), "before": before, "after": after}
     finish_recipe(trainer, cfg, {"steps": trainer.state.step, **result})
     if trainer.accelerator.is_main_process:
-        record_run_files(cfg.output_dir, "rubric_scores.json")
         Path(cfg.output_dir, "rubric_scores.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"rubric {rubric.__name__}: mean score per criterion on {len(rows)} held-out prompts")
         for name in before:
             print(f"  {name:<14} {before[name]:.3f} -> {after[name]:.3f}")
+    trainer.record_outputs()
     return result
 
 

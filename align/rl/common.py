@@ -733,6 +733,7 @@ def finish_run(trainer: RLTrainer, name: str, extra: dict[str, Any] | None = Non
         curve = plot_learning_curve(out, title=f"{name} on {cfg.env_id}")
         summary["learning_curve"] = str(curve) if curve else None
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        trainer.record_outputs()
         print(
             f"{name} {cfg.env_id}: greedy return {summary['eval_return_mean']:.1f} +- "
             f"{summary['eval_return_std']:.1f} over {cfg.eval_episodes} episodes after {trainer.num_timesteps} "

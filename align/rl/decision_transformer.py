@@ -858,6 +858,7 @@ def run_decision_transformer(cfg: DTConfig) -> dict[str, Any]:
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         print(format_table(summary))
         print(f"outputs in {out}")
+    dt.record_outputs()
     return summary
 
 

@@ -77,11 +77,13 @@ class ChatDataConfig:
 
 @dataclass
 class PreferenceDataConfig(ChatDataConfig):
-    """``ChatDataConfig`` for preference pairs (reward model, DPO)."""
+    """``ChatDataConfig`` for preference pairs, and how the pair trainers (reward model, DPO) run a pair."""
 
     dataset_name: str | None = None
     """Preference pairs: a local JSONL/JSON/Parquet file or folder, or a hub dataset (prompt/chosen/rejected,
     or chosen/rejected conversations with a shared prompt); empty = the shipped data/prefs."""
+    eval_dataset_name: str | None = None
+    """Held-out pairs for evaluation (default: dataset_name)."""
     eval_limit: int = 200
     """Evaluate on the first N held-out pairs (0 = all)."""
     per_device_eval_batch_size: int = 8
@@ -91,6 +93,13 @@ class PreferenceDataConfig(ChatDataConfig):
     truncation: str = "skip"
     """Policy for pairs over max_length: skip (default, as TRL: cutting could remove what decides the
     preference), keep_start, keep_end (cut the prompt's start), error."""
+    share_prompt: bool = True
+    """Run each pair as one row, its prompt once, both completions masked from each other (same numbers and
+    gradients, fewer tokens); off, or under DeepSpeed / FSDP or flash attention, each sequence runs whole."""
+    disable_dropout: bool = True
+    """Set the model's (and DPO's reference's) dropout to 0, as TRL does: with dropout on, the chosen and
+    rejected scores are noised differently, and DPO's log-ratios against the eval-mode reference are noise at
+    step 0, not 0, so the gradient chases the masks (a reward model also scores in eval mode for GRPO / PPO)."""
 
 
 # --------------------------------------------------------------------------------------------------

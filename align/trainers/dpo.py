@@ -52,8 +52,6 @@ class DPOConfig(PreferenceDataConfig, ModelConfig, TrainConfig):
     """Where metrics.jsonl, config.yaml, checkpoints/, summary.json and the final model go."""
     learning_rate: float = 1e-6
     """Peak learning rate of AdamW (TRL's DPO default; LoRA usually wants 10-50x more)."""
-    eval_dataset_name: str | None = None
-    """Held-out pairs for eval/rewards/* (default: dataset_name)."""
     per_device_eval_batch_size: int = 8
     """Pairs per evaluation (and reference precomputation) forward pass."""
     beta: float = 0.1
@@ -62,15 +60,9 @@ class DPOConfig(PreferenceDataConfig, ModelConfig, TrainConfig):
     """sigmoid: DPO (with label_smoothing: cDPO); ipo: IPO's squared loss on per-token log-ratios."""
     label_smoothing: float = 0.0
     """cDPO: the probability that a preference label is flipped, in [0, 0.5) (sigmoid loss only)."""
-    share_prompt: bool = True
-    """Run each pair as one row, its prompt once, both completions masked from each other (same log-probs and
-    gradients, fewer tokens); off, or under DeepSpeed / FSDP or flash attention, each sequence runs whole."""
     precompute_ref_logprobs: bool = False
     """Compute the reference log-probs once over the training (and eval) pairs before training, then keep no
     reference model: saves a forward pass per step and, for full fine-tuning, the reference copy's memory."""
-    disable_dropout: bool = True
-    """Set the policy's (and reference's) dropout to 0, as TRL does: the reference runs in eval mode, so with
-    dropout on, the log-ratios and margins are noise at step 0, not 0, and the gradient chases the masks."""
 
     def validate(self) -> None:
         """The shared checks, then ``beta > 0``, ``loss_type``, and ``label_smoothing`` in [0, 0.5) for the

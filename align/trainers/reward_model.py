@@ -49,18 +49,10 @@ class RewardModelConfig(PreferenceDataConfig, ModelConfig, TrainConfig):
     """Where metrics.jsonl, config.yaml, checkpoints/, summary.json and the final model go."""
     learning_rate: float = 1e-5
     """Peak learning rate of AdamW (the fresh score head learns at the same rate)."""
-    eval_dataset_name: str | None = None
-    """Held-out pairs for eval/accuracy (default: dataset_name)."""
     use_margin: bool = False
     """Require r_w - r_l to exceed each pair's margin: its `margin` column, else score_chosen - score_rejected."""
     center_rewards_coefficient: float = 0.0
     """Weight of mean((r_w + r_l)^2), which keeps rewards centred on 0 (TRL: e.g. 0.01); 0 = off."""
-    share_prompt: bool = True
-    """Run each pair as one row, its prompt once, both completions masked from each other (same rewards and
-    gradients, fewer tokens); off, or under DeepSpeed / FSDP or flash attention, each sequence runs whole."""
-    disable_dropout: bool = True
-    """Set the model's dropout to 0, as TRL does: it then trains on the rewards it gives when it scores (eval
-    mode) for GRPO / PPO, and the chosen and rejected scores are not noised differently."""
 
     def validate(self) -> None:
         """The shared checks, then ``center_rewards_coefficient >= 0``; a ``ConfigError`` names the field."""

@@ -240,3 +240,26 @@ def test_zero_weight_micro_batch_changes_nothing(tmp_path, tiny_tokenizer):
     assert out == out_alone
     for p, q in zip(padded.model.parameters(), alone.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_overwrite_removes_every_file_of_the_previous_run(tmp_path, tiny_dir):
+    """--overwrite_output_dir removes what the previous run wrote (its completions, checkpoints, model,
+    summary) and nothing of the user's; the new run's completions.jsonl holds only its own samples."""
+    recipe = _load("grpo_math")
+    out = tmp_path / "run"
+    args = ["--model_name_or_path", tiny_dir, "--output_dir", str(out), "--eval_limit", "2", *SMALL,
+            "--log_completions", "3", "--save_steps", "1"]  # fmt: skip
+    recipe.main([*args, "--max_steps", "2"])
+    assert [r["step"] for r in read_jsonl(out / "completions.jsonl")] == [1] * 3 + [2] * 3
+    (out / "notes.txt").write_text("mine")
+    (out / "checkpoints" / "step-1" / "stale").write_text("")  # anything inside a run folder goes too
+    reset_accelerate_state()
+    recipe.main([*args, "--max_steps", "1", "--overwrite_output_dir", "true"])
+    assert [r["step"] for r in read_jsonl(out / "completions.jsonl")] == [1] * 3
+    assert [r["step"] for r in read_metrics(out)] == [1]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1"]
+    assert not (out / "checkpoints" / "step-1" / "stale").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    manifest = json.loads((out / "run_files.json").read_text())
+    assert {"completions.jsonl", "model", "summary.json", "checkpoints"} <= set(manifest)
+    assert "notes.txt" not in manifest
