@@ -15,10 +15,8 @@ reward (`align.rewards.math_reward`) reads:
     ds = load_math_dataset("HuggingFaceH4/MATH-500", split="test")   # a hub dataset (needs the network)
     ds = load_math_dataset("openai/gsm8k", split="test")   # config "main" is picked for GSM8K
 
-Where the shipped data lives: `data/` next to the `align` package, i.e. `repo_root() / "data"` where
-`repo_root()` is the folder that contains `align/`. That is the repository checkout for an editable
-install (`pip install -e .`), which is how this project is used; a wheel does not ship `data/`, so there
-pass a path.
+The shipped data lives in `data/` next to the `align` package: the repository checkout for an editable
+install (`pip install -e .`), which is how this project is used; a wheel does not ship it, so pass a path.
 """
 
 from __future__ import annotations
@@ -107,22 +105,13 @@ def read_rows(
 ) -> Dataset:
     """A `datasets.Dataset` from a local file or folder or a hub dataset: the project's one reader.
 
-    Args:
-        source: a `.jsonl` / `.json` / `.parquet` file; a folder with `<split>.jsonl` (or `.json`,
-            `.parquet`, `<split>-*.parquet`, `data/<split>-*`, `<split>/*`); or a hub name ("name" or
-            "owner/name", loaded with `datasets.load_dataset(name, config, split=split)`, network needed).
-            A string that is not an existing path but looks like one ("./x", "/x", "a/b/c", "x.jsonl") is
-            a missing file, never a hub name.
-        split: which split of a folder or hub dataset (ignored for a single file).
-        config: the hub dataset's configuration (GSM8K gets "main" by default).
-        limit: keep only the first `limit` rows (None = all).
-        required: columns that must be present.
-        name: what the data is for (a task name), put in front of this function's own error messages.
-
-    Raises:
-        FileNotFoundError naming the path (a missing file, a folder without the split); ValueError naming
-        the file, line and field (unreadable JSON, a field whose type changes between rows), an empty
-        dataset, missing required columns (with those found) or a bad `limit`.
+    `source`: a `.jsonl` / `.json` / `.parquet` file; a folder with `<split>.jsonl` (or `.json`, `.parquet`,
+    `<split>-*.parquet`, `data/<split>-*`, `<split>/*`); or a hub name ("name" or "owner/name", loaded with
+    `datasets.load_dataset(name, config, split=split)`, network needed; GSM8K's config defaults to "main").
+    A string that is not an existing path but looks like one ("./x", "/x", "a/b/c", "x.jsonl") is a missing
+    file, never a hub name. `split` is ignored for a single file; `limit` keeps the first rows; `name` (a
+    task) starts this function's own error messages, which name the file, line and field (unreadable JSON, a
+    field whose type changes between rows), an empty dataset or the `required` columns missing.
     """
     prefix = f"{name}: " if name else ""
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
@@ -300,24 +289,13 @@ def load_math_dataset(
     instruction: str = MATH_INSTRUCTION,
     system_prompt: str | None = None,
 ) -> Dataset:
-    r"""A math dataset as a `datasets.Dataset` with a chat `prompt` and a gold `answer` (other columns kept).
-
-    Args:
-        path_or_name: anything `read_rows` reads (a local file or split folder, or a hub dataset name).
-            None: the shipped `data/math/` folder (see the module docstring).
-        split: the split of a folder or hub dataset; ignored for a single file.
-        limit: keep only the first `limit` rows.
-        config: hub dataset configuration (GSM8K gets "main" by default).
-        instruction, system_prompt: passed to `build_math_prompt`.
+    r"""A math dataset as a `datasets.Dataset` with a chat `prompt` (`build_math_prompt`) and a gold `answer`
+    (other columns kept), read by `read_rows` from `path_or_name` (None: the shipped `data/math/`).
 
     Schemas: the problem is the `problem` (MATH-500) or `question` (GSM8K) column. The gold answer is the
     `answer` column (GSM8K's "... #### 42" becomes "42", and its reasoning is kept as `solution` when there
     is none), else the boxed answer parsed from `solution`. Rows whose gold cannot be found are dropped
-    with a warning; if none is left, that is an error.
-
-    Raises:
-        FileNotFoundError / ValueError naming the path: a missing file or split, missing columns (with the
-        columns found and expected), an empty dataset.
+    with a warning; if none is left, that is an error, as are missing columns (named with those found).
     """
     source = path_or_name or shipped_data("math")
     ds = read_rows(source, split, config=config, limit=limit)
