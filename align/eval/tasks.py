@@ -16,11 +16,9 @@ Multiple-choice tasks also have the log-likelihood form of lm-evaluation-harness
     prompt = task.build_prompt(rows[0])                              # chat messages
     task.score(rows[0], r"... so the answer is \boxed{\frac{14}{3}}")  # 1.0 / 0.0 / None
 
-Sources. `load(path)` reads a local `.jsonl` / `.json` / `.parquet` file, or a folder holding
-`<split>.jsonl` (or `<split>-*.parquet`, the layout `datasets` writes), with `align.data.read_rows`;
-without a path it loads the task's hub dataset (`HuggingFaceH4/MATH-500`, `openai/gsm8k` config "main",
-`allenai/ai2_arc` config "ARC-Easy" / "ARC-Challenge"). A string that is not an existing path and looks
-like a hub name ("owner/name") loads that hub dataset instead. Rows keep the hub schema exactly:
+Sources. `load(path)` reads a local file or split folder, or a hub name, with `align.data.read_rows`;
+without a path, the task's hub dataset (`HuggingFaceH4/MATH-500`, `openai/gsm8k` config "main",
+`allenai/ai2_arc` config "ARC-Easy" / "ARC-Challenge"). Rows keep the hub schema exactly:
 
     math500:        problem, solution, answer, subject, level, unique_id
     gsm8k:          question, answer ("reasoning ... #### 42")
@@ -68,10 +66,6 @@ class Task:
 
     reward: Any = None
     """The reward function whose verifier scores completions (it keeps the failure counts)."""
-
-    @property
-    def default_mode(self) -> str:
-        return self.modes[0]
 
     def default_source(self) -> str | Path | None:
         """Where `load(None)` reads from: None = the hub dataset."""
