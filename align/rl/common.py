@@ -68,7 +68,6 @@ class RLConfig(TrainConfig):
     """torch intra-op threads while training and evaluating. 1 is fastest for these small networks: the
     matrices are too small to split, and extra threads only add synchronisation."""
     logging_steps: int = 10
-    """Write averaged metrics every N steps to metrics.jsonl, trackers and the progress bar."""
 
     #: Name used in error messages.
     algorithm: ClassVar[str] = "RL"

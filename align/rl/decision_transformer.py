@@ -140,7 +140,6 @@ class DTConfig(RLConfig):
     eval_episodes: int = 20
     """Episodes per target return (run side by side, one batched forward per step)."""
     logging_steps: int = 50
-    """Write averaged metrics every N steps."""
 
     algorithm: ClassVar[str] = "Decision Transformer"
 

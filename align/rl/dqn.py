@@ -49,9 +49,7 @@ class DQNConfig(RLConfig):
     """DQN with double-DQN, Huber/MSE loss, hard or Polyak target updates (defaults: SB3's DQN defaults)."""
 
     output_dir: str = "outputs/dqn"
-    """Where metrics.jsonl, config.yaml, checkpoints/, model/, summary.json and learning_curve.png go."""
     learning_rate: float = 1e-4
-    """Adam learning rate."""
     per_device_train_batch_size: int = 32
     """Transitions sampled (uniformly, with replacement) from the replay buffer per gradient step."""
     max_grad_norm: float = 10.0

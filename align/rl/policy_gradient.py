@@ -96,9 +96,7 @@ class ReinforceConfig(PolicyGradientConfig):
     """REINFORCE with reward-to-go and a baseline. One trainer step: ``num_envs`` complete episodes."""
 
     output_dir: str = "outputs/reinforce"
-    """Where metrics.jsonl, config.yaml, checkpoints/, model/, summary.json and learning_curve.png go."""
     learning_rate: float = 1e-3
-    """Adam learning rate."""
     num_envs: int = 8
     """Episodes per iteration: each environment plays one episode from a reset."""
     baseline: Literal["none", "mean", "value"] = "value"
@@ -119,9 +117,7 @@ class A2CConfig(PolicyGradientConfig):
     """Advantage actor-critic (synchronous). One trainer step: ``n_steps`` steps of ``num_envs`` environments."""
 
     output_dir: str = "outputs/a2c"
-    """Where metrics.jsonl, config.yaml, checkpoints/, model/, summary.json and learning_curve.png go."""
     learning_rate: float = 7e-4
-    """Adam learning rate."""
     n_steps: int = 5
     """Steps per environment per rollout (the n of n-step returns)."""
     advantage: Literal["gae", "nstep"] = "gae"
@@ -149,7 +145,6 @@ class PPOConfig(PolicyGradientConfig):
     """PPO with GAE, clipped surrogate, optional value clipping, minibatch epochs and a target-KL stop."""
 
     output_dir: str = "outputs/ppo"
-    """Where metrics.jsonl, config.yaml, checkpoints/, model/, summary.json and learning_curve.png go."""
     learning_rate: float = 3e-4
     """Adam learning rate (lr_scheduler_type 'linear' anneals it to 0, as SB3's lin_ schedules)."""
     n_steps: int = 256

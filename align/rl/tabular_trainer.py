@@ -86,9 +86,7 @@ class TabularConfig(RLConfig):
     dp_tol: float = 1e-10
     """Dynamic programming stops when the Bellman residual max_s |v_k+1 - v_k| is below this."""
     eval_episodes: int = 1000
-    """Greedy episodes run by evaluate()."""
     logging_steps: int = 100
-    """Write averaged metrics every N steps."""
 
     algorithm: ClassVar[str] = "tabular RL"
     discrete_actions_only: ClassVar[bool] = True

@@ -87,7 +87,6 @@ class GRPOConfig(RolloutConfig, ModelConfig, TrainConfig):
     per_device_train_batch_size: int = 32
     """Completions per micro-batch (prompts x num_generations)."""
     learning_rate: float = 2e-5
-    """Peak learning rate of AdamW."""
     warmup_steps: int = 2
     """Linear warm-up steps."""
     max_steps: int = 30
