@@ -589,16 +589,7 @@ class DecisionTransformerTrainer(_OfflineTrainer):
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         """``dt_action_loss`` of the actions predicted at every real step of the windows (Chen et al. train on
         all K predictions, not only the last), with its metrics."""
-        preds = dt_forward(
-            self.model,
-            batch["states"],
-            batch["actions"],
-            batch["returns_to_go"],
-            batch["timesteps"],
-            batch["mask"],
-            discrete=self.discrete,
-            act_dim=self.act_dim,
-        )
+        preds = dt_forward(self.model, **batch, discrete=self.discrete, act_dim=self.act_dim)
         return dt_action_loss(preds, batch["actions"], batch["mask"], discrete=self.discrete)
 
     def predictor(self) -> Predictor:
@@ -608,16 +599,7 @@ class DecisionTransformerTrainer(_OfflineTrainer):
 
         def predict(b: dict[str, torch.Tensor]) -> torch.Tensor:
             b = {k: v.to(dev) for k, v in b.items()}
-            preds = dt_forward(
-                model,
-                b["states"],
-                b["actions"],
-                b["returns_to_go"],
-                b["timesteps"],
-                b["mask"],
-                discrete=self.discrete,
-                act_dim=self.act_dim,
-            )
+            preds = dt_forward(model, **b, discrete=self.discrete, act_dim=self.act_dim)
             return preds[:, -1].cpu()  # the newest step (left padding puts it last)
 
         return predict
