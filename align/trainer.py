@@ -289,6 +289,7 @@ class Trainer:
         )
 
     def _plain_ddp(self) -> bool:
+        """One process or plain DDP (CPU or GPU): no sharding engine (DeepSpeed, FSDP) that gathers weights."""
         return self.accelerator.distributed_type in (
             DistributedType.NO,
             DistributedType.MULTI_GPU,

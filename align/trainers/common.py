@@ -337,10 +337,4 @@ class PairTrainerMixin(SupervisedTrainerMixin):
     def share_prompt(self) -> bool:
         """The config's ``share_prompt`` (one row per pair, its prompt once), except under DeepSpeed and FSDP,
         where that forward (a custom mask, a hook on a sharded head) is untested: whole sequences there."""
-        from accelerate.utils import DistributedType
-
-        return bool(getattr(self.config, "share_prompt", False)) and self.accelerator.distributed_type in (  # type: ignore[attr-defined]
-            DistributedType.NO,
-            DistributedType.MULTI_CPU,
-            DistributedType.MULTI_GPU,
-        )
+        return bool(getattr(self.config, "share_prompt", False)) and self._plain_ddp()  # type: ignore[attr-defined]

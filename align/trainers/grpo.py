@@ -270,15 +270,8 @@ class GRPOTrainer(RolloutMixin, Trainer):
 
     def _forward(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
         """Logits for the completion tokens, (B, C, V), at the sampling temperature."""
-        from accelerate.utils import DistributedType
-
-        dist = self.accelerator.distributed_type
         # Sharded engines (DeepSpeed, FSDP) gather parameters per forward call: keep one call there.
-        share = self.config.share_prompt_prefix and dist in (
-            DistributedType.NO,
-            DistributedType.MULTI_CPU,
-            DistributedType.MULTI_GPU,
-        )
+        share = self.config.share_prompt_prefix and self._plain_ddp()
         logits = completion_logits(
             model,
             mb.prompt_ids,
