@@ -249,7 +249,11 @@ class SupervisedTrainerMixin:
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         """The algorithm's ``batch_loss``, after adding the batch's non-padding tokens to the step's count."""
-        self._count_tokens(batch["attention_mask"], batch["input_ids"], batch.get("num_tokens"))
+        n = batch.get("num_tokens")  # packed SFT rows have no attention mask to count from
+        if n is None:
+            mask = batch["attention_mask"]
+            n = mask.sum() if mask is not None else batch["input_ids"].numel()
+        self._step_tokens += float(n)
         return self.batch_loss(batch)
 
     @torch.no_grad()
@@ -276,20 +280,6 @@ class SupervisedTrainerMixin:
         finally:
             model.train(was_training)
         return acc.reduce(sums, "sum") if acc.num_processes > 1 else sums
-
-    def _count_tokens(
-        self,
-        attention_mask: torch.Tensor | None,
-        input_ids: torch.Tensor,
-        num_tokens: torch.Tensor | None = None,
-    ) -> None:
-        if num_tokens is not None:
-            n = num_tokens
-        elif attention_mask is not None:
-            n = attention_mask.sum()
-        else:
-            n = torch.tensor(input_ids.numel())
-        self._step_tokens += float(n)
 
     def on_step_end(self, metrics: dict[str, float]) -> None:
         """Add ``train/tokens`` (this process's non-padding tokens in the step), ``throughput/tokens_per_second``
