@@ -43,7 +43,7 @@ from torch import nn
 from transformers import LogitsProcessor
 
 from align.forward import base_model, pad_rows, position_ids
-from align.models import unwrap_model
+from align.models import eval_mode, unwrap_model
 
 __all__ = [
     "SamplingParams",
@@ -507,9 +507,7 @@ class HFGenerator:
 
         completions: list[list[int]] = []
         logprobs: list[list[float]] | None = [] if (params.return_logprobs and not params.greedy) else None
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             for start in range(0, len(prompt_rows), chunk):
                 ids, lps = self._generate_chunk(
                     model,
@@ -521,8 +519,6 @@ class HFGenerator:
                 completions.extend(ids)
                 if logprobs is not None:
                     logprobs.extend(lps)
-        finally:
-            model.train(was_training)
 
         return build_rollout(
             prompts=prompts,

@@ -48,6 +48,7 @@ __all__ = [
     "apply_lora",
     "unwrap_model",
     "disable_adapter",
+    "eval_mode",
     "make_reference",
     "reference_model",
     "save_pretrained",
@@ -550,6 +551,20 @@ def make_reference(model):
 
 
 @contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Within the block ``model`` (unless ``None``) is in eval mode (no dropout); ``model.train(was)`` then
+    puts it back in the mode it had."""
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
+    try:
+        yield
+    finally:
+        if model is not None:
+            model.train(was_training)
+
+
+@contextlib.contextmanager
 def reference_model(policy, reference=None) -> Iterator[Any]:
     """Yield the module that computes reference outputs: ``reference`` if given, else ``policy`` with
     its LoRA adapter disabled. Either way the block runs in eval mode (no dropout) without gradients::
@@ -562,13 +577,8 @@ def reference_model(policy, reference=None) -> Iterator[Any]:
     DeepSpeed, FSDP); the wrapper itself is yielded so sharded parameters are gathered as in training.
     """
     if reference is not None:
-        was_training = reference.training
-        reference.eval()
-        try:
-            with torch.no_grad():
-                yield reference
-        finally:
-            reference.train(was_training)
+        with eval_mode(reference), torch.no_grad():
+            yield reference
         return
     modes = {module: module.training for module in policy.modules()}
     policy.eval()

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from align.forward import completion_logits, pad_rows
+from align.models import eval_mode
 
 __all__ = ["ChoiceRequest", "choice_loglikelihoods", "encode_choices"]
 
@@ -118,9 +119,7 @@ def choice_loglikelihoods(
     device = next(model.parameters()).device
     max_len = _max_positions(model)
     out: list[list[float]] = [[] for _ in requests]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in _batches(requests, batch_size):
             for q, values in zip(
                 batch, _score_batch(model, [requests[i] for i in batch], pad_id, device, max_len)
@@ -128,8 +127,6 @@ def choice_loglikelihoods(
                 out[q] = values
             if on_batch is not None:
                 on_batch(len(batch))
-    finally:
-        model.train(was_training)
     return out
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from align.forward import rollout_logprobs
 from align.generation import Generator, SamplingParams, make_generator
-from align.models import reference_model
+from align.models import eval_mode, reference_model
 
 __all__ = ["reward_and_kl"]
 
@@ -62,12 +62,10 @@ def reward_and_kl(
         seed=seed,
         return_logprobs=False,
     )
-    was_training = policy.training
-    policy.eval()
     scores: list[float] = []
     kls: list[float] = []
     lengths: list[float] = []
-    try:
+    with eval_mode(policy):
         per_call = max(1, batch_size // num_samples)
         for start in range(0, len(rows), per_call):
             chunk = list(rows[start : start + per_call])
@@ -78,8 +76,6 @@ def reward_and_kl(
                 ref_lp = rollout_logprobs(ref, rollout, batch_size)
             kls += (lp - ref_lp).sum(-1).tolist()
             lengths += rollout.completion_lengths.float().tolist()
-    finally:
-        policy.train(was_training)
     return _summary(scores, kls, lengths)
 
 

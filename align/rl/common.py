@@ -33,6 +33,7 @@ from torch import nn
 
 from align.config import ConfigError, TrainConfig, check_range, parse_config
 from align.losses import entropy_from_logits, selective_log_softmax
+from align.models import eval_mode
 from align.rl.envs import action_space_kind, make_env, resolve_env_id
 from align.trainer import METRICS_FILE, Trainer, read_metrics
 
@@ -610,20 +611,12 @@ class RLTrainer(Trainer):
         cfg = self.config
         if self._eval_env is None:
             self._eval_env = make_env(cfg.env_id, **cfg.env_kwargs())
-        model = self.model
-        was_training = model.training if model is not None else False
-        if model is not None:
-            model.eval()
-        try:
-            # Selection episodes during training start 100,000 seeds away from the reported ones.
-            seed = cfg.eval_seed + (100_000 if self._selection_eval else 0)
-            with torch_threads(cfg.torch_threads):
-                returns, lengths = run_greedy_episodes(
-                    self._eval_env, self.greedy_action, cfg.eval_episodes, seed
-                )
-        finally:
-            if model is not None:
-                model.train(was_training)
+        # Selection episodes during training start 100,000 seeds away from the reported ones.
+        seed = cfg.eval_seed + (100_000 if self._selection_eval else 0)
+        with eval_mode(self.model), torch_threads(cfg.torch_threads):
+            returns, lengths = run_greedy_episodes(
+                self._eval_env, self.greedy_action, cfg.eval_episodes, seed
+            )
         return {
             "eval/return_mean": float(np.mean(returns)),
             "eval/return_std": float(np.std(returns)),

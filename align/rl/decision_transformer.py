@@ -43,6 +43,7 @@ from torch import nn
 
 from align.config import ConfigError, check_choice, check_range
 from align.losses import sft_loss
+from align.models import eval_mode
 from align.rl.common import SUMMARY_FILE, RLConfig, RLTrainer, mlp, torch_threads
 from align.rl.envs import make_env
 from align.rl.offline_data import (
@@ -517,35 +518,29 @@ class _OfflineTrainer(RLTrainer):
     ) -> dict[str, dict[str, float]]:
         """Mean / std (population) return and mean length for each target: ``{target: {...}}``."""
         cfg = self.config
-        model = self.model
-        was = model.training
-        model.eval()
         out: dict[str, dict[str, float]] = {}
-        try:
-            with torch_threads(cfg.torch_threads):
-                for k, target in enumerate(targets):
-                    self.eval_generator.manual_seed(cfg.eval_seed + k)
-                    rets, lens = rollout_episodes(
-                        cfg.env_id,
-                        self.predictor(),
-                        self.data,
-                        target_return=target,
-                        context_length=self.context_length,
-                        episodes=episodes or cfg.eval_episodes,
-                        seed=cfg.eval_seed,
-                        num_states=self.num_states,
-                        sample=cfg.eval_sample_actions if sample is None else sample,
-                        generator=self.eval_generator,
-                        env_kwargs=cfg.env_kwargs(),
-                    )
-                    out[f"{target:g}"] = {
-                        "target": float(target),
-                        "return_mean": float(np.mean(rets)),
-                        "return_std": float(np.std(rets)),
-                        "length_mean": float(np.mean(lens)),
-                    }
-        finally:
-            model.train(was)
+        with eval_mode(self.model), torch_threads(cfg.torch_threads):
+            for k, target in enumerate(targets):
+                self.eval_generator.manual_seed(cfg.eval_seed + k)
+                rets, lens = rollout_episodes(
+                    cfg.env_id,
+                    self.predictor(),
+                    self.data,
+                    target_return=target,
+                    context_length=self.context_length,
+                    episodes=episodes or cfg.eval_episodes,
+                    seed=cfg.eval_seed,
+                    num_states=self.num_states,
+                    sample=cfg.eval_sample_actions if sample is None else sample,
+                    generator=self.eval_generator,
+                    env_kwargs=cfg.env_kwargs(),
+                )
+                out[f"{target:g}"] = {
+                    "target": float(target),
+                    "return_mean": float(np.mean(rets)),
+                    "return_std": float(np.std(rets)),
+                    "length_mean": float(np.mean(lens)),
+                }
         return out
 
     def _batch_to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

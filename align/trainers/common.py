@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from align.chat_data import TRUNCATION_POLICIES, DataStats, collate_preferences, tokenize_preferences
 from align.config import check_choice, check_range
+from align.models import eval_mode
 from align.trainer import Trainer
 
 __all__ = [
@@ -268,17 +269,13 @@ class SupervisedTrainerMixin:
         acc = self.accelerator  # type: ignore[attr-defined]
         model = self.model  # type: ignore[attr-defined]
         sums = torch.zeros(n, device=acc.device, dtype=torch.float64)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             for rows, weights in eval_shards(
                 self.eval_rows or [], self.config.per_device_eval_batch_size, acc
             ):  # type: ignore[attr-defined]
                 batch = type(self).collate(rows, self.pad_token_id)
                 batch = {k: (v.to(acc.device) if v is not None else None) for k, v in batch.items()}
                 sums += batch_sums(batch, weights)
-        finally:
-            model.train(was_training)
         return acc.reduce(sums, "sum") if acc.num_processes > 1 else sums
 
     def on_step_end(self, metrics: dict[str, float]) -> None:

@@ -35,7 +35,7 @@ from align.chat_data import collate_preferences
 from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
 from align.forward import logprob_sums, pair_logprob_sums
 from align.losses import dpo_loss, ipo_loss
-from align.models import make_reference, reference_model
+from align.models import eval_mode, make_reference, reference_model
 from align.trainer import Trainer
 from align.trainers.common import PairTrainerMixin, PreferenceDataConfig, disable_dropout, eval_shards
 
@@ -165,12 +165,8 @@ class DPOTrainer(PairTrainerMixin, Trainer):
                     "no reference model: full fine-tuning needs ref_model or precompute_ref_logprobs"
                 )
             # precompute_ref_logprobs before the first step: the policy itself is still the reference
-            was_training = self.model.training
-            self.model.eval()
-            try:
+            with eval_mode(self.model):
                 logps, _ = pair_logprobs(self.model, batch, share_prompt=self.share_prompt)
-            finally:
-                self.model.train(was_training)
             return logps.chunk(2)
         with reference_model(self.model, self.ref_model) as ref:
             logps, _ = pair_logprobs(ref, batch, share_prompt=self.share_prompt)
