@@ -137,13 +137,12 @@ class DPOTrainer(PairTrainerMixin, Trainer):
                 if module is not None:
                     disable_dropout(module)
         super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks)
-        self.ref_model = None
-        if ref_model is not None:
-            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-        elif not config.precompute_ref_logprobs:
+        ref = ref_model
+        if ref is None and not config.precompute_ref_logprobs:
             ref = make_reference(self.model)  # None under LoRA: the adapter disabled is the reference
-            if ref is not None:
-                self.ref_model = self.accelerator.prepare_model(ref, evaluation_mode=True)
+        self.ref_model = (
+            self.accelerator.prepare_model(ref, evaluation_mode=True) if ref is not None else None
+        )
         if config.precompute_ref_logprobs:
             # Before any step (and before a resume loads trained weights): the policy is still pi_ref.
             self.precompute_reference(self.train_rows)
@@ -248,14 +247,8 @@ class DPOTrainer(PairTrainerMixin, Trainer):
             if n == 0:
                 return out
             (chosen, rejected), (n_chosen, n_rejected) = logps.chunk(2), counts.chunk(2)
-            loss, m = self._pair_loss(
-                chosen[real],
-                rejected[real],
-                ref_chosen[real],
-                ref_rejected[real],
-                n_chosen[real],
-                n_rejected[real],
-            )
+            pairs = (chosen, rejected, ref_chosen, ref_rejected, n_chosen, n_rejected)
+            loss, m = self._pair_loss(*(t[real] for t in pairs))
             values = {"loss": loss, **m}
             for k, key in enumerate(keys):
                 out[k] = float(values[key]) * n  # batch means back to sums
