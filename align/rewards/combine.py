@@ -38,6 +38,11 @@ class RewardOutput(NamedTuple):
     """Each function's raw scores, keyed by its name, in the order of `funcs`."""
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))  # population std
+
+
 def _as_score(value: Any) -> float | None:
     if value is None:
         return None
@@ -123,15 +128,11 @@ class CombinedReward:
         for name in self.names:
             values, nones = self._values[name], self._nones[name]
             if values:
-                mean = sum(values) / len(values)
-                out[f"reward/{name}/mean"] = mean
-                out[f"reward/{name}/std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+                out[f"reward/{name}/mean"], out[f"reward/{name}/std"] = _mean_std(values)
             if values or nones:
                 out[f"reward/{name}/none_frac"] = nones / (len(values) + nones)
         if self._totals:
-            mean = sum(self._totals) / len(self._totals)
-            out["reward/mean"] = mean
-            out["reward/std"] = math.sqrt(sum((v - mean) ** 2 for v in self._totals) / len(self._totals))
+            out["reward/mean"], out["reward/std"] = _mean_std(self._totals)
             out["reward/all_none"] = float(self._all_none)
         for func in self.funcs:
             pop = getattr(func, "pop_stats", None)
@@ -213,14 +214,10 @@ KNOWN_REWARDS: dict[str, tuple[Callable[[str | None], Callable], str]] = {
 
 
 def get_reward_funcs(names: Sequence[str | Callable]) -> list[Callable]:
-    """Reward functions from names, as written in configs.
-
-    A name is `kind` or `kind:argument`: "math", "math:10" (timeout), "choice", "choice:1,2,3,4"
-    (labels), "boxed_format", "tags_format", "tags_format:think,answer", "length:1000",
-    "rubric:data/rubrics/math_explainer.yaml" (a relative rubric path is tried from the working directory,
-    then from the repository root), "reward_model:outputs/reward_model/model" (a trained Bradley-Terry
-    reward model: full weights or a LoRA adapter with its score head, loaded on first call). A callable is
-    passed through. Each call makes fresh reward objects, so their `pop_stats()` counts are not shared.
+    """Reward functions from names, as written in configs: `kind` or `kind:argument` (the usages are in
+    `KNOWN_REWARDS`; a relative rubric path is tried from the working directory, then from the repository
+    root). A callable is passed through. Each call makes fresh reward objects, so their `pop_stats()`
+    counts are not shared.
     """
     funcs: list[Callable] = []
     for item in names:

@@ -104,7 +104,6 @@ class DPOTrainer(PairTrainerMixin, Trainer):
     """DPO on the Trainer base.
 
     Args:
-        config: a ``DPOConfig``.
         model: the policy, a causal LM (optionally a peft LoRA model: the reference is then the adapter off).
         tokenizer: its tokenizer (fast; chat template for conversational pairs).
         train_dataset: preference rows (``align.chat_data``) or rows already tokenised.

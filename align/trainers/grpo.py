@@ -137,7 +137,6 @@ class GRPOTrainer(RolloutMixin, Trainer):
     """Group Relative Policy Optimization on the Trainer base (see the module docstring).
 
     Args:
-        config: a ``GRPOConfig``.
         model: the policy (a causal LM, optionally a peft LoRA model).
         tokenizer: its tokenizer (left padding for generation is handled by the generator).
         reward_funcs: reward callables (TRL contract) or a ``CombinedReward``.

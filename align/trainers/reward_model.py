@@ -119,7 +119,6 @@ class RewardModelTrainer(PairTrainerMixin, Trainer):
     """Bradley-Terry reward-model training on the Trainer base.
 
     Args:
-        config: a ``RewardModelConfig``.
         model: a sequence classifier with ``num_labels=1`` and ``config.pad_token_id`` set (optionally LoRA).
         tokenizer: its tokenizer (fast; chat template for conversational pairs).
         train_dataset: preference rows (see ``align.chat_data``), or rows already tokenised

@@ -79,7 +79,6 @@ class SFTTrainer(SupervisedTrainerMixin, Trainer):
     """SFT on the Trainer base.
 
     Args:
-        config: an ``SFTConfig``.
         model: a causal LM (optionally a peft LoRA model).
         tokenizer: its tokenizer (a fast one; the chat template formats conversations).
         train_dataset: rows in an SFT schema (``datasets.Dataset`` or list of dicts), or rows already
