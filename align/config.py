@@ -9,21 +9,28 @@ with ``ast`` and hands them to argparse as help text, so ``--help`` and the sour
 (one source of truth, as CleanRL does with its comments).
 
 Parsing is TRL's ``TrlParser`` (a ``transformers.HfArgumentParser``): we do not write a parser. We only
-add what it lacks: errors that name the YAML file and the unknown key, and ``validate()`` hooks that
-name the field and its allowed range.
+add what it lacks: errors that name the YAML file and the unknown key, ``validate()`` hooks that name the
+field and its allowed range, and one type check (``check_types``) that every value passes through,
+whether it comes from the YAML file, the command line or Python: argparse converts only the strings it
+reads from the command line, so a YAML value used as a default would otherwise reach the trainer as
+written (``max_steps: 1.5`` training 2 steps, ``reward_funcs: boxed_format`` read one letter at a time).
 """
 
 import ast
 import dataclasses
+import functools
 import inspect
+import math
+import numbers
 import os
 import sys
 import textwrap
 import types
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
@@ -67,6 +74,198 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     """Raise ``ConfigError`` naming ``name`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Types: every field's value is converted to and checked against its annotation, wherever it came from.
+# --------------------------------------------------------------------------------------------------
+
+_TRUE = ("true", "yes", "y", "t", "1")
+_FALSE = ("false", "no", "n", "f", "0")
+
+
+class _Mismatch(Exception):
+    """A value that does not fit a type: ``expected`` names the type, or ``choices`` a Literal's values."""
+
+    def __init__(self, expected: str, choices: tuple[Any, ...] | None = None) -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.choices = choices
+
+
+class _FlagError(Exception):
+    """Carries a ``ConfigError`` out of an argparse ``type`` function (argparse would turn a ``ValueError``
+    into its own usage message and exit; this is not one, so it reaches ``parse_config``)."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names + (["None"] if type(None) in args else []))
+    if origin is list:
+        (inner,) = typing.get_args(hint) or (Any,)
+        return f"list of {_type_name(inner)}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _convert(value: Any, hint: Any, *, text: bool, finite: bool = True) -> Any:
+    """``value`` as type ``hint``, or ``_Mismatch``. Nothing is rounded or guessed: an int field refuses
+    1.5 and 2.0, a float field accepts ints (as floats) and, when ``finite``, refuses NaN and inf; a
+    ``list[X]`` field accepts a list of X or a single X (as a one-element list); ``X | None`` accepts None;
+    a Literal its values. ``text``: strings are also read as the type (the command line, and YAML scalars
+    that PyYAML leaves as strings, such as ``1e-5``); Python values are taken only as they are.
+    Types this check does not know (``Any``, tensors, ...) are left to the config's ``validate()``."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        others = [a for a in args if a is not type(None)]
+        optional = len(others) < len(args)
+        if optional and value is None:
+            return None
+        if (
+            optional
+            and text
+            and str not in others
+            and isinstance(value, str)
+            and value.lower() in ("none", "null")
+        ):
+            return None  # "--eval_max_new_tokens None"; a str field keeps the word as written
+        failures = []
+        for a in others:
+            try:
+                return _convert(value, a, text=text, finite=finite)
+            except _Mismatch as m:
+                failures.append(m)
+        if len(failures) == 1 and failures[0].choices is not None:
+            raise failures[0]
+        if len(failures) == 1 and optional:
+            raise _Mismatch(f"{failures[0].expected} or None")
+        raise _Mismatch(_type_name(hint))
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        for c in choices:
+            if value == c and type(value) is type(c):
+                return c
+            if text and isinstance(value, str) and value == str(c):
+                return c
+        raise _Mismatch(_type_name(hint), choices)
+    if origin is list or hint is list:
+        (inner,) = typing.get_args(hint) or (Any,)
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        try:
+            return [_convert(v, inner, text=text, finite=finite) for v in items]
+        except _Mismatch as m:
+            raise _Mismatch(f"list of {m.expected}", m.choices) from None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if text and isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise _Mismatch("bool")
+    if hint is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)  # numpy's integers too
+        if text and isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise _Mismatch("int")
+    if hint is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            number = float(value)
+        elif text and isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise _Mismatch("float") from None
+        else:
+            raise _Mismatch("float")
+        if finite and not math.isfinite(number):
+            raise _Mismatch("finite float")
+        return number
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch("str")
+    return value
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Each field's declared type, resolved (``from __future__ import annotations`` leaves strings)."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        hints = {}
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = hints.get(f.name, f.type)
+        out[f.name] = Any if isinstance(hint, str) else hint
+    return out
+
+
+def _mismatch_message(name: str, value: Any, m: _Mismatch, where: str | None) -> str:
+    if m.choices is not None:  # check_choice's wording, which the configs' own checks use too
+        message = f"{name} must be one of {list(m.choices)}, got {value!r}"
+    else:
+        message = f"{name}: expected {m.expected}, got {value!r}"
+    return message + (f" ({where})" if where else "")
+
+
+def _convert_field(cls: type, name: str, value: Any, *, text: bool, where: str | None) -> Any:
+    """``value`` converted to field ``name``'s type of ``cls``; a ``ConfigError`` on one line names the
+    field, the value, the expected type and ``where`` the value came from (a file or a flag)."""
+    finite = name not in getattr(cls, "NONFINITE_FIELDS", ())
+    try:
+        return _convert(value, _field_types(cls)[name], text=text, finite=finite)
+    except _Mismatch as m:
+        raise ConfigError(_mismatch_message(name, value, m, where)) from None
+
+
+def check_types(config: Any) -> None:
+    """Convert every field of the dataclass ``config`` to its declared type, in place, or raise a
+    ``ConfigError`` naming the field, the value and the type (see ``_convert`` for the rules).
+
+    Called by ``TrainConfig.__post_init__`` before ``validate()``, so every config built on it is checked
+    however it is made; ``parse_config`` also converts the YAML file's values and the command line's
+    strings with the same rules, naming the file or the flag. Float fields must be finite unless the
+    config class lists them in ``NONFINITE_FIELDS`` (and documents what inf or NaN means there)."""
+    cls = type(config)
+    for f in dataclasses.fields(config):
+        if hasattr(config, f.name):
+            value = _convert_field(cls, f.name, getattr(config, f.name), text=False, where=None)
+            object.__setattr__(config, f.name, value)
+
+
+def _flag_type(cls: type, name: str, flag: str) -> Callable[[str], Any]:
+    """The argparse ``type`` of field ``name``: one command-line string (one item of a list field) read
+    as the field's type, with errors naming the flag."""
+    hint = _field_types(cls)[name]
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        others = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(others) == 1 and typing.get_origin(others[0]) is list:
+            hint = others[0]
+    if typing.get_origin(hint) is list:
+        (hint,) = typing.get_args(hint) or (Any,)
+    finite = name not in getattr(cls, "NONFINITE_FIELDS", ())
+
+    def convert(text: str) -> Any:
+        try:
+            return _convert(text, hint, text=True, finite=finite)
+        except _Mismatch as m:
+            raise _FlagError(ConfigError(_mismatch_message(name, text, m, flag))) from None
+
+    convert.__name__ = _type_name(hint)
+    return convert
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,6 +334,7 @@ class TrainConfig:
     """Turn off the progress bar (logs still go to metrics.jsonl)."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         self.validate()
 
     def validate(self) -> None:
@@ -164,9 +364,7 @@ class TrainConfig:
 
         allowed = [s.value for s in SchedulerType]
         check_choice("lr_scheduler_type", self.lr_scheduler_type, allowed)
-        if isinstance(self.report_to, str):
-            self.report_to = [] if self.report_to in ("", "none") else [self.report_to]
-        self.report_to = [r for r in self.report_to if r != "none"]
+        self.report_to = [r for r in self.report_to if r not in ("", "none")]
 
 
 @dataclass
@@ -254,7 +452,8 @@ def _attach_help(cls: type) -> None:
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         if f.name in docs and "help" not in f.metadata:
-            f.metadata = types.MappingProxyType({**f.metadata, "help": docs[f.name]})
+            # argparse formats help with %-interpolation (``%(default)s``): a literal % must be %%.
+            f.metadata = types.MappingProxyType({**f.metadata, "help": docs[f.name].replace("%", "%%")})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,14 +479,17 @@ def _read_yaml(path: str) -> dict[str, Any]:
 def parse_config(cls: type[C], args: Sequence[str] | None = None) -> C:
     """Parse ``cls`` from ``--config FILE.yaml`` (optional) and CLI overrides; CLI wins over YAML.
 
-    Unknown keys in the YAML file and unknown flags are errors that name the key; invalid values raise
-    ``ConfigError`` from the config's ``validate()``, naming the field and the allowed range.
+    Unknown keys in the YAML file and unknown flags are errors that name the key. Every value is converted
+    to its field's type (``check_types``'s rules), or a ``ConfigError`` names the field, the value, the
+    type and the file or flag it came from; invalid values then raise ``ConfigError`` from the config's
+    ``validate()``, naming the field and the allowed range.
     """
     from trl import TrlParser
 
     _attach_help(cls)
     aliases: dict[str, str] = getattr(cls, "ALIASES", {})
-    argv = _translate_flags(list(sys.argv[1:] if args is None else args), aliases)
+    given = list(sys.argv[1:] if args is None else args)
+    argv = _translate_flags(given, aliases)
     known = {f.name for f in dataclasses.fields(cls)}
     data: dict[str, Any] = {}
     config_path = None
@@ -306,11 +508,20 @@ def parse_config(cls: type[C], args: Sequence[str] | None = None) -> C:
         env = data.pop("env", {}) or {}
         if not isinstance(env, dict):
             raise ConfigError(f"config file {config_path}: 'env' must be a mapping of variable: value")
+        # argparse converts only command-line strings: a YAML value would become a default as written.
+        where = f"config file {config_path}"
+        data = {k: _convert_field(cls, k, v, text=True, where=where) for k, v in data.items()}
         os.environ.update({str(k): str(v) for k, v in env.items()})
     parser = TrlParser(dataclass_types=[cls])
     parser.set_defaults_with_config(**data)
+    flags = _flags_given(given, aliases)
+    for action in parser._actions:
+        if action.dest in known and action.type is not None:
+            action.type = _flag_type(cls, action.dest, flags.get(action.dest, f"--{action.dest}"))
     try:
         (config,) = parser.parse_args_into_dataclasses(args=argv)
+    except _FlagError as e:
+        raise e.error from None
     except ConfigError:
         raise
     except ValueError as e:
@@ -342,6 +553,16 @@ def _translate_flags(argv: list[str], aliases: dict[str, str]) -> list[str]:
             seen[name] = flag
             tok = f"--{name}{eq}{value}"
         out.append(tok)
+    return out
+
+
+def _flags_given(argv: list[str], aliases: dict[str, str]) -> dict[str, str]:
+    """Field name -> the flag as the user spelled it (``--beta`` for kl_coef), for error messages."""
+    out = {}
+    for tok in argv:
+        if tok.startswith("--"):
+            flag = tok[2:].partition("=")[0]
+            out[aliases.get(flag, flag).replace("-", "_")] = f"--{flag}"
     return out
 
 
