@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from align.data import describe_json_type, read_rows, shipped_data
+from align.data import content_text, describe_json_type, read_rows, shipped_data
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -187,20 +187,6 @@ def _common_prefix(a: Sequence, b: Sequence) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def _content(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (list, tuple)):  # [{"type": "text", "text": ...}, ...]
-        return "".join(
-            p if isinstance(p, str) else str(p.get("text", ""))
-            for p in content
-            if isinstance(p, str) or (isinstance(p, dict) and p.get("type", "text") == "text")
-        )
-    return str(content)
-
-
 def normalize_messages(messages: Any) -> list[dict[str, str]]:
     """``[{"role", "content"}]`` with string contents, from OpenAI-style or ShareGPT (``from``/``value``).
 
@@ -215,7 +201,7 @@ def normalize_messages(messages: Any) -> list[dict[str, str]]:
         if not isinstance(role, str):
             raise SkipRow("invalid_messages", f"a message without a role: {m!r}"[:200])
         role = _SHAREGPT_ROLES.get(role, role) if "from" in m and "role" not in m else role
-        content = _content(m.get("content", m.get("value")))
+        content = content_text(m.get("content", m.get("value")))
         extra = {
             k: v for k, v in m.items() if k not in ("role", "content", "from", "value") and v is not None
         }
@@ -427,7 +413,7 @@ def _completion_text(completion: Any) -> str:
     if isinstance(completion, str):
         return completion
     if is_messages(completion):
-        return "".join(_content(m.get("content", m.get("value"))) for m in completion)
+        return "".join(content_text(m.get("content", m.get("value"))) for m in completion)
     return ""
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "LOCAL_SUFFIXES",
     "MATH_INSTRUCTION",
     "build_math_prompt",
+    "content_text",
     "default_data_dir",
     "describe_json_type",
     "describe_source",
@@ -235,6 +236,24 @@ def describe_json_type(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def content_text(content: Any) -> str:
+    """The text of a chat message's ``content``: a string, or the text parts of a list of parts
+    (``[{"type": "text", "text": ...}, ...]``) joined; None gives ""."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and part.get("type", "text") == "text":
+                parts.append(str(part.get("text", "")))
+        return "".join(parts)
+    return str(content)
 
 
 def _from_records(path: Path, records: list[dict], where: list[str]) -> Dataset:

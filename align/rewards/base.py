@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from align.data import content_text
+
 
 def message_text(item: Any) -> str:
     """The text of a prompt or completion, which TRL passes either as a string or as chat messages.
@@ -27,28 +29,12 @@ def message_text(item: Any) -> str:
     if isinstance(item, str):
         return item
     if isinstance(item, dict):
-        return _content_text(item.get("content"))
+        return content_text(item.get("content"))
     if isinstance(item, Sequence):
         if not item:
             return ""
         return message_text(item[-1])
     return str(item)
-
-
-def _content_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and part.get("type", "text") == "text":
-                parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    return str(content)
 
 
 def column(columns: dict[str, Any], name: str, n: int) -> list | None:
