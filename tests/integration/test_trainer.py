@@ -217,3 +217,63 @@ def test_two_processes_equal_one(tmp_path, token_loss):
     rows = read_metrics(tmp_path / "two")
     assert len(rows) == 6
     assert _close(one, two, tol=1e-5), (one, two)
+
+
+# --- checkpoints that load without running code, and damaged ones -------------------------------------
+
+
+class _Payload:
+    """Unpickling this creates the file ``path``: proof that a loader ran code from a checkpoint."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _saved_run(tmp_path: Path) -> Path:
+    _run(tmp_path, "run", "--max_steps", "4", "--save_steps", "2", "--save_total_limit", "0")
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return tmp_path / "run"
+
+
+def _resume(out: Path):
+    return _run(out.parent, out.name, "--max_steps", "6", "--resume_from_checkpoint", "latest")
+
+
+def test_resume_never_unpickles_a_planted_payload(tmp_path):
+    """Every file of every checkpoint replaced by a pickle whose loading would create a file, plus
+    accelerate's custom-state file name: resume refuses each (naming it) and the payload never runs."""
+    import pickle
+
+    from align.checkpoint import CheckpointError
+
+    out = _saved_run(tmp_path)
+    ran = tmp_path / "payload_ran"
+    for ckpt in sorted((out / "checkpoints").iterdir()):
+        for f in ckpt.iterdir():
+            if f.name != "COMPLETE":
+                f.write_bytes(pickle.dumps(_Payload(str(ran))))
+        (ckpt / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Payload(str(ran))))
+    with pytest.raises(CheckpointError, match=r"step-2.*(unreadable|not loadable|Error)"):
+        _resume(out)
+    assert not ran.exists()
+
+
+def test_latest_skips_incomplete_and_falls_back_from_damaged(tmp_path, capsys):
+    """A kill mid-write leaves a folder without COMPLETE (never 'latest'); a truncated file in the newest
+    complete checkpoint is named, and resume falls back to the previous complete one, saying so."""
+    from align.trainer import list_checkpoints
+
+    out = _saved_run(tmp_path)
+    half = out / "checkpoints" / "step-6"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"partial")
+    assert [p.name for p in list_checkpoints(out)] == ["step-2", "step-4"]
+    model = out / "checkpoints" / "step-4" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:100])
+    _, rows = _resume(out)
+    assert "checkpoints/step-4/model.safetensors" in capsys.readouterr().out
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]  # steps 3-4 logged again from step 2, once each
