@@ -10,14 +10,18 @@ Two modes:
   scores it, `acc` and `acc_norm` (see `align.eval.loglikelihood`).
 
 Both return a `TaskResult`: a JSON-ready `summary` and one record per sample for `samples.jsonl`.
-Accounting: a completion with no answer, a verifier timeout, or a row whose gold cannot be parsed all
-count as wrong (the denominator is every problem); each is counted in the summary (`no_answer`,
-`timeouts`, `unscorable`, and the verifier's other counters under `verifier`).
+Accounting: a completion with no answer or a verifier timeout counts as wrong; each is counted in the
+summary (`no_answer`, `timeouts`, and the verifier's other counters under `verifier`). A problem whose gold
+answer cannot be parsed (or is missing) cannot be scored: the task's score is None, as the reward's "not
+applicable", and such a problem is left out of every metric (accuracy, its interval, pass@k, maj@k are
+over the `n_scorable` problems), counted (`unscorable`, `unscorable_indices`) and listed in the report.
+Counting it as wrong would measure the dataset's gold answers, not the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +32,8 @@ from align.eval.tasks import Task
 from align.generation import Generator, SamplingParams
 
 __all__ = ["TaskResult", "default_ks", "evaluate_generate", "evaluate_loglikelihood"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,7 +51,9 @@ class TaskResult:
 
     @property
     def accuracy(self) -> float:
-        return float(self.summary["accuracy"])
+        """The summary's accuracy; NaN when no problem could be scored (the summary holds None)."""
+        value = self.summary["accuracy"]
+        return float("nan") if value is None else float(value)
 
 
 def default_ks(n: int) -> list[int]:
@@ -65,7 +73,9 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
-def _interval(p: float, n: int) -> list[float]:
+def _interval(p: float | None, n: int) -> list[float] | None:
+    if p is None:
+        return None
     lo, hi = wilson_interval(p, n)
     return [round(lo, 6), round(hi, 6)]
 
@@ -90,7 +100,8 @@ def evaluate_generate(
     `generator` is anything with `generate(prompts, SamplingParams) -> Rollout`; `num_samples` (n) > 1 needs
     temperature > 0 (0 = greedy). Problems are sorted by prompt length into batches of `batch_size` (less
     padding; outputs keep the dataset order), and batch b samples with seed `seed + b` (None = unseeded), so
-    a run is repeatable. `ks`: the pass@k / maj@k sizes (each <= n), default `default_ks(n)`.
+    a run is repeatable. `ks`: the pass@k / maj@k sizes (each <= n), default `default_ks(n)`. Problems
+    whose gold cannot be parsed are left out of the metrics and counted (see the module docstring).
     """
     ks = _check_generate_args(task, rows, num_samples, temperature, batch_size, ks)
     task.pop_stats()  # count only this evaluation's failures
@@ -127,7 +138,7 @@ def _sample_and_score(
     order = sorted(range(len(rows)), key=lambda i: -len(str(prompts[i])))
     per_problem: list[dict[str, Any] | None] = [None] * len(rows)
     samples: list[list[dict] | None] = [None] * len(rows)
-    correct = done = 0
+    correct = scored = 0
     bar = _progress(len(rows), task.name, progress)
     try:
         for b, start in enumerate(range(0, len(order), batch_size)):
@@ -142,10 +153,12 @@ def _sample_and_score(
                 samples[i], per_problem[i] = _score_problem(
                     task, rows[i], i, prompts[i], completions[j * n : (j + 1) * n], ks
                 )
-                correct += per_problem[i]["correct"]
-                done += 1
+                if per_problem[i]["scorable"]:
+                    correct += per_problem[i]["correct"]
+                    scored += 1
             bar.update(len(batch))
-            bar.set_postfix(acc=f"{correct / (done * n):.3f}")
+            if scored:
+                bar.set_postfix(acc=f"{correct / (scored * n):.3f}")
     finally:
         bar.close()
     records = [rec for group in samples if group for rec in group]
@@ -185,7 +198,11 @@ def _score_problem(
     ks: Sequence[int],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score the ``n`` completions ``(text, ended with eos, tokens)`` of problem ``i``: one record per sample
-    for samples.jsonl, and the problem's record (correct count, accuracy, maj@k correctness per k)."""
+    for samples.jsonl, and the problem's record (correct count, accuracy, maj@k correctness per k).
+
+    A score of None means the gold cannot be used: the sample's ``correct`` is None (not scored, not
+    wrong), and the problem is unscorable (``scorable`` False, ``accuracy`` None), with its id, question
+    and gold as written for the report's list."""
     records, scores, answers = [], [], []
     for s, (completion, is_eos, length) in enumerate(completions):
         score = task.score(row, completion)
@@ -202,7 +219,7 @@ def _score_problem(
                 "completion": completion,
                 "extracted": extracted,
                 "gold": task.gold(row),
-                "correct": bool(score is not None and score >= 1.0),
+                "correct": None if score is None else bool(score >= 1.0),
                 "score": score,
                 "truncated": not is_eos,
                 "completion_tokens": int(length),
@@ -210,38 +227,49 @@ def _score_problem(
             }
         )
     c = sum(1 for rec in records if rec["correct"])
+    scorable = all(rec["score"] is not None for rec in records)
     problem = {
         "index": i,
+        "scorable": scorable,
         "correct": c,
-        "accuracy": c / len(completions),
+        "accuracy": c / len(completions) if scorable else None,
         "majority": {k: majority_vote(answers[:k], scores[:k])[1] for k in ks},
         **{col: row.get(col) for col in task.breakdown_columns},
     }
+    if not scorable:
+        problem.update(id=task.row_id(row, i), question=task.question(row), raw_gold=task.raw_gold(row))
     return records, problem
 
 
 def _generate_summary(
     task: Task, num_rows: int, n: int, ks: Sequence[int], problems: list[dict], records: list[dict]
 ) -> dict[str, Any]:
-    """The JSON-ready summary of a generate evaluation: accuracy and its interval, pass@k, maj@k, and the
-    counts of every way a sample can fail (no answer, unscorable gold, verifier timeout, truncation)."""
-    correct = sum(rec["correct"] for rec in records)
-    accuracy = correct / (num_rows * n)
+    """The JSON-ready summary of a generate evaluation: accuracy and its interval, pass@k and maj@k over the
+    scorable problems (None when there is none), and the counts of every way a sample can fail (no answer,
+    verifier timeout, truncation) or a problem cannot be scored (its indices in ``unscorable_indices``)."""
+    scored = [p for p in problems if p["scorable"]]
+    m = len(scored)
+    correct = sum(p["correct"] for p in scored)
+    accuracy = correct / (m * n) if m else None
+    if not m:
+        logger.warning("%s: no problem has a scorable gold answer; accuracy is undefined", task.name)
     stats = task.pop_stats()
-    counts = [p["correct"] for p in problems]
+    counts = [p["correct"] for p in scored]
     return {
         "task": task.name,
         "mode": "generate",
         "n": num_rows,
+        "n_scorable": m,
         "num_samples": n,
         "accuracy": accuracy,
-        "accuracy_ci95": _interval(accuracy, num_rows),
-        "ci_method": "wilson (sample size = problems)",
+        "accuracy_ci95": _interval(accuracy, m),
+        "ci_method": "wilson (sample size = scorable problems)",
         "correct": correct,
-        **{f"pass@{k}": mean_pass_at_k(counts, n, k) for k in ks},
-        **{f"maj@{k}": sum(p["majority"][k] for p in problems) / len(problems) for k in ks},
+        **{f"pass@{k}": mean_pass_at_k(counts, n, k) if m else None for k in ks},
+        **{f"maj@{k}": sum(p["majority"][k] for p in scored) / m if m else None for k in ks},
         "no_answer": sum(rec["extracted"] is None for rec in records),
-        "unscorable": sum(rec["score"] is None for rec in records),
+        "unscorable": num_rows - m,
+        "unscorable_indices": [p["index"] for p in problems if not p["scorable"]],
         "timeouts": int(stats.get("timeouts", 0)),
         "truncated": sum(rec["truncated"] for rec in records),
         "mean_completion_tokens": sum(rec["completion_tokens"] for rec in records) / (num_rows * n),

@@ -25,8 +25,10 @@ def heldout_accuracy(
     """Greedy-decode each row's ``prompt`` and score it with ``reward_fn`` (other columns by name).
 
     Rows are split across processes when ``accelerator`` is given and the counts summed. Returns
-    ``accuracy`` (score >= 1 counts as correct; None or a missing answer is wrong), ``n``, ``correct``,
-    ``unscorable`` (rows the reward returned None for) and ``mean_length`` (completion tokens).
+    ``accuracy`` (score >= 1 counts as correct, a missing answer is wrong) over the scorable rows: a row
+    the reward returned None for (its gold cannot be used) is left out and counted as ``unscorable``, as
+    ``align eval`` does (NaN when no row is scorable); also ``n``, ``correct`` and ``mean_length``
+    (completion tokens, over all rows).
     """
     n_rows = len(dataset) if limit is None else min(limit, len(dataset))
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
@@ -53,7 +55,7 @@ def heldout_accuracy(
         counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
     correct, unscorable, tokens, n = counts.tolist()
     return {
-        "accuracy": correct / max(n, 1.0),
+        "accuracy": correct / (n - unscorable) if n > unscorable else float("nan"),
         "n": n,
         "correct": correct,
         "unscorable": unscorable,
@@ -65,7 +67,8 @@ def heldout_evaluator(
     dataset: Any, reward_fn: Callable, *, max_new_tokens: int = 256, limit: int | None = None
 ) -> Callable[[Any], dict[str, float]]:
     """The in-training evaluation of an RL trainer (``Trainer(evaluator=...)``): ``heldout_accuracy`` with
-    the trainer's own sampler and processes, as ``eval/accuracy`` and ``eval/mean_length``."""
+    the trainer's own sampler and processes, as ``eval/accuracy``, ``eval/mean_length`` and
+    ``eval/unscorable`` (rows left out of the accuracy)."""
 
     def evaluate(trainer: Any) -> dict[str, float]:
         res = heldout_accuracy(
@@ -76,6 +79,10 @@ def heldout_evaluator(
             limit=limit,
             accelerator=trainer.accelerator,
         )
-        return {"eval/accuracy": res["accuracy"], "eval/mean_length": res["mean_length"]}
+        return {
+            "eval/accuracy": res["accuracy"],
+            "eval/mean_length": res["mean_length"],
+            "eval/unscorable": res["unscorable"],
+        }
 
     return evaluate

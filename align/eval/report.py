@@ -5,7 +5,8 @@ Layout of `output_dir` (one folder per task, so several tasks fit in one call):
     output_dir/
       config.yaml            the resolved EvalConfig (reloads with --config)
       summary.json           {"model": ..., "settings": ..., "tasks": {task: summary, ...}}
-      report.md              every task's metrics; MATH-style tasks broken down by subject and level
+      report.md              every task's metrics; MATH-style tasks broken down by subject and level;
+                             the problems whose gold cannot be parsed (left out of the metrics)
       <task>/samples.jsonl   one line per (problem, sample): prompt, completion, extracted, gold, correct, ...
       <task>/summary.json    that task's summary with model and settings
       <task>/accuracy_by_level.png   tasks with a `level` column (MATH500)
@@ -33,10 +34,13 @@ def _sort_key(value: Any) -> tuple:
 
 
 def breakdown(problems: Sequence[dict], column: str) -> list[dict[str, Any]]:
-    """Per-value accuracy of `column` over problems: [{value, n, accuracy, ci95}], values sorted
-    (numerically when they are numbers). Problems without the column are grouped under None."""
+    """Per-value accuracy of `column` over the scorable problems (accuracy not None): [{value, n, accuracy,
+    ci95}], values sorted (numerically when they are numbers). Problems without the column are grouped
+    under None."""
     groups: dict[Any, list[float]] = {}
     for p in problems:
+        if p.get("accuracy") is None:
+            continue
         groups.setdefault(p.get(column), []).append(float(p["accuracy"]))
     out = []
     for value in sorted(groups, key=_sort_key):
@@ -56,6 +60,44 @@ def _ci(ci: Sequence[float] | None) -> str:
     return "-" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def _cell(value: Any, limit: int, *, tail: bool = False) -> str:
+    """``value`` as one markdown table cell: whitespace collapsed, cut to ``limit`` characters (keeping the
+    end when ``tail``: a GSM8K answer's number comes last), pipes escaped; "(missing)" for None or blank."""
+    text = " ".join(str(value).split()) if value is not None else ""
+    if not text:
+        return "(missing)"
+    if len(text) > limit:
+        text = "..." + text[-limit:] if tail else text[:limit] + "..."
+    return text.replace("|", "\\|")
+
+
+MAX_LISTED = 50
+"""Unscorable problems listed in a task's report section; all their indices are in summary.json."""
+
+
+def _unscorable_section(result: TaskResult) -> list[str]:
+    """The list of problems whose gold answer cannot be parsed: index, id, question start, gold as written."""
+    rows = [p for p in result.problems if p.get("scorable") is False]
+    if not rows:
+        return []
+    lines = [
+        "### Unscorable gold answers (left out of the metrics)",
+        "",
+        "| index | id | question | gold as written |",
+        "|---|---|---|---|",
+    ]
+    for p in rows[:MAX_LISTED]:
+        gold = _cell(p.get("raw_gold"), 60, tail=True)
+        lines.append(
+            f"| {p['index']} | {_cell(p.get('id'), 40)} | {_cell(p.get('question'), 60)} | "
+            + (gold if gold == "(missing)" else f"`` {gold} ``")
+            + " |"
+        )
+    if len(rows) > MAX_LISTED:
+        lines += ["", f"... and {len(rows) - MAX_LISTED} more (`unscorable_indices` in summary.json)."]
+    return [*lines, ""]
+
+
 def _task_section(result: TaskResult, *, plot_name: str | None) -> list[str]:
     s = result.summary
     lines = [f"## {result.task} ({result.mode})", ""]
@@ -73,13 +115,15 @@ def _task_section(result: TaskResult, *, plot_name: str | None) -> list[str]:
     if result.mode == "generate":
         counts += [
             f"{s['num_samples']} sample(s) each",
+            f"unscorable gold: {s['unscorable']} (left out of the metrics, which are over "
+            f"{s['n_scorable']} problems)",
             f"no answer: {s['no_answer']}",
             f"verifier timeouts: {s['timeouts']}",
-            f"unscorable gold: {s['unscorable']}",
             f"truncated: {s['truncated']}",
             f"mean completion tokens: {s['mean_completion_tokens']:.1f}",
         ]
     lines += ["; ".join(counts) + ". Interval: " + s["ci_method"] + ".", ""]
+    lines += _unscorable_section(result)
     columns = [c for c in ("subject", "level") if any(c in p for p in result.problems)]
     for column in columns:
         lines += [f"### By {column}", "", f"| {column} | n | accuracy (%) | 95% CI |", "|---|---|---|---|"]
@@ -110,9 +154,8 @@ def render_report(
     lines += ["| task | mode | n | accuracy (%) | 95% CI |", "|---|---|---|---|---|"]
     for r in results:
         s = r.summary
-        lines.append(
-            f"| {r.task} | {r.mode} | {s['n']} | {_pct(s['accuracy'])} | {_ci(s['accuracy_ci95'])} |"
-        )
+        n = f"{s['n_scorable']} of {s['n']}" if s.get("unscorable") else s["n"]
+        lines.append(f"| {r.task} | {r.mode} | {n} | {_pct(s['accuracy'])} | {_ci(s['accuracy_ci95'])} |")
     lines.append("")
     for r in results:
         lines += _task_section(r, plot_name=plots.get(r.task))
@@ -161,8 +204,22 @@ def plot_accuracy_by_level(result: TaskResult, path: str | Path) -> Path | None:
     return path
 
 
+def _json_value(value: Any) -> Any:
+    """``json.dumps``'s fallback for what it cannot write: numpy and torch scalars and arrays as numbers,
+    booleans and lists (``.item()`` / ``.tolist()``), so that readers (pandas, jq) get typed values;
+    anything else (a path, ...) as its string."""
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()  # a 0-d array or tensor, or a numpy scalar: a Python number or bool
+    return str(value)
+
+
+def _dumps(data: Any, **kwargs: Any) -> str:
+    return json.dumps(data, default=_json_value, **kwargs)
+
+
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    path.write_text(_dumps(data, indent=2) + "\n")
 
 
 def write_task_outputs(result: TaskResult, directory: str | Path, meta: dict[str, Any]) -> dict[str, Path]:
@@ -173,7 +230,7 @@ def write_task_outputs(result: TaskResult, directory: str | Path, meta: dict[str
     paths = {"samples": directory / "samples.jsonl", "summary": directory / "summary.json"}
     with open(paths["samples"], "w") as f:
         for record in result.samples:
-            f.write(json.dumps(record, default=str) + "\n")
+            f.write(_dumps(record) + "\n")
     _write_json(paths["summary"], {**result.summary, **meta})
     plot = plot_accuracy_by_level(result, directory / "accuracy_by_level.png")
     if plot is not None:

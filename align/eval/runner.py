@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from align.config import ConfigError, check_choice, check_range, save_config
+from align.config import ConfigError, check_choice, check_range, check_types, save_config
 from align.eval.harness import TaskResult, evaluate_generate, evaluate_loglikelihood
 from align.eval.report import write_outputs
 from align.eval.tasks import MODES, TASKS, get_task
@@ -89,6 +89,7 @@ class EvalConfig:
     """Turn off the progress bars."""
 
     def __post_init__(self) -> None:
+        check_types(self)  # every field converted to its declared type, however the config is built
         self.validate()
 
     def validate(self) -> None:
@@ -326,9 +327,14 @@ def _run_task(
 
 def _print_result(name: str, s: dict[str, Any]) -> None:
     extra = f", acc_norm {s['acc_norm']:.4f}" if "acc_norm" in s else ""
+    unscorable = s.get("unscorable", 0)
+    excluded = f" ({unscorable} with an unscorable gold left out)" if unscorable else ""
+    if s["accuracy"] is None:
+        print(f"{name} ({s['mode']}): no accuracy: none of the {s['n']} problems has a scorable gold answer")
+        return
     print(
         f"{name} ({s['mode']}): accuracy {s['accuracy']:.4f} [{s['accuracy_ci95'][0]:.4f}, "
-        f"{s['accuracy_ci95'][1]:.4f}]{extra} on {s['n']} problems"
+        f"{s['accuracy_ci95'][1]:.4f}]{extra} on {s.get('n_scorable', s['n'])} problems{excluded}"
     )
 
 

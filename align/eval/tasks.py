@@ -101,6 +101,16 @@ class Task:
         """The gold answer as a string (for samples.jsonl and the report)."""
         raise NotImplementedError
 
+    def question(self, row: dict) -> str:
+        """The row's question as written (its first required column), for the report."""
+        value = row.get(self.required_columns[0]) if self.required_columns else None
+        return "" if value is None else str(value)
+
+    def raw_gold(self, row: dict) -> Any:
+        """The gold answer as the row writes it, before extraction: what the report shows for a row whose
+        gold cannot be parsed."""
+        raise NotImplementedError
+
     def extract(self, row: dict, completion: Any) -> str | None:
         """The answer the completion gives (None = none found)."""
         raise NotImplementedError
@@ -147,6 +157,11 @@ class MathTask(Task):
 
     def gold(self, row: dict) -> str | None:
         return extract_gold(row.get("answer"), row.get("solution"))
+
+    def raw_gold(self, row: dict) -> Any:
+        # The gold comes from `answer`, or from the solution's boxed answer when `answer` is empty.
+        answer = row.get("answer")
+        return answer if answer is not None and str(answer).strip() else row.get("solution")
 
     def extract(self, row: dict, completion: Any) -> str | None:
         return extract_answer(completion, fallbacks=self.reward.fallbacks)
@@ -257,6 +272,9 @@ class ArcTask(Task):
 
     def gold(self, row: dict) -> str | None:
         return str(row["answerKey"]).strip()
+
+    def raw_gold(self, row: dict) -> Any:
+        return row.get("answerKey")
 
     def extract(self, row: dict, completion: Any) -> str | None:
         return extract_choice(completion, self.labels(row))

@@ -52,6 +52,9 @@ def test_recipe_several_tasks(tiny_model_dir, tmp_path, capsys):
         assert (out / task / "samples.jsonl").is_file() and (out / task / "summary.json").is_file()
     samples = [json.loads(line) for line in (out / "math500" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8 and all(isinstance(s["correct"], bool) for s in samples)
+    for s in samples:  # JSON booleans and numbers, not their strings
+        assert type(s["index"]) is int and type(s["sample"]) is int and type(s["score"]) is float
+        assert type(s["truncated"]) is bool and type(s["completion_tokens"]) is int
     assert (out / "math500" / "accuracy_by_level.png").is_file()
     assert not (out / "arc_easy" / "accuracy_by_level.png").exists()
     report = (out / "report.md").read_text()
@@ -94,6 +97,27 @@ def test_align_eval_with_adapter_and_generative_arc(tiny_model_dir, tmp_path):
     assert {"completion", "extracted", "gold", "correct"} <= set(generated)
     summary = json.loads((tmp_path / "generate" / "summary.json").read_text())["tasks"]["arc_easy"]
     assert summary["mode"] == "generate" and summary["n"] == 4
+
+
+def test_align_eval_unscorable_gold(tiny_model_dir, tmp_path, capsys):
+    """The fixture's row 5 has the gold "???": left out of the accuracy, counted and listed in the report."""
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(tiny_model_dir), "--task", "math500", *_data_args("math500"),
+            "--max_new_tokens", "4", "--output_dir", str(out), "--disable_progress_bar"]  # fmt: skip
+    assert align_main(argv) == 0
+    assert "on 5 problems (1 with an unscorable gold left out)" in capsys.readouterr().out
+    s = json.loads((out / "math500" / "summary.json").read_text())
+    assert (s["n"], s["n_scorable"], s["unscorable"], s["unscorable_indices"]) == (6, 5, 1, [5])
+    assert s["accuracy"] == s["correct"] / 5
+    samples = [json.loads(line) for line in (out / "math500" / "samples.jsonl").read_text().splitlines()]
+    assert samples[5]["correct"] is None and samples[5]["score"] is None
+    assert all(type(rec["correct"]) is bool for rec in samples[:5])
+    report = (out / "math500" / "report.md").read_text()
+    assert "### Unscorable gold answers" in report
+    assert (
+        "| 5 | fixture/geometry/6.json | Name the shape whose vertices are listed in the figure. | `` ??? `` |"
+        in report.splitlines()
+    )
 
 
 def test_align_eval_bad_input(tiny_model_dir, tmp_path, capsys):

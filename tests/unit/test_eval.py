@@ -269,21 +269,25 @@ def _math_harness(tiny_tokenizer, **kw):
 
 def test_generate_harness_metrics(tiny_tokenizer):
     task, rows, generator, result = _math_harness(tiny_tokenizer, seed=7)
-    correct = [2, 4, 1, 0, 2, 0]
+    correct = [2, 4, 1, 0, 2]  # row 5's gold "???" cannot be parsed: it is left out of every metric
     s = result.summary
-    assert s["n"] == 6 and s["num_samples"] == 4 and s["correct"] == sum(correct)
-    assert s["accuracy"] == pytest.approx(sum(correct) / 24) == s["pass@1"]
+    assert s["n"] == 6 and s["n_scorable"] == 5 and s["num_samples"] == 4 and s["correct"] == sum(correct)
+    assert s["accuracy"] == pytest.approx(sum(correct) / 20) == s["pass@1"]
     for k in (2, 4):
-        expected = sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in correct) / 6
+        expected = sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in correct) / 5
         assert s[f"pass@{k}"] == pytest.approx(expected)
     # maj@4: row 0 ("(3,pi/2)" twice once \left...\right is normalised away: right), row 1 right,
-    # row 2 "6" (2 votes) wrong, row 3 only "63/401" votes: wrong, row 4 tie 2-2 -> "2" seen first: right,
-    # row 5 unscorable.
-    assert s["maj@4"] == pytest.approx(3 / 6)
+    # row 2 "6" (2 votes) wrong, row 3 only "63/401" votes: wrong, row 4 tie 2-2 -> "2" seen first: right.
+    assert s["maj@4"] == pytest.approx(3 / 5)
     assert s["no_answer"] == 5  # "no idea", the three unparsable texts of row 3, "???"
-    assert s["unscorable"] == 4 and s["verifier"]["gold_unparsable"] == 4
+    assert s["unscorable"] == 1 and s["unscorable_indices"] == [5]
+    assert s["verifier"]["gold_unparsable"] == 4  # the reward's own count: one per sample
     assert s["timeouts"] == 0
-    assert s["accuracy_ci95"][0] <= s["accuracy"] <= s["accuracy_ci95"][1]
+    assert s["accuracy_ci95"] == pytest.approx(list(wilson_interval(s["accuracy"], 5)), abs=1e-6)
+    assert s["ci_method"] == "wilson (sample size = scorable problems)"
+    unscorable = result.samples[20:]
+    assert all(rec["score"] is None and rec["correct"] is None for rec in unscorable)
+    assert result.problems[5]["scorable"] is False and result.problems[5]["accuracy"] is None
     assert [p.seed for p in generator.calls] == [7, 8]  # batch b uses seed + b
     # Samples: one per (problem, sample) in dataset order, with the report's columns.
     assert len(result.samples) == 24
@@ -301,6 +305,105 @@ def test_generate_harness_metrics(tiny_tokenizer):
     )
     assert result.samples[12]["extracted"] is None and result.samples[12]["correct"] is False
     assert result.samples[15]["extracted"] == "63/401" and result.samples[15]["correct"] is False
+
+
+def _constructed_harness(tiny_tokenizer, rows, completions):
+    task = get_task("math500")
+    by_prompt = {task.build_prompt(r)[-1]["content"]: c for r, c in zip(rows, completions)}
+    return evaluate_generate(task, rows, CannedGenerator(tiny_tokenizer, by_prompt), progress=False)
+
+
+def test_unscorable_gold_is_left_out_of_the_metrics(tiny_tokenizer, tmp_path):
+    """A row whose gold cannot be parsed is not a wrong answer: accuracy = correct / scorable problems (1/2
+    here, not 1/3), with the interval, pass@k and maj@k over those; the row is counted and listed."""
+    rows = [
+        {"problem": "What is 2 + 2?", "answer": "4", "level": 1},
+        {"problem": "Which shape | has three sides?\nName it.", "answer": "???", "level": 1},
+        {"problem": "What is 3 + 4?", "answer": "7", "level": 2},
+    ]
+    result = _constructed_harness(
+        tiny_tokenizer, rows, [[r"\boxed{4}"], [r"\boxed{triangle}"], [r"\boxed{8}"]]
+    )
+    s = result.summary
+    assert (s["n"], s["n_scorable"], s["unscorable"], s["unscorable_indices"]) == (3, 2, 1, [1])
+    assert s["correct"] == 1 and s["accuracy"] == 0.5 == s["pass@1"] == s["maj@1"]
+    assert s["accuracy_ci95"] == pytest.approx(list(wilson_interval(0.5, 2)), abs=1e-6)
+    assert [rec["correct"] for rec in result.samples] == [True, None, False]
+
+    meta = {"model": {"name_or_path": "canned", "adapter": None}, "settings": {}}
+    write_outputs([result], tmp_path, meta)
+    report = (tmp_path / "math500" / "report.md").read_text()
+    assert "### Unscorable gold answers (left out of the metrics)" in report
+    # index, id (the index: these rows have none), the question's start (pipes escaped), the gold as written
+    assert "| 1 | 1 | Which shape \\| has three sides? Name it. | `` ??? `` |" in report
+    assert "unscorable gold: 1 (left out of the metrics, which are over 2 problems)" in report
+    assert "| 1 | 1 | 100.0 |" in report  # by level: level 1 holds only the scorable row 0
+    assert "| math500 | generate | 2 of 3 | 50.0 |" in (tmp_path / "report.md").read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())["tasks"]["math500"]
+    assert summary["unscorable"] == 1 and summary["accuracy"] == 0.5
+
+
+def test_no_scorable_gold_gives_no_accuracy(tiny_tokenizer, tmp_path, capsys):
+    from align.eval.runner import _print_result
+
+    rows = [{"problem": "Name a shape.", "answer": "???"}]
+    result = _constructed_harness(tiny_tokenizer, rows, [[r"\boxed{circle}"]])
+    s = result.summary
+    assert s["accuracy"] is None and s["accuracy_ci95"] is None and s["pass@1"] is None and s["maj@1"] is None
+    assert s["n_scorable"] == 0 and s["unscorable"] == 1 and math.isnan(result.accuracy)
+    write_outputs([result], tmp_path, {"model": {"name_or_path": "canned"}, "settings": {}})
+    assert "| accuracy (pass@1) | - | - |" in (tmp_path / "report.md").read_text()
+    _print_result("math500", s)
+    assert "none of the 1 problems has a scorable gold answer" in capsys.readouterr().out
+
+
+def test_heldout_accuracy_leaves_unscorable_rows_out(tiny_tokenizer):
+    """The in-training check counts as `align eval` does: a row whose gold cannot be parsed is not wrong."""
+    from align.eval.heldout import heldout_accuracy
+    from align.rewards import make_math_reward
+
+    dataset = [
+        {"prompt": [{"role": "user", "content": q}], "answer": a}
+        for q, a in [("2 + 2?", "4"), ("Name a shape.", "???"), ("3 + 4?", "7")]
+    ]
+    generator = CannedGenerator(
+        tiny_tokenizer,
+        {"2 + 2?": [r"\boxed{4}"], "Name a shape.": [r"\boxed{circle}"], "3 + 4?": [r"\boxed{8}"]},
+    )
+    res = heldout_accuracy(generator, dataset, make_math_reward())
+    assert (res["n"], res["unscorable"], res["correct"], res["accuracy"]) == (3, 1, 1, 0.5)
+    res = heldout_accuracy(generator, dataset[1:2], make_math_reward())
+    assert res["unscorable"] == 1 and math.isnan(res["accuracy"])
+
+
+def test_samples_jsonl_writes_json_types(tiny_tokenizer, tmp_path):
+    """Booleans and numbers are JSON booleans and numbers (pandas reads typed columns), numpy and torch
+    scalars included; an unscorable sample's correct and score are null."""
+    np = pytest.importorskip("numpy")
+    _, _, _, result = _math_harness(tiny_tokenizer)
+    result.samples[0].update(
+        level=np.int64(2), score=np.float32(1.0), correct=np.bool_(True), completion_tokens=torch.tensor(5)
+    )
+    result.summary["seconds"] = np.float64(1.5)
+    write_outputs([result], tmp_path, {"model": {"name_or_path": "canned"}, "settings": {}})
+    lines = (tmp_path / "math500" / "samples.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    for rec in records:
+        assert type(rec["index"]) is int and type(rec["sample"]) is int and type(rec["level"]) is int
+        assert type(rec["truncated"]) is bool and type(rec["completion_tokens"]) is int
+        assert (rec["correct"], rec["score"]) == (None, None) or (
+            type(rec["correct"]) is bool and type(rec["score"]) is float
+        )
+    assert (
+        '"correct": true' in lines[0] and '"score": 1.0' in lines[0] and '"completion_tokens": 5' in lines[0]
+    )
+    assert '"correct": null, "score": null' in lines[20]  # row 5: its gold cannot be parsed
+    assert json.loads((tmp_path / "math500" / "summary.json").read_text())["seconds"] == 1.5
+    pd = pytest.importorskip("pandas")
+    frame = pd.read_json(tmp_path / "math500" / "samples.jsonl", lines=True)
+    assert frame["index"].dtype == "int64" and frame["truncated"].dtype == bool
+    # null for an unscorable sample makes pandas' mean of `correct` the summary's accuracy (9 of 20)
+    assert frame["score"].dtype == "float64" and frame["correct"].mean() == pytest.approx(9 / 20)
 
 
 def test_generate_harness_counts_timeouts(tiny_tokenizer, monkeypatch):
@@ -456,6 +559,7 @@ def test_eval_config_parsing():
         and cfg.task_mode("arc_challenge") == "generate"
     )
     for argv, message in [
+        (["--num_samples", "2.0", "--temperature", "1"], "num_samples: expected int"),
         (["--task", "mmlu"], "tasks must be one of"),
         (["--num_samples", "4"], "temperature > 0"),
         (["--task", "math500", "--mode", "loglikelihood"], "not available for task 'math500'"),
@@ -464,3 +568,18 @@ def test_eval_config_parsing():
     ]:
         with pytest.raises(ConfigError, match=message):
             parse_config(EvalConfig, argv)
+
+
+def test_eval_config_types_checked_when_built_in_python():
+    """EvalConfig(...) in Python goes through check_types as parse_config's values do."""
+    with pytest.raises(ConfigError, match=r"num_samples: expected int, got 2\.0"):
+        EvalConfig(num_samples=2.0, temperature=1.0)
+    with pytest.raises(ConfigError, match=r"temperature: expected finite float, got inf"):
+        EvalConfig(temperature=float("inf"))
+    with pytest.raises(ConfigError, match=r"limit: expected int or None, got '5'"):
+        EvalConfig(limit="5")  # Python values are taken as they are, not read from strings
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        EvalConfig(mode="sample")
+    cfg = EvalConfig(tasks="math500", pass_k=2, num_samples=2, temperature=1)
+    assert cfg.tasks == ["math500"] and cfg.pass_k == [2]
+    assert cfg.temperature == 1.0 and type(cfg.temperature) is float
