@@ -41,13 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from align.config import ConfigError, check_choice, check_range
+from align.config import ConfigError, check_range
 from align.losses import sft_loss
 from align.models import eval_mode
 from align.rl.common import SUMMARY_FILE, RLConfig, RLTrainer, mlp, torch_threads
 from align.rl.envs import make_env
 from align.rl.offline_data import (
-    DATA_SOURCES,
     SequenceData,
     check_context_length,
     dataset_summary_line,
@@ -56,11 +55,7 @@ from align.rl.offline_data import (
     prepare_sequences,
     sample_subsequences,
 )
-from align.rl.offline_dataset import (
-    DATASET_KINDS,
-    OfflineDataset,
-    load_offline_dataset,
-)
+from align.rl.offline_dataset import OfflineDataset, load_offline_dataset
 from align.trainer import METRICS_FILE, Callback, Trainer, read_metrics
 
 META_FILE = "dt_meta.json"
@@ -145,8 +140,6 @@ class DTConfig(RLConfig):
     algorithm: ClassVar[str] = "Decision Transformer"
 
     def validate(self) -> None:
-        check_choice("dataset", self.dataset, list(DATASET_KINDS))
-        check_choice("data_source", self.data_source, list(DATA_SOURCES))
         check_range("dataset_steps", self.dataset_steps, 0)
         check_range("context_length", self.context_length, 1)
         check_range("hidden_size", self.hidden_size, 1)

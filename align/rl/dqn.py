@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from align.config import ConfigError, check_choice, check_range
+from align.config import ConfigError, check_range
 from align.rl.common import (
     QNetwork,
     RLConfig,
@@ -104,8 +104,6 @@ class DQNConfig(RLConfig):
         check_range("exploration_initial_eps", self.exploration_initial_eps, 0.0, 1.0)
         check_range("exploration_final_eps", self.exploration_final_eps, 0.0, 1.0)
         check_range("exploration_fraction", self.exploration_fraction, 0.0, 1.0)
-        check_choice("td_loss", self.td_loss, ["huber", "mse"])
-        check_choice("activation", self.activation, ["relu", "tanh"])
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ConfigError(
                 f"hidden_sizes must be a non-empty list of positive widths, got {self.hidden_sizes}"

@@ -34,7 +34,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from align.advantages import discounted_returns, gae, whiten
-from align.config import ConfigError, check_choice, check_range
+from align.config import ConfigError, check_range
 from align.losses import masked_mean, policy_gradient_loss, ppo_clip_loss, value_loss
 from align.rl.common import (
     ActorCritic,
@@ -81,7 +81,6 @@ class PolicyGradientConfig(RLConfig):
 
     def validate(self) -> None:
         check_range("num_envs", self.num_envs, 1)
-        check_choice("activation", self.activation, ["tanh", "relu"])
         check_range("ent_coef", self.ent_coef, 0.0)
         check_range("vf_coef", self.vf_coef, 0.0)
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
@@ -108,7 +107,6 @@ class ReinforceConfig(PolicyGradientConfig):
     algorithm: ClassVar[str] = "REINFORCE"
 
     def validate(self) -> None:
-        check_choice("baseline", self.baseline, ["none", "mean", "value"])
         super().validate()
 
 
@@ -136,7 +134,6 @@ class A2CConfig(PolicyGradientConfig):
     def validate(self) -> None:
         check_range("n_steps", self.n_steps, 1)
         check_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
-        check_choice("advantage", self.advantage, ["gae", "nstep"])
         super().validate()
 
 
@@ -178,7 +175,6 @@ class PPOConfig(PolicyGradientConfig):
         check_range("num_epochs", self.num_epochs, 1)
         check_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
         check_range("clip_eps", self.clip_eps, 0.0, low_inclusive=False)
-        check_choice("clip_eps_schedule", self.clip_eps_schedule, ["constant", "linear"])
         check_range("clip_eps_value", self.clip_eps_value, 0.0, low_inclusive=False, allow_none=True)
         check_range("target_kl", self.target_kl, 0.0, low_inclusive=False, allow_none=True)
         if self.gradient_accumulation_steps != 1:

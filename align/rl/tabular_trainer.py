@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 import gymnasium as gym
 import torch
 
-from align.config import ConfigError, check_choice, check_range
+from align.config import ConfigError, check_range
 from align.rl.common import RLConfig, RLTrainer
 from align.rl.envs import make_env
 from align.rl.mdp import TabularMDP, from_toy_text
@@ -100,7 +100,6 @@ class TabularConfig(RLConfig):
         return kw
 
     def validate(self) -> None:
-        check_choice("method", self.method, list(MODEL_FREE_METHODS) + list(DP_METHODS))
         for name in ("epsilon_start", "epsilon_end", "epsilon_decay_fraction", "alpha_end"):
             check_range(name, getattr(self, name), 0.0, 1.0)
         check_range("alpha_start", self.alpha_start, 0.0, 1.0)

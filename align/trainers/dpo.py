@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 
 from align.chat_data import collate_preferences
-from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
+from align.config import ConfigError, ModelConfig, TrainConfig, check_range
 from align.forward import logprob_sums, pair_logprob_sums
 from align.losses import dpo_loss, ipo_loss
 from align.models import eval_mode, make_reference, reference_model
@@ -69,7 +69,6 @@ class DPOConfig(PreferenceDataConfig, ModelConfig, TrainConfig):
         sigmoid loss only (IPO has no labels to smooth); a ``ConfigError`` names the field."""
         super().validate()
         check_range("beta", self.beta, 0.0, low_inclusive=False)
-        check_choice("loss_type", self.loss_type, ["sigmoid", "ipo"])
         check_range("label_smoothing", self.label_smoothing, 0.0, 0.5, high_inclusive=False)
         if self.loss_type == "ipo" and self.label_smoothing:
             raise ConfigError(

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 
 from align.advantages import group_advantages, group_std
-from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
+from align.config import ConfigError, ModelConfig, TrainConfig, check_range
 from align.forward import completion_logits
 from align.generation import Rollout
 from align.losses import (
@@ -108,8 +108,6 @@ class GRPOConfig(RolloutConfig, ModelConfig, TrainConfig):
                 f"num_generations = {self.num_generations}"
             )
         check_range("clip_eps_high", self.clip_eps_high, 0.0, low_inclusive=False, allow_none=True)
-        check_choice("scale_rewards", self.scale_rewards, ["group", "none"])
-        check_choice("loss_type", self.loss_type, ["token", "sequence", "dr_grpo"])
 
     @property
     def prompts_per_step(self) -> int:

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Literal
 
 from torch.utils.data import DataLoader
 
-from align.config import ConfigError, check_choice, check_range
-from align.generation import GENERATOR_BACKENDS, Rollout, SamplingParams, make_generator, stream_seed
+from align.config import ConfigError, check_range
+from align.generation import Rollout, SamplingParams, make_generator, stream_seed
 from align.trainer import COMPLETIONS_FILE
 
 __all__ = ["RolloutConfig", "RolloutMixin", "rollout_seed"]
@@ -106,8 +106,6 @@ class RolloutConfig:
         check_range("kl_coef", self.kl_coef, 0.0)
         check_range("generation_batch_size", self.generation_batch_size, 1, allow_none=True)
         check_range("log_completions", self.log_completions, 0)
-        check_choice("kl_estimator", self.kl_estimator, ["k1", "k2", "k3"])
-        check_choice("generation_backend", self.generation_backend, list(GENERATOR_BACKENDS))
         if not self.reward_funcs:
             raise ConfigError("reward_funcs must name at least one reward function")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
