@@ -106,13 +106,9 @@ def choice_loglikelihoods(
 ) -> list[list[float]]:
     """Summed log-likelihood of every continuation given its context: `out[q][j]` for question q, choice j.
 
-    Args:
-        model: a causal LM (transformers, or a PeftModel) that accepts `past_key_values`, `position_ids`
-            and `logits_to_keep`.
-        requests: from `encode_choices`.
-        pad_id: the id used for padding (its value never matters: padded positions are masked).
-        batch_size: most (question, choice) pairs per forward pass (a question is never split).
-        on_batch: called with the number of questions finished after each batch (progress bars).
+    `model` must accept `past_key_values`, `position_ids` and `logits_to_keep`; `pad_id`'s value never
+    matters (padding is masked). A batch holds at most `batch_size` (question, choice) pairs and never
+    splits a question; `on_batch` is called with the number of questions each batch finished.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -39,18 +39,12 @@ def reward_and_kl(
     batch_size: int = 16,
     generator: Generator | None = None,
 ) -> dict[str, float]:
-    """Mean held-out reward and mean sequence KL(pi || pi_ref) of ``policy`` on ``rows``' prompts.
+    """Mean held-out reward and mean sequence KL(pi || pi_ref) of ``policy`` on ``rows``' prompts: ``score``
+    (mean reward), ``score_std``, ``kl`` (nats), ``mean_length`` and ``n``.
 
-    Args:
-        policy: a causal LM (a LoRA model's reference is the adapter disabled when ``reference`` is None).
-        rows: dicts with a ``prompt`` (messages or text) and any columns ``reward_fn`` reads.
-        reward_fn: TRL-contract reward or an ``align.rewards.CombinedReward`` (its ``total`` is used).
-        reference: a frozen reference model; ``None`` = ``policy`` with its adapter disabled.
-        num_samples: completions per prompt.
-        seed: sampling seed (the same seed gives the same samples for the same policy).
-
-    Returns:
-        ``score`` (mean reward), ``score_std``, ``kl`` (mean sequence KL, nats), ``mean_length`` and ``n``.
+    ``rows`` have a ``prompt`` (messages or text) and the columns ``reward_fn`` (a TRL-contract reward or a
+    ``CombinedReward``, whose ``total`` is used) reads. ``reference`` ``None`` is ``policy`` with its LoRA
+    adapter disabled. The same ``seed`` gives the same ``num_samples`` samples per prompt for one policy.
     """
     if not rows:
         raise ValueError("reward_and_kl: no held-out rows")

@@ -108,15 +108,9 @@ def make_length_reward(
     tokenizer: Any = None,
     name: str = "length",
 ) -> LengthReward:
-    """A soft penalty for completions longer than `budget`.
-
-    Args:
-        budget: allowed length; up to it the reward is 0.
-        unit: "chars", "words" (whitespace-separated) or "tokens" (needs `tokenizer`).
-        margin: length beyond the budget over which the penalty goes linearly from 0 to -1; default a
-            quarter of the budget (at least 1).
-        tokenizer: a Hugging Face tokenizer, for unit "tokens".
-        name: metric name; `pop_stats()` counts completions over budget as `reward/<name>/over_budget`.
+    """A soft penalty for completions longer than `budget` (in `unit`: "chars", "words" or "tokens" of
+    `tokenizer`): 0 up to it, then linear down to -1 over `margin` (default a quarter of the budget, at
+    least 1). `pop_stats()` counts completions over budget as `reward/<name>/over_budget`.
     """
     if unit not in ("chars", "words", "tokens"):
         raise ValueError(f"make_length_reward: unit must be 'chars', 'words' or 'tokens', got {unit!r}")

@@ -344,14 +344,9 @@ def make_math_reward(
     numeric_precision: int = 15,
     strict: bool = True,
 ) -> MathReward:
-    """A math-answer reward (see the module docstring).
-
-    Args:
-        timeout_s: seconds allowed for checking one completion; None or <= 0 for no timeout.
-        name: the reward's `__name__` (metric keys `reward/<name>/...`).
-        fallbacks: use the fallbacks after `\\boxed{}` ("answer is X", "#### X", last number); False makes
-            an unboxed answer score 0 (stricter, as a format incentive).
-        float_rounding, numeric_precision, strict: passed to `math_verify.verify`.
+    """A math-answer reward (see the module docstring): `timeout_s` seconds per completion (None or <= 0:
+    no timeout); `fallbacks` False scores an unboxed answer 0 (a format incentive) instead of trying
+    "answer is X", "#### X" and the last number; the rest is passed to `math_verify.verify`.
     """
     return MathReward(
         timeout_s=timeout_s,

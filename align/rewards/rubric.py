@@ -766,14 +766,9 @@ def make_rubric_reward(
     judge_mode: str | None = None,
     max_chars: int = 4000,
 ) -> RubricReward:
-    """A reward from a rubric file or dict (see the module docstring).
-
-    Args:
-        rubric: path to a YAML/JSON rubric, a dict with the same content, or a loaded `Rubric`.
-        judge: for judge criteria: an object with `reply()` (and `option_logprobs()` for logprob mode), an
-            object with `model` and `tokenizer`, or a `(model, tokenizer)` tuple. None: the embedded model,
-            loaded on the first call that needs it (a rubric without judge criteria never loads it).
-        judge_mode: "generate" or "logprob"; overrides the rubric's `judge_mode`.
-        max_chars: quoted task/completion text beyond this many characters is cut for the judge.
+    """A reward from a rubric (a YAML/JSON file, a dict with its content, or a `Rubric`; see the module
+    docstring). `judge`: an object with `reply()` (and `option_logprobs()` for logprob mode), an object with
+    `model` and `tokenizer`, or a `(model, tokenizer)` tuple; None loads the embedded model on the first call
+    that needs one. `judge_mode` overrides the rubric's; quoted text beyond `max_chars` is cut for the judge.
     """
     return RubricReward(load_rubric(rubric), judge=judge, judge_mode=judge_mode, max_chars=max_chars)

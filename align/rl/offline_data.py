@@ -75,13 +75,8 @@ def returns_to_go(rewards: torch.Tensor | np.ndarray, gamma: float = 1.0) -> tor
     Chen et al. 2021, sec. 3.1: the Decision Transformer conditions on ``R_t`` (undiscounted, gamma = 1)
     instead of the reward, so that at test time it can be asked for a return. This is
     ``align.advantages.discounted_returns`` of a single episode (no bootstrap: the episode is complete).
-
-    Args:
-        rewards: ``(T,)`` rewards of one episode, ``r_t`` received after ``a_t``.
-        gamma: discount; 1 in the paper.
-
-    Returns:
-        ``(T,)`` float64 tensor; ``R_0`` is the episode return and ``R_{T-1} = r_{T-1}``.
+    ``rewards`` ``(T,)``: ``r_t`` received after ``a_t``. Returns ``(T,)`` float64: ``R_0`` is the episode
+    return and ``R_{T-1} = r_{T-1}``.
     """
     r = torch.as_tensor(np.asarray(rewards), dtype=torch.float64)
     if r.dim() != 1:
