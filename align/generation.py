@@ -7,7 +7,8 @@ A trainer that needs rollouts (GRPO, PPO-RLHF, REINFORCE) holds a `Generator` an
     generator.sync_weights(policy)     # after the optimizer step: no-op for HF, pushes weights to vLLM
 
 and never needs to know which backend sampled. Both backends tokenize the prompts the same way (the
-chat template for message lists, the text as is for strings), then hand ragged token lists to one
+chat template for message lists, the text as is for strings; or take the ids as given, `prompt_ids=`, as
+the RL trainers pass them after cutting prompts to `max_prompt_length`), then hand ragged token lists to one
 assembler (`build_rollout`), so padding, masks, EOS flags and decoded texts mean the same thing
 whichever backend produced them.
 
@@ -203,8 +204,15 @@ class Rollout:
 class Generator(Protocol):
     """What a trainer needs from a sampler. Implemented by `HFGenerator` and `VLLMGenerator`."""
 
-    def generate(self, prompts: list[str] | list[list[dict]], params: SamplingParams) -> Rollout:
-        """Sample `params.num_generations` completions for every prompt."""
+    def generate(
+        self,
+        prompts: list[str] | list[list[dict]],
+        params: SamplingParams,
+        *,
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+    ) -> Rollout:
+        """Sample `params.num_generations` completions for every prompt. `prompt_ids`: each prompt's token
+        ids, already tokenised (a trainer's, cut to its `max_prompt_length`); default `tokenize_prompts`."""
         ...
 
     def sync_weights(self, model: nn.Module) -> None:
@@ -270,6 +278,17 @@ def tokenize_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> list[list[int
     raise TypeError(
         "prompts must be all strings or all chat conversations (lists of {'role', 'content'} dicts)"
     )
+
+
+def _prompt_token_ids(
+    tokenizer: Any, prompts: Sequence[Prompt], prompt_ids: Sequence[Sequence[int]] | None
+) -> list[list[int]]:
+    """`prompt_ids` as lists of ints (one per prompt), or the prompts tokenised when None."""
+    if prompt_ids is None:
+        return tokenize_prompts(tokenizer, prompts)
+    if len(prompt_ids) != len(prompts):
+        raise ValueError(f"prompt_ids has {len(prompt_ids)} rows for {len(prompts)} prompts")
+    return [[int(t) for t in ids] for ids in prompt_ids]
 
 
 def _cut_at_eos(
@@ -494,12 +513,20 @@ class HFGenerator:
         """No-op: `generate` runs on the very module the optimizer updates."""
 
     @torch.no_grad()
-    def generate(self, prompts: list[str] | list[list[dict]], params: SamplingParams) -> Rollout:
+    def generate(
+        self,
+        prompts: list[str] | list[list[dict]],
+        params: SamplingParams,
+        *,
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+    ) -> Rollout:
         prompts = list(prompts)
         model = unwrap_model(self.model)
         device = _model_device(model)
         G = params.num_generations
-        prompt_rows = [ids for ids in tokenize_prompts(self.tokenizer, prompts) for _ in range(G)]
+        prompt_rows = [
+            ids for ids in _prompt_token_ids(self.tokenizer, prompts, prompt_ids) for _ in range(G)
+        ]
         chunk = self.batch_size or len(prompt_rows)
         draws = None
         if params.seed is not None and not params.greedy:
@@ -821,9 +848,15 @@ class VLLMGenerator:
             base_url = server_base_url or f"http://{server_host}:{server_port}"
             self.client = _server_client(base_url, group_port, server_timeout, self.device)
 
-    def generate(self, prompts: list[str] | list[list[dict]], params: SamplingParams) -> Rollout:
+    def generate(
+        self,
+        prompts: list[str] | list[list[dict]],
+        params: SamplingParams,
+        *,
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+    ) -> Rollout:
         prompts = list(prompts)
-        prompt_ids = tokenize_prompts(self.tokenizer, prompts)
+        prompt_ids = _prompt_token_ids(self.tokenizer, prompts, prompt_ids)
         want_logprobs = params.return_logprobs and not params.greedy
         if self.mode == "colocate":
             return self._generate_colocated(prompts, prompt_ids, params, want_logprobs)

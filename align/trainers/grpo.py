@@ -46,7 +46,7 @@ from align.losses import (
 from align.models import make_reference, reference_model
 from align.rewards import CombinedReward
 from align.trainer import Trainer, UpdateStep
-from align.trainers.rollout import RolloutConfig, RolloutMixin
+from align.trainers.rollout import RolloutConfig, RolloutMixin, resolve_max_prompt_length
 
 
 @dataclass
@@ -160,6 +160,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
     ) -> None:
         if "prompt" not in train_dataset.column_names:
             raise ValueError(f"train_dataset needs a 'prompt' column; it has {train_dataset.column_names}")
+        self.max_prompt_length = resolve_max_prompt_length(config, model, tokenizer)
         self.train_dataset = train_dataset
         self.reward = reward_funcs if isinstance(reward_funcs, CombinedReward) else CombinedReward(
             list(reward_funcs), config.reward_weights
@@ -183,14 +184,17 @@ class GRPOTrainer(RolloutMixin, Trainer):
         return self.config.prompts_per_step
 
     @torch.no_grad()
-    def _make_plan(self, rows: list[dict[str, Any]]) -> list[UpdateStep]:
-        """Sample and score G completions per prompt row and plan ``num_epochs`` (mu) optimizer steps on
-        them, each over ``gradient_accumulation_steps`` micro-batches weighted by their counted tokens
-        (``loss_type: token``) or completions, normalised over the whole generation batch."""
+    def _make_plan(self, rows: list[dict[str, Any]], prompt_ids: list[list[int]]) -> list[UpdateStep]:
+        """Sample and score G completions per prompt row (given as its prompt's token ids ``prompt_ids``)
+        and plan ``num_epochs`` (mu) optimizer steps on them, each over ``gradient_accumulation_steps``
+        micro-batches weighted by their counted tokens (``loss_type: token``) or completions, normalised
+        over the whole generation batch."""
         cfg = self.config
         G = cfg.num_generations
         # Old log-probs come from the sampler only when a second pass needs them.
-        rollout, out, timing = self.sample_and_score(rows, self.model, return_logprobs=cfg.num_epochs > 1)
+        rollout, out, timing = self.sample_and_score(
+            rows, prompt_ids, self.model, return_logprobs=cfg.num_epochs > 1
+        )
         rewards = torch.tensor(out.total, dtype=torch.float32, device=rollout.completion_ids.device)
         scale = "std" if cfg.scale_rewards == "group" else "none"
         advantages = group_advantages(rewards, G, scale=scale)

@@ -61,7 +61,7 @@ from align.models import make_reference, reference_model, unwrap_model
 from align.rewards import CombinedReward
 from align.trainer import NonFiniteError, Trainer, UpdateStep
 from align.trainers.common import disable_dropout
-from align.trainers.rollout import RolloutConfig, RolloutMixin
+from align.trainers.rollout import RolloutConfig, RolloutMixin, resolve_max_prompt_length
 
 __all__ = [
     "AdaptiveKLController",
@@ -473,6 +473,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         callbacks: list | None = None,
     ) -> None:
         _check_inputs(config, train_dataset, value_model, ptx_dataset)
+        self.max_prompt_length = resolve_max_prompt_length(config, model, tokenizer)
         self.train_dataset = train_dataset
         self.reward = (
             reward_funcs
@@ -559,13 +560,13 @@ class PPOTrainer(RolloutMixin, Trainer):
             )
 
     @torch.no_grad()
-    def _make_plan(self, rows: list[dict[str, Any]]) -> list[UpdateStep]:
+    def _make_plan(self, rows: list[dict[str, Any]], prompt_ids: list[list[int]]) -> list[UpdateStep]:
         cfg, acc = self.config, self.accelerator
         if self._iteration_start is None:
             # The first iteration's clock starts here, so evaluations before training do not count as its time.
             self._iteration_start = time.perf_counter()
         # Log-probs are recomputed below, in the same forward as the values.
-        rollout, out, timing = self.sample_and_score(rows, self.policy, return_logprobs=False)
+        rollout, out, timing = self.sample_and_score(rows, prompt_ids, self.policy, return_logprobs=False)
         device = rollout.completion_ids.device
         scores = torch.tensor(out.total, dtype=torch.float32, device=device)
         if cfg.missing_eos_penalty is not None:

@@ -5,21 +5,44 @@ with ``align.rewards`` (the other dataset columns passed by name, TRL's contract
 update steps that the base loop takes one optimizer step at a time. Only the last step, the
 algorithm (group advantages, or KL-shaped rewards, values and GAE) and its update plan differ; they live
 in each trainer's ``_make_plan``.
+
+Prompt length is guarded here, once, before sampling: each drawn prompt is tokenised (chat template
+included), and one longer than ``max_prompt_length`` follows ``prompt_truncation``. The sampler is handed
+those token ids, so the ids trained on are the ids sampled, and a skipped prompt leaves with all of its
+group (it is dropped before its G completions exist). A prompt longer than the model's context would
+otherwise reach ``generate`` whole: attention over it grew a process past 10 GB.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from align.config import ConfigError, check_range
-from align.generation import Rollout, SamplingParams, make_generator, stream_seed
+from align.forward import base_model
+from align.generation import Rollout, SamplingParams, make_generator, stream_seed, tokenize_prompts
 from align.trainer import COMPLETIONS_FILE
 
-__all__ = ["RolloutConfig", "RolloutMixin", "rollout_seed"]
+__all__ = [
+    "RolloutConfig",
+    "RolloutMixin",
+    "check_prompt_room",
+    "model_context_length",
+    "resolve_max_prompt_length",
+    "rollout_seed",
+]
+
+logger = logging.getLogger(__name__)
+
+#: A context length above this is a placeholder (a tokenizer without one says 1e30), not a model's.
+_SANE_CONTEXT = 100_000_000
 
 #: TRL's names for our fields (GRPOConfig, PPOConfig), accepted in YAML and on the command line.
 TRL_ALIASES = {
@@ -89,6 +112,14 @@ class RolloutConfig:
     """vllm-server backend: port of `trl vllm-serve`."""
     log_completions: int = 2
     """Write this many sample completions per logged step to completions.jsonl (0 = none)."""
+    max_prompt_length: int | None = None
+    """Most prompt tokens (chat template included) given to the sampler; a longer prompt follows
+    prompt_truncation. Empty = the model's context length minus max_new_tokens (from the model config's
+    max_position_embeddings or the tokenizer's model_max_length, the smaller when both are set)."""
+    prompt_truncation: Literal["keep_end", "skip", "error"] = "keep_end"
+    """A prompt over max_prompt_length: keep_end = drop its start, keeping the question's end and the chat
+    template's generation prompt (TRL truncates from the left too); skip = leave the row out and draw
+    another; error = stop, naming the row. Counted in prompts/truncated and prompts/skipped."""
 
     def validate(self) -> None:
         """Check the shared fields, naming the field, after the checks later in the config's MRO."""
@@ -106,6 +137,14 @@ class RolloutConfig:
         check_range("kl_coef", self.kl_coef, 0.0)
         check_range("generation_batch_size", self.generation_batch_size, 1, allow_none=True)
         check_range("log_completions", self.log_completions, 0)
+        check_range("max_prompt_length", self.max_prompt_length, 1, allow_none=True)
+        # The model's context, when a local config.json gives it before the model loads (checked again on
+        # the loaded model and tokenizer when the trainer is built).
+        check_prompt_room(
+            self.max_prompt_length,
+            self.max_new_tokens,
+            _local_context_length(getattr(self, "model_name_or_path", None)),
+        )
         if not self.reward_funcs:
             raise ConfigError("reward_funcs must name at least one reward function")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
@@ -117,11 +156,15 @@ class RolloutConfig:
 class RolloutMixin:
     """Mixed into a ``Trainer`` subclass (listed first). The subclass sets ``train_dataset``, ``reward`` (a
     ``CombinedReward``) and ``config`` (with ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
-    ``num_generations``, ``log_completions``), defines :attr:`prompts_per_rollout` and
-    ``_make_plan(rows) -> list[UpdateStep]``, and calls :meth:`init_rollouts` after ``Trainer.__init__``."""
+    ``num_generations``, ``log_completions``, ``max_prompt_length``, ``prompt_truncation``), defines
+    :attr:`prompts_per_rollout` and ``_make_plan(rows, prompt_ids) -> list[UpdateStep]``, sets
+    ``max_prompt_length`` (:func:`resolve_max_prompt_length`) before ``Trainer.__init__``, and calls
+    :meth:`init_rollouts` after it."""
 
     #: prompts drawn from the dataset per rollout (per process).
     prompts_per_rollout: int
+    #: the resolved prompt budget in tokens (None = no limit known).
+    max_prompt_length: int | None
 
     def init_rollouts(self, policy: Any, tokenizer: Any) -> None:
         """The sampler (``config.generation_backend``)."""
@@ -135,14 +178,17 @@ class RolloutMixin:
         else:
             kwargs.update(host=cfg.vllm_server_host, port=cfg.vllm_server_port)
         self.generator = make_generator(cfg.generation_backend, policy, tokenizer, **kwargs)
+        self._prompt_tokenizer = tokenizer
+        self._warned_long_prompt = False
         self._weights_version = -1
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches of ``prompts_per_rollout`` raw prompt rows (lists of dicts, untokenised: the
-        sampler applies the chat template and the rewards read the other columns); a short last batch is
-        dropped so that every rollout has the same size."""
+        """Shuffled batches of ``prompts_per_rollout`` raw prompt rows, each with its index in the dataset
+        (``(index, row)`` pairs; rows untokenised: the chat template is applied when the prompt is measured
+        and the rewards read the other columns); a short last batch is dropped so that every rollout has
+        the same size."""
         return DataLoader(
-            self.train_dataset,
+            _NumberedRows(self.train_dataset),
             batch_size=self.prompts_per_rollout,
             shuffle=True,
             drop_last=True,
@@ -150,12 +196,97 @@ class RolloutMixin:
         )
 
     def plan_updates(self) -> list[Any]:
-        """Draw the next prompt rows, roll out and score them, and return the trainer's update steps on them
-        (``_make_plan``); the rollout counter ``rollout/count`` goes up by one."""
-        rows = self.next_batch()
-        plan = self._make_plan(rows)
+        """Draw the next prompt rows (:meth:`next_prompts`), roll out and score them, and return the
+        trainer's update steps on them (``_make_plan``), the first carrying ``prompts/truncated`` and
+        ``prompts/skipped``; the rollout counter ``rollout/count`` goes up by one."""
+        rows, prompt_ids, counts = self.next_prompts()
+        plan = self._make_plan(rows, prompt_ids)
+        if plan:
+            plan[0].metrics.update(counts)
         self.state.counters["rollout/count"] = self.state.counters.get("rollout/count", 0.0) + 1
         return plan
+
+    def next_prompts(self) -> tuple[list[dict[str, Any]], list[list[int]], dict[str, float]]:
+        """``prompts_per_rollout`` rows, the token ids of each one's prompt within ``max_prompt_length``,
+        and the counts ``prompts/truncated`` and ``prompts/skipped`` (summed over processes).
+
+        Under ``prompt_truncation: skip`` a batch short of prompts is filled from the next batches (the
+        rest of the last one drawn goes unused), so a rollout never shrinks, let alone empties; every
+        process draws as many batches as the one that needs most, which keeps the data position the same
+        on all of them. A whole epoch's worth of draws that cannot fill one rollout is an error."""
+        cfg = self.config
+        need = self.prompts_per_rollout
+        rows: list[dict[str, Any]] = []
+        prompt_ids: list[list[int]] = []
+        truncated = skipped = draws = 0
+        epoch_batches = max(len(self._dataloader), 1)
+        while True:
+            batch = self.next_batch()
+            draws += 1
+            if len(rows) < need:
+                indices = [index for index, _ in batch]
+                batch_rows = [row for _, row in batch]
+                encoded = tokenize_prompts(self._prompt_tokenizer, [row["prompt"] for row in batch_rows])
+                for index, row, ids in zip(indices, batch_rows, encoded):
+                    fitted = self._fit_prompt(int(index), ids)
+                    if fitted is None:
+                        skipped += 1
+                        continue
+                    truncated += len(fitted) < len(ids)
+                    rows.append(row)
+                    prompt_ids.append(fitted)
+            if cfg.prompt_truncation != "skip" or not self._any_process(len(rows) < need):
+                break
+            if draws > epoch_batches:
+                raise ConfigError(
+                    f"prompt_truncation: skip: only {len(rows)} of the {draws * need} prompts drawn (more than "
+                    f"an epoch) have at most max_prompt_length = {self.max_prompt_length} tokens, fewer than "
+                    f"the {need} of one rollout; raise max_prompt_length or use prompt_truncation: keep_end"
+                )
+        counts = torch.tensor([float(truncated), float(skipped)])
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            counts = acc.reduce(counts.to(acc.device), "sum").cpu()
+        return (
+            rows[:need],
+            prompt_ids[:need],
+            {
+                "prompts/truncated": float(counts[0]),
+                "prompts/skipped": float(counts[1]),
+            },
+        )
+
+    def _fit_prompt(self, index: int, ids: list[int]) -> list[int] | None:
+        """Row ``index``'s prompt ids within ``max_prompt_length`` per ``prompt_truncation``: as they are,
+        their last ``max_prompt_length`` tokens (keep_end: the generation prompt and the question's end
+        stay), None (skip), or a ``ConfigError`` naming the row (error). The first cut or skip is warned."""
+        limit, policy = self.max_prompt_length, self.config.prompt_truncation
+        if limit is None or len(ids) <= limit:
+            return ids
+        where = (
+            f"the prompt of training row {index} has {len(ids)} tokens, more than max_prompt_length = {limit}"
+        )
+        if policy == "error":
+            raise ConfigError(
+                f"{where} (prompt_truncation: error); shorten it, raise max_prompt_length, or use "
+                "prompt_truncation: keep_end or skip"
+            )
+        if not self._warned_long_prompt:
+            self._warned_long_prompt = True
+            action = f"keeping its last {limit} tokens" if policy == "keep_end" else "leaving the row out"
+            counter = "prompts/truncated" if policy == "keep_end" else "prompts/skipped"
+            logger.warning(
+                "%s: %s (prompt_truncation: %s); every such prompt is counted in %s (warned once)",
+                where, action, policy, counter,
+            )  # fmt: skip
+        return ids[-limit:] if policy == "keep_end" else None
+
+    def _any_process(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any process (every process gets the same answer)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return flag
+        return bool(acc.reduce(torch.tensor(float(flag), device=acc.device), "sum").item() > 0)
 
     def sampling_params(self, *, return_logprobs: bool) -> SamplingParams:
         """The config's sampling settings (``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
@@ -178,17 +309,18 @@ class RolloutMixin:
         )
 
     def sample_and_score(
-        self, rows: list[dict[str, Any]], policy: Any, *, return_logprobs: bool
+        self, rows: list[dict[str, Any]], prompt_ids: list[list[int]], policy: Any, *, return_logprobs: bool
     ) -> tuple[Rollout, Any, dict[str, float]]:
-        """Sample ``num_generations`` completions per row's prompt (weights synced to the sampler once per
-        optimizer step) and score them. Returns the rollout, the ``RewardOutput`` and timing metrics."""
+        """Sample ``num_generations`` completions per row's prompt, given as its token ids ``prompt_ids``
+        (from :meth:`next_prompts`; weights synced to the sampler once per optimizer step), and score them.
+        Returns the rollout, the ``RewardOutput`` and timing metrics."""
         G = self.config.num_generations
         t0 = time.perf_counter()
         if self._weights_version != self.state.step:
             self.generator.sync_weights(policy)
             self._weights_version = self.state.step
         params = self.sampling_params(return_logprobs=return_logprobs)
-        rollout: Rollout = self.generator.generate([r["prompt"] for r in rows], params)
+        rollout: Rollout = self.generator.generate([r["prompt"] for r in rows], params, prompt_ids=prompt_ids)
         t_gen = time.perf_counter() - t0
         columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
         completions: list[Any] = rollout.completion_texts
@@ -218,6 +350,111 @@ class RolloutMixin:
                 for i in range(min(n, len(rollout)))
             ],
         )
+
+
+class _NumberedRows(Dataset):
+    """A dataset's rows as ``(index, row)`` pairs, so that a prompt can be named by its row."""
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.rows[index]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[int, Any]]:
+        # A datasets.Dataset fetches a batch in one call (torch's fetcher uses __getitems__ when present).
+        fetch = getattr(self.rows, "__getitems__", None)
+        rows = fetch(indices) if fetch is not None else [self.rows[i] for i in indices]
+        return list(zip(indices, rows))
+
+
+# --------------------------------------------------------------------------------------------------
+# The prompt budget: max_prompt_length against the model's context.
+# --------------------------------------------------------------------------------------------------
+
+
+def _sane(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < _SANE_CONTEXT
+
+
+def model_context_length(model: Any, tokenizer: Any = None) -> tuple[int, str] | None:
+    """The model's context in tokens and where it was read: the model config's ``max_position_embeddings``
+    (``n_positions`` for GPT-2-style configs; a multimodal config's text part) or the tokenizer's
+    ``model_max_length``, the smaller when both are set and sane; None when neither is."""
+    config = getattr(base_model(model), "config", None) if model is not None else None
+    get_text = getattr(config, "get_text_config", None)
+    config = get_text() if callable(get_text) else config
+    found = [
+        (value, f"{name} of the model config")
+        for name in ("max_position_embeddings", "n_positions")
+        if _sane(value := getattr(config, name, None))
+    ][:1]
+    if _sane(value := getattr(tokenizer, "model_max_length", None)):
+        found.append((value, "model_max_length of the tokenizer"))
+    return min(found) if found else None
+
+
+def _local_context_length(model_name_or_path: str | None) -> tuple[int, str] | None:
+    """``max_position_embeddings`` from a local model directory's config.json (before the model loads);
+    None for hub ids, the embedded model, or anything unreadable (the trainer checks the loaded model)."""
+    if not model_name_or_path:
+        return None
+    path = Path(model_name_or_path) / "config.json"
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    config = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    for name in ("max_position_embeddings", "n_positions"):
+        if _sane(config.get(name)):
+            return config[name], f"{name} in {path}"
+    return None
+
+
+def check_prompt_room(
+    max_prompt_length: int | None, max_new_tokens: int, context: tuple[int, str] | None
+) -> None:
+    """``ConfigError`` naming both fields when a prompt of ``max_prompt_length`` tokens (or, unset, any
+    prompt at all) and ``max_new_tokens`` do not fit the model's ``context`` (tokens, source)."""
+    if context is None:
+        return
+    size, source = context
+    if max_prompt_length is None:
+        if max_new_tokens >= size:
+            raise ConfigError(
+                f"max_new_tokens = {max_new_tokens} leaves no room for a prompt in the model's context of "
+                f"{size} tokens ({source}); lower max_new_tokens (max_prompt_length defaults to the rest)"
+            )
+        return
+    if max_prompt_length + max_new_tokens > size:
+        raise ConfigError(
+            f"max_prompt_length + max_new_tokens = {max_prompt_length} + {max_new_tokens} = "
+            f"{max_prompt_length + max_new_tokens} is more than the model's context of {size} tokens "
+            f"({source}); lower max_prompt_length or max_new_tokens"
+        )
+
+
+def resolve_max_prompt_length(config: RolloutConfig, model: Any, tokenizer: Any) -> int | None:
+    """The prompt budget of a run: ``config.max_prompt_length`` checked against the model's context
+    (:func:`model_context_length`), or, unset, that context minus ``max_new_tokens``; None (no limit, said
+    once in the log) when the context is unknown. Called when the trainer is built, before anything is
+    written."""
+    context = model_context_length(model, tokenizer)
+    check_prompt_room(config.max_prompt_length, config.max_new_tokens, context)
+    if config.max_prompt_length is not None:
+        return config.max_prompt_length
+    if context is None:
+        logger.warning(
+            "the model's context length is unknown (no max_position_embeddings in its config, no "
+            "model_max_length on its tokenizer): prompts are not limited; set max_prompt_length"
+        )
+        return None
+    return context[0] - config.max_new_tokens
 
 
 def rollout_seed(seed: int, rollout: int) -> int:

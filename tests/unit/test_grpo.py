@@ -7,7 +7,7 @@ import torch
 from datasets import Dataset
 
 from align.config import ConfigError, parse_config
-from align.generation import build_rollout, eos_token_ids
+from align.generation import build_rollout, eos_token_ids, tokenize_prompts
 from align.trainers.grpo import GRPOConfig, GRPOTrainer, MicroBatch
 from tests.support import reset_accelerate_state, tiny_causal_lm, tiny_tokenizer
 
@@ -25,13 +25,10 @@ class FakeGenerator:
     def sync_weights(self, model):
         pass
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, *, prompt_ids=None):
         G = params.num_generations
-        ids = [
-            self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True) for p in prompts
-        ]
-        ids = [list(x["input_ids"]) if isinstance(x, dict) or hasattr(x, "keys") else list(x) for x in ids]
-        rows = [i for i in ids for _ in range(G)]
+        ids = prompt_ids if prompt_ids is not None else tokenize_prompts(self.tokenizer, prompts)
+        rows = [list(i) for i in ids for _ in range(G)]
         comps = [self.completions[r % len(self.completions)] for r in range(len(rows))]
         return build_rollout(
             prompts=prompts, num_generations=G, prompt_ids=rows, completion_ids=comps, logprobs=None,
@@ -98,9 +95,7 @@ def test_loss_on_hand_built_batch(tmp_path):
         lp = torch.log_softmax(logits, -1).gather(-1, completion[..., None]).squeeze(-1)
     old = lp + torch.tensor([[0.3, -0.3, 0.05, 0.0], [0.5, 0.1, 0.0, 0.0]])  # some ratios outside [0.8, 1.2]
     ref = lp + torch.tensor([[0.2, 0.1, -0.1, 0.0], [0.0, 0.3, 0.0, 0.0]])
-    mb = MicroBatch(
-        prompt, torch.ones_like(prompt), completion, cmask, cmask, adv, old, ref
-    )
+    mb = MicroBatch(prompt, torch.ones_like(prompt), completion, cmask, cmask, adv, old, ref)
     loss, metrics = trainer.compute_loss(mb)
 
     # By hand, element by element.
