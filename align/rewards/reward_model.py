@@ -44,16 +44,11 @@ def _default_device() -> torch.device:
 class RewardModelReward:
     """A Bradley-Terry sequence classifier as a callable ``(prompts, completions, **columns) -> list[float]``.
 
-    Args:
-        path: a directory saved by the reward-model recipe (full weights or LoRA adapter + score head).
-        batch_size: sequences per forward pass.
-        name: the metric name (``reward/<name>/mean``).
-        dtype: weights dtype (``align.models.resolve_dtype``: ``auto`` = bf16 on a bf16 GPU, else fp32).
-        device: where to run (default: the current CUDA device, else CPU), chosen at first call.
-        max_length: most tokens per sequence (``None``: no limit); the completion's end is cut beyond it.
-        chat_template: ``None`` follows the prompt's form (messages: chat template; string: plain text);
-            ``True`` wraps string prompts as a user message; ``False`` renders messages as plain text is not
-            supported (the reward model saw the template in training).
+    ``path`` is a directory saved by the reward-model recipe (full weights or a LoRA adapter and its score
+    head), loaded on the first call (``device`` default: the current CUDA device, else CPU). A sequence over
+    ``max_length`` tokens loses its completion's end. ``chat_template``: ``None`` follows the prompt's form
+    (messages: chat template; string: plain text); ``True`` wraps string prompts as a user message (the
+    reward model saw the template in training, so messages are never rendered as plain text).
     """
 
     def __init__(

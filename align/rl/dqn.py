@@ -190,17 +190,11 @@ class ReplayBuffer:
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
+    _FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
+
     def sample(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """The transitions at indices ``idx`` (B,) as tensors."""
-        return {
-            "obs": torch.from_numpy(self.obs[idx]),
-            "actions": torch.from_numpy(self.actions[idx]),
-            "rewards": torch.from_numpy(self.rewards[idx]),
-            "next_obs": torch.from_numpy(self.next_obs[idx]),
-            "terminated": torch.from_numpy(self.terminated[idx]),
-        }
-
-    _FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
+        return {name: torch.from_numpy(getattr(self, name)[idx]) for name in self._FIELDS}
 
     def state_dict(self) -> dict[str, Any]:
         n = self.size

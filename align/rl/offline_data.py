@@ -20,13 +20,9 @@ the pole for all 500 steps from every start tried; on the toy-text grid worlds t
 slippery) are the tuned ones (``MEDIUM_EPS``); CliffWalking-v1 and Taxi-v4 work with the untuned default
 0.5 (CliffWalking has no time limit, so its random episodes can run to thousands of steps).
 
-Sources (``source=``): "controller" (the default) is the above. "ppo" (CartPole-v1 only,
-``align.rl.offline_agents``) is closer to D4RL's real training runs: the project's PPO is trained once per
-seed (cached under ``offline_data_dir() / "agents"``) with policy snapshots along the way;
-medium is a partly-trained snapshot (mean return closest to 0.4 of the final policy's), expert the final
-policy, medium-replay the run's own training episodes up to the medium snapshot. Its files carry the source
-in their name, and its stats.json the snapshots used (updates, environment steps, fraction of training,
-mean return).
+Sources (``source=``): "controller" (the default) is the above. "ppo" (CartPole-v1 only) is closer to
+D4RL's real training runs: the snapshots and training episodes of the project's PPO, described in
+``align.rl.offline_agents``. Its files carry the source in their name.
 
 The files (one episode per row, a ``<name>.stats.json`` beside them) and their checks are
 ``align.rl.offline_dataset``'s. ``returns_to_go`` and ``sample_subsequences`` turn episodes into the

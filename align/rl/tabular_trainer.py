@@ -268,8 +268,7 @@ class TabularTrainer(RLTrainer):
         """The greedy policy as arrows and max_a Q as numbers (grid worlds), as in the textbook's figures."""
         from align.rl.render import policy_map
 
-        where = self.mdp if self.mdp is not None else None
-        return policy_map(where, self.table.greedy_policy(), values=self.table.values())
+        return policy_map(self.mdp, self.table.greedy_policy(), values=self.table.values())
 
     # -- checkpoint ------------------------------------------------------------------------------------
     def extra_state_dict(self) -> dict[str, Any]:
