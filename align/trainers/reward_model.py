@@ -11,11 +11,10 @@ The model is ``AutoModelForSequenceClassification`` with ``num_labels=1`` on a c
 (``align.models.load_sequence_classifier``): a fresh linear ``score`` head reads the hidden state of each
 row's last non-pad token. A pair's chosen and rejected sequences share their prompt, and chat-templated
 prompts (system prompt, turn markers) are most of the tokens: by default (``share_prompt``) each pair is one
-row, ``[prompt | chosen | rejected]``, under an attention mask that hides each completion from the other,
-with each completion's positions continuing from the prompt, so every token computes what it computes in its
-own sequence while the prompt runs once; the head reads each completion's last non-pad token. Rewards and
-gradients equal the plain forward's (2B rows of prompt + completion, right-padded) to float rounding
-(tested), with about a third fewer token positions on data/prefs. (Running the prompt once with a KV cache
+row, ``[prompt | chosen | rejected]``, under ``align.forward.pair_attention_mask``, so the prompt runs once
+and the head reads each completion's last non-pad token. Rewards and gradients equal the plain forward's
+(2B rows of prompt + completion, right-padded) to float rounding (tested), with about a third fewer token
+positions on data/prefs. (Running the prompt once with a KV cache
 gathered for both completions, as ``align.forward`` does for GRPO, saves less here: the completions' padding
 and a second forward's weight-gradient and embedding-gradient passes.) The plain forward remains behind the
 flag, for DeepSpeed / FSDP, for attention implementations without custom 4D masks (flash attention), and
