@@ -335,27 +335,13 @@ class MathReward(RewardFunction):
         return [self.score(c, a, s) for c, a, s in zip(completions, answers, solutions)]
 
 
-def make_math_reward(
-    timeout_s: float | None = 5.0,
-    *,
-    name: str = "math",
-    fallbacks: bool = True,
-    float_rounding: int = 6,
-    numeric_precision: int = 15,
-    strict: bool = True,
-) -> MathReward:
+def make_math_reward(timeout_s: float | None = 5.0, **options: Any) -> MathReward:
     """A math-answer reward (see the module docstring): `timeout_s` seconds per completion (None or <= 0:
-    no timeout); `fallbacks` False scores an unboxed answer 0 (a format incentive) instead of trying
-    "answer is X", "#### X" and the last number; the rest is passed to `math_verify.verify`.
+    no timeout). `options` are `MathReward`'s: `name` (the metric name, "math"), `fallbacks` (False scores
+    an unboxed answer 0, a format incentive, instead of trying "answer is X", "#### X" and the last number),
+    and `float_rounding`, `numeric_precision`, `strict` for `math_verify.verify`.
     """
-    return MathReward(
-        timeout_s=timeout_s,
-        name=name,
-        fallbacks=fallbacks,
-        float_rounding=float_rounding,
-        numeric_precision=numeric_precision,
-        strict=strict,
-    )
+    return MathReward(timeout_s=timeout_s, **options)
 
 
 math_reward = make_math_reward()
