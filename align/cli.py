@@ -8,12 +8,18 @@
 
 ``align train NAME`` runs ``recipes/NAME.py`` in this process, so ``accelerate launch`` works on the
 recipe file itself for multi-process runs.
+
+A mistake in what you gave (a config value, a data file, a model path, the output directory) ends with
+one line naming it and exit status 2; ``--debug`` anywhere on the line (or ALIGN_DEBUG=1) shows the
+traceback instead.
 """
 
 import argparse
 import runpy
 import sys
 from pathlib import Path
+
+from align.errors import EXIT_USER_ERROR, call_main, strip_debug_flag
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -26,14 +32,21 @@ def available_recipes() -> list[str]:
 
 
 def _train(name: str, rest: list[str]) -> int:
+    """Run ``recipes/<name>.py`` as ``__main__`` with ``rest`` as its arguments; its exit status."""
     recipes = available_recipes()
     if name not in recipes:
         known = ", ".join(recipes) or f"none found under {RECIPES_DIR}"
         print(f"align train: unknown recipe {name!r}; available: {known}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     path = RECIPES_DIR / f"{name}.py"
     sys.argv = [str(path), *rest]
-    runpy.run_path(str(path), run_name="__main__")
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as e:  # the recipe's run_main: 2 after a user error's one line
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
     return 0
 
 
@@ -64,7 +77,12 @@ def _prepare_embedded() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The ``align`` command; returns the exit status (2 after a user error, reported on one line)."""
+    argv = strip_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    return call_main(lambda: _main(argv), "align")
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] == "eval":
         from align.eval.cli import main as eval_main
 
@@ -72,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="align", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="run a recipe: align train NAME [recipe options]")
     p_train.add_argument("name")

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from align.errors import DataError
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
@@ -111,8 +113,9 @@ def read_rows(
     `datasets.load_dataset(name, config, split=split)`, network needed; GSM8K's config defaults to "main").
     A string that is not an existing path but looks like one ("./x", "/x", "a/b/c", "x.jsonl") is a missing
     file, never a hub name. `split` is ignored for a single file; `limit` keeps the first rows; `name` (a
-    task) starts this function's own error messages, which name the file, line and field (unreadable JSON, a
-    field whose type changes between rows), an empty dataset or the `required` columns missing.
+    task) starts this function's own error messages (`align.errors.DataError`, a `ValueError`), which name
+    the file, line and field (text that is not UTF-8, unreadable JSON, a field whose type changes between
+    rows), an empty dataset or the `required` columns missing.
     """
     prefix = f"{name}: " if name else ""
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
@@ -130,10 +133,10 @@ def read_rows(
         ds = datasets.load_dataset(str(source), config, split=split)
     where = prefix + describe_source(source, split, config)
     if len(ds) == 0:
-        raise ValueError(f"{where}: the dataset is empty")
+        raise DataError(f"{where}: the dataset is empty")
     missing = [c for c in required if c not in ds.column_names]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{where}: missing column(s) {missing}; expected {list(required)}, found {list(ds.column_names)}"
         )
     return ds if limit is None else ds.select(range(min(limit, len(ds))))
@@ -162,7 +165,7 @@ def _read_local(path: Path, split: str) -> Dataset:
 
     if path.is_file():
         if path.suffix not in LOCAL_SUFFIXES:
-            raise ValueError(f"{path}: unsupported file type; expected one of {list(LOCAL_SUFFIXES)}")
+            raise DataError(f"{path}: unsupported file type; expected one of {list(LOCAL_SUFFIXES)}")
         return _read_file(path)
     files = _split_files(path, split)
     if not files:
@@ -190,7 +193,7 @@ def _read_file(path: Path) -> Dataset:
         import pyarrow.parquet as pq
 
         return Dataset(pq.read_table(path))
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if path.suffix == ".json":
         try:
             records = json.loads(text)
@@ -200,12 +203,27 @@ def _read_file(path: Path) -> Dataset:
             records = records["data"]
         if records is not None:
             if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-                raise ValueError(
+                raise DataError(
                     f"{path}: expected a list of JSON objects (or {{'data': [...]}}), got "
                     f"{describe_json_type(records)}"
                 )
             return _from_records(path, records, [f"row {i}" for i in range(len(records))])
     return _from_records(path, *_json_lines(path, text))
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, decoded as UTF-8; a file that is not UTF-8 is an error naming it, the line, the
+    column and the byte (Python's own error names none of them)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}, byte {column} of the line: {e.reason}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _json_lines(path: Path, text: str) -> tuple[list[dict], list[str]]:
@@ -217,9 +235,9 @@ def _json_lines(path: Path, text: str) -> tuple[list[dict], list[str]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not a JSON line: {e}") from e
+            raise DataError(f"{path}:{lineno}: not a JSON line: {e}") from e
         if not isinstance(record, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
         records.append(record)
         where.append(f"line {lineno} (row {len(records) - 1})")
     return records, where
@@ -273,12 +291,12 @@ def _from_records(path: Path, records: list[dict], where: list[str]) -> Dataset:
                 kind = describe_json_type(value)
                 seen = first.setdefault(key, (kind, at))
                 if seen[0] != kind:
-                    raise ValueError(
+                    raise DataError(
                         f"{path}: {at}: field {key!r} is {kind}, but {seen[1]} has {seen[0]}; expected "
                         f"{seen[0]} in every row (one type per field: e.g. all strings, or all lists of "
                         "messages)"
                     ) from e
-        raise ValueError(f"{path}: cannot read the rows as a table: {e}") from e
+        raise DataError(f"{path}: cannot read the rows as a table: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------------------

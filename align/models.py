@@ -41,6 +41,7 @@ __all__ = [
     "embedded_model_dir",
     "embedded_tokenizer_dir",
     "resolve_model_path",
+    "check_model_path",
     "resolve_dtype",
     "load_tokenizer",
     "load_causal_lm",
@@ -296,6 +297,59 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
     return name
 
 
+#: Files of which a model or tokenizer folder holds at least one (a LoRA adapter: adapter_config.json).
+_MODEL_FOLDER_FILES = ("config.json", "adapter_config.json", "tokenizer_config.json", "tokenizer.json")
+
+
+def check_model_path(name_or_path: str | os.PathLike) -> None:
+    """Raise :class:`align.errors.ModelPathError` naming ``model_name_or_path`` when it can name no model:
+    a local folder with none of a model's or tokenizer's files (``config.json``, ``tokenizer_config.json``,
+    ``tokenizer.json``, ``adapter_config.json``), a file, or a path that does not exist and is not a hub
+    id either ("name" or "owner/name"). Reads only the folder's listing: cheap enough to run before
+    anything loads. A well-formed hub id passes (whether the hub has it is learnt when it loads)."""
+    from align.errors import ModelPathError
+
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not any((path / f).is_file() for f in _MODEL_FOLDER_FILES):
+            held = sorted(p.name for p in path.iterdir())
+            shown = (
+                "it is empty"
+                if not held
+                else f"it holds {', '.join(held[:8])}" + (", ..." if len(held) > 8 else "")
+            )
+            raise ModelPathError(
+                f"model_name_or_path: the folder {name} holds no model or tokenizer files ({shown}); expected "
+                "what save_pretrained writes: config.json and the weights, tokenizer_config.json or "
+                "tokenizer.json, or a LoRA adapter's adapter_config.json"
+            )
+        return
+    if path.exists():
+        raise ModelPathError(f"model_name_or_path: {name} is a file; expected a model folder or a hub id")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelPathError(
+            f"model_name_or_path: {name} does not exist (a local folder) and is not a hub id ('name' or "
+            "'owner/name')"
+        ) from None
+
+
+def _model_load_error(path: str, e: OSError) -> OSError:
+    """A load's ``OSError`` (no such hub model, no network, a folder without weights) as a
+    :class:`align.errors.ModelPathError` naming ``model_name_or_path``, on one line."""
+    from align.errors import ModelPathError, UserError
+
+    if isinstance(e, UserError):
+        return e
+    where = "the folder " if Path(path).expanduser().is_dir() else ""
+    reason = " ".join(str(e).split())
+    return ModelPathError(f"model_name_or_path: cannot load {where}{path}: {reason}")
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """Turn the ``dtype`` option into a ``torch.dtype``.
 
@@ -332,15 +386,21 @@ def load_tokenizer(
     masks, so it suits training too. If the tokenizer has no pad token, its eos token becomes the pad
     token (no token is added and the vocabulary is unchanged; padding is then told apart from a real eos
     by the attention mask only). A tokenizer with neither pad nor eos token is an error: adding one would
-    need the embeddings resized, which we never do silently.
+    need the embeddings resized, which we never do silently. A path that names no tokenizer, or that
+    fails to load, is a :class:`align.errors.ModelPathError` naming it.
     """
     from transformers import AutoTokenizer
 
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model_path(name_or_path), padding_side=padding_side, trust_remote_code=trust_remote_code
-    )
+    path = resolve_model_path(name_or_path)
+    check_model_path(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, padding_side=padding_side, trust_remote_code=trust_remote_code
+        )
+    except OSError as e:
+        raise _model_load_error(path, e) from e
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -366,10 +426,15 @@ def _from_pretrained_kwargs(dtype, trust_remote_code, attn_implementation=None, 
 
 
 def _from_pretrained(auto_class, path: str, **kwargs):
-    """``auto_class.from_pretrained``, or for a LoRA adapter directory its base model plus the adapter."""
+    """``auto_class.from_pretrained``, or for a LoRA adapter directory its base model plus the adapter; a
+    path that names no model is a :class:`align.errors.ModelPathError` (:func:`check_model_path`)."""
+    check_model_path(path)
     adapter_config = Path(path) / "adapter_config.json"
     if not adapter_config.is_file():
-        return auto_class.from_pretrained(path, **kwargs)
+        try:
+            return auto_class.from_pretrained(path, **kwargs)
+        except OSError as e:
+            raise _model_load_error(path, e) from e
     from peft import PeftModel
 
     base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")

@@ -1,9 +1,9 @@
 """What the LLM recipes (``recipes/sft.py``, ``reward_model.py``, ``dpo.py``, ``grpo_math.py``, ...) share: parse
 the config, load the model, tokenizer and LoRA adapter it names, load the training and held-out data, and at
 the end save the model and write ``summary.json``. A recipe's ``main()`` is then its algorithm's trainer and
-its summary::
+its summary (the classic-RL recipes share the first step, :func:`parse_recipe_config`)::
 
-    cfg = parse_recipe_config(DPOConfig, args, "dpo")
+    cfg = parse_recipe_config(DPOConfig, args)
     model, tokenizer = load_policy_and_tokenizer(cfg)
     train, heldout = load_chat_datasets(cfg, default="prefs")
     trainer = DPOTrainer(cfg, model, tokenizer, train, eval_dataset=heldout)
@@ -14,14 +14,14 @@ its summary::
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from align.config import ConfigError, ModelConfig, parse_config
+from align.config import ModelConfig, parse_config
 
 __all__ = [
+    "check_before_loading",
     "finish_recipe",
     "load_chat_datasets",
     "load_classifier_and_tokenizer",
@@ -33,13 +33,43 @@ __all__ = [
 C = TypeVar("C")
 
 
-def parse_recipe_config(cls: type[C], args: Sequence[str] | None, prog: str) -> C:
-    """``parse_config(cls, args)`` (YAML from ``--config``, then CLI flags); a bad config exits with
-    ``<prog>: <message naming the field>`` instead of a traceback."""
-    try:
-        return parse_config(cls, args)
-    except ConfigError as e:
-        sys.exit(f"{prog}: {e}")
+def parse_recipe_config(
+    cls: type[C], args: Sequence[str] | None = None, *, default_config: str | Path | None = None
+) -> C:
+    """The recipe's config: ``parse_config(cls, args)`` (YAML from ``--config``, then CLI flags), or with
+    ``default_config`` (a classic-RL recipe's YAML, used without ``--config``)
+    ``align.rl.common.parse_rl_config``; then the checks that need no model (:func:`check_before_loading`).
+    A bad config raises ``ConfigError`` naming the field; the recipe's ``run_main`` reports it on one line.
+    """
+    if default_config is None:
+        cfg = parse_config(cls, args)
+    else:
+        from align.rl.common import parse_rl_config
+
+        cfg = parse_rl_config(cls, args, default_config)
+    check_before_loading(cfg)
+    return cfg
+
+
+def check_before_loading(cfg: Any) -> None:
+    """What can be refused before any model loads, refused now, with nothing written: the output directory
+    (a previous run without ``--resume_from_checkpoint`` / ``--overwrite_output_dir``, a file in its place,
+    no write permission; ``align.trainer.check_output_dir`` with ``check_only``) and a
+    ``model_name_or_path`` that is neither a model folder nor a hub id (``align.models.check_model_path``).
+    The trainer runs the same output-directory guard again when it starts, and then makes the folder."""
+    from align.trainer import check_output_dir
+
+    check_output_dir(
+        cfg.output_dir,
+        resume=bool(cfg.resume_from_checkpoint),
+        overwrite=cfg.overwrite_output_dir,
+        check_only=True,
+    )
+    if getattr(cfg, "model_name_or_path", None):
+        from align.models import EMBEDDED_ALIASES, check_model_path
+
+        if str(cfg.model_name_or_path).strip() not in EMBEDDED_ALIASES:
+            check_model_path(cfg.model_name_or_path)
 
 
 def _seed_init(cfg: ModelConfig) -> None:

@@ -748,32 +748,60 @@ def check_output_dir(
     accelerator: Any = None,
     markers: tuple[str, ...] = RUN_MARKERS,
     resumable: bool = True,
+    check_only: bool = False,
 ) -> None:
     """The one output-directory guard, run before anything is written.
 
     A directory holding a previous run is an error unless the run resumes it or ``overwrite`` is set; with
     ``overwrite`` everything that run wrote (its ``run_files.json`` list and the known names) is removed,
-    and any other file of the user's stays. The directory must be writable.
+    and any other file of the user's stays. A start that failed before it trained, logged or saved anything
+    (it left only the ``config.yaml`` and ``run_files.json`` it listed as its own) is no previous run: its
+    files are removed and this run starts. The directory, or before it exists the folder it will be made
+    in, must be a writable folder (else ``NotADirectoryError`` or ``PermissionError``).
+
+    ``check_only``: raise the same errors, but remove and make nothing. Recipes call it so as soon as their
+    config is parsed, so that a refused directory is said before any model loads.
     """
+    import os
+
     out = Path(output_dir)
     found = previous_run(out, markers)
+    failed_start = []
+    if set(found) <= {CONFIG_FILE, MANIFEST_FILE} and set(found) - {MANIFEST_FILE} <= set(run_files(out)):
+        failed_start, found = found, []
     if found and not resume and not overwrite:
         resume_hint = "--resume_from_checkpoint latest to continue it, " if resumable else ""
         raise FileExistsError(
             f"output_dir {str(out)!r} already holds a previous run ({', '.join(found)}). Nothing was changed. "
             f"Pass {resume_hint}--overwrite_output_dir to replace it, or choose another --output_dir."
         )
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(
+            f"output_dir {str(out)!r}: {str(folder)!r} is a file, not a folder; choose another --output_dir."
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        made_in = "" if folder == out else f" (it would be made in {str(folder)!r}, which is not writable)"
+        raise PermissionError(
+            f"output_dir {str(out)!r} is not writable{made_in}; choose another --output_dir or make it writable."
+        )
+    if check_only:
+        return
     main = accelerator is None or accelerator.is_main_process
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if main:
-        if found and overwrite and not resume:
-            for name in set(run_files(out)) | set(found):
-                p = out / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
+        stale = set(run_files(out)) | set(found) if found and overwrite and not resume else set()
+        if not resume:
+            stale |= set(failed_start)
+        for name in stale:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
         out.mkdir(parents=True, exist_ok=True)
     if accelerator is not None:
         accelerator.wait_for_everyone()

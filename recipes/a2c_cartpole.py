@@ -13,16 +13,18 @@ Outputs in output_dir: metrics.jsonl, config.yaml, checkpoints/, model/, learnin
 
 from pathlib import Path
 
-from align.rl.common import finish_run, recipe_config
+from align.errors import run_main
+from align.recipe_helpers import parse_recipe_config
+from align.rl.common import finish_run
 from align.rl.policy_gradient import A2CConfig, A2CTrainer
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "rl" / "a2c_cartpole.yaml"
 
 
 def main(args: list[str] | None = None) -> dict:
-    cfg = recipe_config(A2CConfig, args, DEFAULT_CONFIG, "a2c_cartpole")
+    cfg = parse_recipe_config(A2CConfig, args, default_config=DEFAULT_CONFIG)
     return finish_run(A2CTrainer(cfg), "A2C")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "a2c_cartpole")

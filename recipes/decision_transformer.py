@@ -23,16 +23,17 @@ summary.json.
 
 from pathlib import Path
 
-from align.rl.common import recipe_config
+from align.errors import run_main
+from align.recipe_helpers import parse_recipe_config
 from align.rl.decision_transformer import DTConfig, run_decision_transformer
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "rl" / "dt_cartpole.yaml"
 
 
 def main(args: list[str] | None = None) -> dict:
-    cfg = recipe_config(DTConfig, args, DEFAULT_CONFIG, "decision_transformer")
+    cfg = parse_recipe_config(DTConfig, args, default_config=DEFAULT_CONFIG)
     return run_decision_transformer(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "decision_transformer")

@@ -19,6 +19,7 @@ chosen and rejected rewards and loss after training; no "before" is measured, si
 policy is its reference and every margin is 0), model/ (full weights, or the LoRA adapter).
 """
 
+from align.errors import run_main
 from align.recipe_helpers import (
     finish_recipe,
     load_chat_datasets,
@@ -29,7 +30,7 @@ from align.trainers.dpo import DPOConfig, DPOTrainer
 
 
 def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
-    cfg = parse_recipe_config(DPOConfig, args, "dpo")
+    cfg = parse_recipe_config(DPOConfig, args)
     model, tokenizer = load_policy_and_tokenizer(cfg)
     train, heldout = load_chat_datasets(cfg, default="prefs")
     trainer = DPOTrainer(cfg, model, tokenizer, train, eval_dataset=heldout, callbacks=callbacks)
@@ -53,4 +54,4 @@ def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "dpo")

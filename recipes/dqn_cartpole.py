@@ -17,16 +17,18 @@ steps each) sets the budget. Outputs in output_dir: metrics.jsonl, config.yaml, 
 
 from pathlib import Path
 
-from align.rl.common import finish_run, recipe_config
+from align.errors import run_main
+from align.recipe_helpers import parse_recipe_config
+from align.rl.common import finish_run
 from align.rl.dqn import DQNConfig, DQNTrainer
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "rl" / "dqn_cartpole.yaml"
 
 
 def main(args: list[str] | None = None) -> dict:
-    cfg = recipe_config(DQNConfig, args, DEFAULT_CONFIG, "dqn_cartpole")
+    cfg = parse_recipe_config(DQNConfig, args, default_config=DEFAULT_CONFIG)
     return finish_run(DQNTrainer(cfg), "DQN")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "dqn_cartpole")

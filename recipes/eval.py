@@ -18,9 +18,8 @@ Hub benchmarks, a fine-tuned model or a LoRA adapter on top of its base, several
 per task samples.jsonl, summary.json, report.md (MATH500 by subject and level) and accuracy_by_level.png.
 """
 
-import sys
-
+from align.errors import run_main
 from align.eval.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "align eval")

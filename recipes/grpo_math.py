@@ -18,6 +18,7 @@ after), model/ (full weights or the LoRA adapter).
 """
 
 from align.data import load_math_dataset
+from align.errors import run_main
 from align.eval.heldout import heldout_evaluator
 from align.recipe_helpers import finish_recipe, load_policy_and_tokenizer, parse_recipe_config
 from align.rewards import get_reward_funcs, make_math_reward
@@ -25,7 +26,7 @@ from align.trainers.grpo import GRPOConfig, GRPOTrainer
 
 
 def main(args: list[str] | None = None) -> dict:
-    cfg = parse_recipe_config(GRPOConfig, args, "grpo_math")
+    cfg = parse_recipe_config(GRPOConfig, args)
     model, tokenizer = load_policy_and_tokenizer(cfg)
     kw = {} if cfg.instruction is None else {"instruction": cfg.instruction}
     train = load_math_dataset(cfg.dataset_name, cfg.dataset_split, **kw)
@@ -62,4 +63,4 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "grpo_math")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from align.data import load_math_dataset, repo_root
+from align.errors import run_main
 from align.generation import SamplingParams
 from align.recipe_helpers import finish_recipe, load_policy_and_tokenizer, parse_recipe_config
 from align.rewards import make_rubric_reward
@@ -62,7 +63,7 @@ def _mean(values) -> float:
 
 
 def main(args: list[str] | None = None) -> dict:
-    cfg = parse_recipe_config(GRPORubricConfig, args, "grpo_rubric")
+    cfg = parse_recipe_config(GRPORubricConfig, args)
     path = Path(cfg.rubric)
     if not path.exists() and (repo_root() / path).exists():
         path = repo_root() / path
@@ -90,4 +91,4 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "grpo_rubric")

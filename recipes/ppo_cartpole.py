@@ -17,16 +17,18 @@ checkpoints/, model/ (weights + architecture.json), learning_curve.png, summary.
 
 from pathlib import Path
 
-from align.rl.common import finish_run, recipe_config
+from align.errors import run_main
+from align.recipe_helpers import parse_recipe_config
+from align.rl.common import finish_run
 from align.rl.policy_gradient import PPOConfig, PPOTrainer
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "rl" / "ppo_cartpole.yaml"
 
 
 def main(args: list[str] | None = None) -> dict:
-    cfg = recipe_config(PPOConfig, args, DEFAULT_CONFIG, "ppo_cartpole")
+    cfg = parse_recipe_config(PPOConfig, args, default_config=DEFAULT_CONFIG)
     return finish_run(PPOTrainer(cfg), "PPO")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "ppo_cartpole")

@@ -34,6 +34,8 @@ from typing import Any
 import yaml
 
 from align.chat_data import load_rows, tokenize_sft
+from align.config import ConfigError
+from align.errors import DataError, run_main
 from align.eval.reward_kl import reward_kl_evaluator
 from align.recipe_helpers import (
     finish_recipe,
@@ -58,7 +60,7 @@ def _prompt_rows(rows: Any, source: str) -> list[dict]:
     out = []
     for i, r in enumerate(rows):
         if "prompt" not in r:
-            raise ValueError(
+            raise DataError(
                 f"{source}, row {i}: PPO needs a 'prompt' column (messages or text); the row has {sorted(r)}"
             )
         out.append({k: v for k, v in r.items() if k not in drop})
@@ -164,9 +166,9 @@ def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
     if "--pipeline" in args:
         i = args.index("--pipeline")
         if i + 1 >= len(args):
-            sys.exit("ppo_rlhf: --pipeline needs a YAML path")
+            raise ConfigError("--pipeline needs a YAML path")
         return run_pipeline(args[i + 1], args[:i] + args[i + 2 :])
-    cfg = parse_recipe_config(PPOConfig, args, "ppo_rlhf")
+    cfg = parse_recipe_config(PPOConfig, args)
     policy, tokenizer = load_policy_and_tokenizer(cfg)
     value_model = None
     if cfg.value_model == "separate":
@@ -326,23 +328,23 @@ def run_pipeline(path: str, cli: list[str] | None = None) -> dict:
 
 
 def _read_pipeline(path: str, cli: list[str] | None) -> tuple[dict, list[str]]:
-    """The pipeline file as a mapping, and its stages; a bad file exits with a message naming the key."""
+    """The pipeline file as a mapping, and its stages; a bad file is a ``ConfigError`` naming the key."""
     try:
         spec = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        sys.exit(f"ppo_rlhf: cannot read pipeline file {path}: {e}")
+        raise ConfigError(f"--pipeline: cannot read the pipeline file {path}: {e}") from e
     if not isinstance(spec, dict):
-        sys.exit(f"ppo_rlhf: {path}: expected a mapping with 'stages' and one section per stage")
+        raise ConfigError(f"{path}: expected a mapping with 'stages' and one section per stage")
     unknown = set(spec) - {"output_dir", "stages", "frontier", "model_name_or_path", *STAGES}
     if unknown:
-        sys.exit(f"ppo_rlhf: {path}: unknown keys {sorted(unknown)}; expected output_dir, stages, frontier, "
-                 f"model_name_or_path and sections {list(STAGES)}")  # fmt: skip
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; expected output_dir, stages, frontier, "
+                          f"model_name_or_path and sections {list(STAGES)}")  # fmt: skip
     stages = spec.get("stages") or ["sft", "reward_model", "ppo"]
     bad = [s for s in stages if s not in STAGES]
     if bad:
-        sys.exit(f"ppo_rlhf: {path}: unknown stages {bad}; choose from {list(STAGES)}")
+        raise ConfigError(f"{path}: unknown stages {bad}; choose from {list(STAGES)}")
     if cli:
-        sys.exit(f"ppo_rlhf: with --pipeline, put options in the pipeline file (got extra arguments {cli})")
+        raise ConfigError(f"with --pipeline, put options in the pipeline file (got extra arguments {cli})")
     return spec, stages
 
 
@@ -355,18 +357,18 @@ def _check_pipeline_outputs(path: str, spec: dict, stages: list[str], out: Path,
         section = spec.get(stage) or {}
         found = previous_run(out / stage)
         if found and not (section.get("overwrite_output_dir") or section.get("resume_from_checkpoint")):
-            sys.exit(f"ppo_rlhf: {out / stage} already holds a previous run of the {stage} stage "
-                     f"({', '.join(found)}). Nothing was changed. Set overwrite_output_dir: true (or "
-                     f"resume_from_checkpoint: latest) in the pipeline's {stage} section, drop the stage from "
-                     "stages, or choose another output_dir.")  # fmt: skip
+            raise FileExistsError(f"{out / stage} already holds a previous run of the {stage} stage "
+                                  f"({', '.join(found)}). Nothing was changed. Set overwrite_output_dir: true "
+                                  f"(or resume_from_checkpoint: latest) in the pipeline's {stage} section, drop "
+                                  "the stage from stages, or choose another output_dir.")  # fmt: skip
     earlier_sft = None
     if "sft" not in stages and (out / "sft" / "model").is_dir():
         earlier_sft = str(out / "sft" / "model")
         print(f"ppo_rlhf: the sft stage is not in this run; using its earlier output {earlier_sft}")
     needs_rm = ("ppo" in stages and "reward_funcs" not in (spec.get("ppo") or {})) or spec.get("frontier")
     if needs_rm and "reward_model" not in stages and not rm_path.is_dir():
-        sys.exit(f"ppo_rlhf: {path}: PPO's reward and the frontier need the reward model at {rm_path}, but "
-                 "'reward_model' is not in stages and no earlier run left one there; add the stage")  # fmt: skip
+        raise ConfigError(f"{path}: PPO's reward and the frontier need the reward model at {rm_path}, but "
+                          "'reward_model' is not in stages and no earlier run left one there; add the stage")  # fmt: skip
     return earlier_sft
 
 
@@ -401,4 +403,4 @@ def _frontier_callbacks(name: str, frontier: dict, frontier_path: Path, rm_path:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "ppo_rlhf")

@@ -16,16 +16,18 @@ model/, learning_curve.png, summary.json.
 
 from pathlib import Path
 
-from align.rl.common import finish_run, recipe_config
+from align.errors import run_main
+from align.recipe_helpers import parse_recipe_config
+from align.rl.common import finish_run
 from align.rl.policy_gradient import ReinforceConfig, ReinforceTrainer
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "rl" / "reinforce_cartpole.yaml"
 
 
 def main(args: list[str] | None = None) -> dict:
-    cfg = recipe_config(ReinforceConfig, args, DEFAULT_CONFIG, "reinforce_cartpole")
+    cfg = parse_recipe_config(ReinforceConfig, args, default_config=DEFAULT_CONFIG)
     return finish_run(ReinforceTrainer(cfg), "REINFORCE")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "reinforce_cartpole")

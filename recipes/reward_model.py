@@ -17,6 +17,7 @@ The saved model/ is a reward function for GRPO and PPO: the reward name `reward_
 accuracy before and after), model/ (full weights, or the LoRA adapter with the trained score head).
 """
 
+from align.errors import run_main
 from align.recipe_helpers import (
     finish_recipe,
     load_chat_datasets,
@@ -27,7 +28,7 @@ from align.trainers.reward_model import RewardModelConfig, RewardModelTrainer
 
 
 def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
-    cfg = parse_recipe_config(RewardModelConfig, args, "reward_model")
+    cfg = parse_recipe_config(RewardModelConfig, args)
     model, tokenizer = load_classifier_and_tokenizer(cfg, num_labels=1)
     train, heldout = load_chat_datasets(cfg, default="prefs")
     trainer = RewardModelTrainer(cfg, model, tokenizer, train, eval_dataset=heldout, callbacks=callbacks)
@@ -51,4 +52,4 @@ def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "reward_model")

@@ -18,6 +18,7 @@ after), model/ (full weights, or the LoRA adapter; merged weights with --merge_l
 Resume with --resume_from_checkpoint latest (with --save_steps N to write checkpoints).
 """
 
+from align.errors import run_main
 from align.recipe_helpers import (
     finish_recipe,
     load_chat_datasets,
@@ -28,7 +29,7 @@ from align.trainers.sft import SFTConfig, SFTTrainer
 
 
 def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
-    cfg = parse_recipe_config(SFTConfig, args, "sft")
+    cfg = parse_recipe_config(SFTConfig, args)
     model, tokenizer = load_policy_and_tokenizer(cfg)
     train, heldout = load_chat_datasets(cfg, default="sft")
     trainer = SFTTrainer(cfg, model, tokenizer, train, eval_dataset=heldout, callbacks=callbacks)
@@ -52,4 +53,4 @@ def main(args: list[str] | None = None, callbacks: list | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "sft")

@@ -19,7 +19,9 @@ the optimal policy, exact success probability).
 
 from pathlib import Path
 
-from align.rl.common import finish_run, recipe_config
+from align.errors import run_main
+from align.recipe_helpers import parse_recipe_config
+from align.rl.common import finish_run
 from align.rl.render import policy_map
 from align.rl.tabular import value_iteration
 from align.rl.tabular_trainer import TabularConfig, TabularTrainer
@@ -28,7 +30,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "rl" / "tabular_frozenlake.
 
 
 def main(args: list[str] | None = None) -> dict:
-    cfg = recipe_config(TabularConfig, args, DEFAULT_CONFIG, "tabular_frozenlake")
+    cfg = parse_recipe_config(TabularConfig, args, default_config=DEFAULT_CONFIG)
     trainer = TabularTrainer(cfg)
     summary = finish_run(trainer, cfg.method)
     if trainer.accelerator.is_main_process:
@@ -54,4 +56,4 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "tabular_frozenlake")

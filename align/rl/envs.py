@@ -81,9 +81,27 @@ def resolve_env_id(env_id: str) -> str:
     raise ValueError(f"unknown environment id {env_id!r}.{hint} Supported: {', '.join(SUPPORTED_ENVS)}")
 
 
+def check_env_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
+    """Refuse, naming the option, a constructor option whose value the environment would fail on
+    unhelpfully: FrozenLake's `map_name` must be one of its maps ('4x4', '8x8'; gymnasium raises a bare
+    `KeyError`). Raises `align.config.ConfigError` (a `ValueError`)."""
+    if resolve_env_id(env_id).startswith("FrozenLake") and kwargs.get("map_name") is not None:
+        from gymnasium.envs.toy_text.frozen_lake import MAPS
+
+        from align.config import ConfigError
+
+        if kwargs["map_name"] not in MAPS and kwargs.get("desc") is None:
+            raise ConfigError(
+                f"map_name: FrozenLake has no map {kwargs['map_name']!r}; choose one of "
+                f"{', '.join(repr(m) for m in MAPS)}"
+            )
+
+
 def make_env(env_id: str, *, seed: int | None = None, **kwargs: Any) -> gym.Env:
-    """`gym.make` for a supported id. With `seed`, the env is reset once with it (and its action space
-    seeded), so the following `reset()` calls continue a reproducible stream."""
+    """`gym.make` for a supported id (its options checked by `check_env_kwargs`). With `seed`, the env is
+    reset once with it (and its action space seeded), so the following `reset()` calls continue a
+    reproducible stream."""
+    check_env_kwargs(env_id, kwargs)
     env = gym.make(resolve_env_id(env_id), **kwargs)
     if seed is not None:
         env.reset(seed=seed)
@@ -108,6 +126,7 @@ def make_vec_env(
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     if vectorization_mode not in ("sync", "async"):
         raise ValueError(f"vectorization_mode must be 'sync' or 'async', got {vectorization_mode!r}")
+    check_env_kwargs(env_id, kwargs)
     envs = gym.make_vec(
         resolve_env_id(env_id),
         num_envs=num_envs,

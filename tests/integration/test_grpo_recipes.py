@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from align import checkpoint as ckpt
+from align.config import ConfigError
 from align.trainer import read_metrics
 from tests.integration.exactness import Interrupt, launch_two, read_jsonl, stable
 from tests.support import reset_accelerate_state, save_tiny_model
@@ -79,7 +80,7 @@ def test_grpo_math_recipe_lora(tmp_path, tiny_dir):
 
 def test_grpo_math_recipe_bad_config_exits_with_message(tmp_path):
     recipe = _load("grpo_math")
-    with pytest.raises(SystemExit, match="num_generations must be >= 2"):
+    with pytest.raises(ConfigError, match="num_generations must be >= 2"):
         recipe.main(["--output_dir", str(tmp_path / "x"), "--num_generations", "1"])
 
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from align.chat_data import load_rows
-from align.config import load_config
+from align.config import ConfigError, load_config
 from align.trainer import read_metrics
 from align.trainers.ppo import PPOConfig
 from tests.integration.exactness import Interrupt, launch_two, read_jsonl, stable
@@ -204,10 +204,10 @@ def test_ppo_two_processes_equal_one(tmp_path, tiny, whiten):
 def test_bad_pipeline_file_is_refused(tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text(yaml.safe_dump({"stages": ["sft", "ppo", "rlhf"]}))
-    with pytest.raises(SystemExit, match="unknown stages"):
+    with pytest.raises(ConfigError, match="unknown stages"):
         ppo_recipe.main(["--pipeline", str(bad)])
     bad.write_text(yaml.safe_dump({"stages": ["ppo"], "ppoo": {}}))
-    with pytest.raises(SystemExit, match=r"unknown keys \['ppoo'\]"):
+    with pytest.raises(ConfigError, match=r"unknown keys \['ppoo'\]"):
         ppo_recipe.main(["--pipeline", str(bad)])
 
 
@@ -251,7 +251,7 @@ def test_pipeline_runs_all_stages_and_plots_the_frontier(tmp_path, tiny):
     before = (out / "frontier.jsonl").read_text()
     spec["stages"] = ["dpo"]
     path.write_text(yaml.safe_dump(spec))
-    with pytest.raises(SystemExit, match="already holds a previous run of the dpo stage"):
+    with pytest.raises(FileExistsError, match="already holds a previous run of the dpo stage"):
         ppo_recipe.main(["--pipeline", str(path)])
     assert (out / "frontier.jsonl").read_text() == before
     spec["dpo"]["overwrite_output_dir"] = True

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from align.config import ConfigError
 from align.rl.common import load_model, parse_rl_config
 from align.rl.dqn import DQNConfig, DQNTrainer
 from align.rl.policy_gradient import PPOConfig, PPOTrainer
@@ -246,6 +247,6 @@ def test_tabular_resume_equals_uninterrupted(tmp_path):
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, module, args, message):
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(ConfigError, match=message):
         module.main(["--output_dir", str(tmp_path / "x"), *args])
     assert not (tmp_path / "x").exists()  # nothing was written
