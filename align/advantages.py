@@ -22,12 +22,26 @@ from align.losses import masked_sum
 
 __all__ = [
     "discounted_returns",
+    "explained_variance",
     "gae",
     "group_advantages",
     "group_std",
     "rloo_advantages",
     "whiten",
 ]
+
+
+def explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None
+) -> float:
+    """``1 - Var(R - V) / Var(R)`` over counted elements: 1 = a perfect critic, 0 = no better than the mean,
+    negative = worse. NaN when the returns do not vary."""
+    m = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
+    r, v = returns[m].float(), values[m].float()
+    var_r = r.var(unbiased=False)
+    if r.numel() < 2 or float(var_r) == 0.0:
+        return float("nan")
+    return float(1.0 - (r - v).var(unbiased=False) / var_r)
 
 
 def _leading_zeros(x: torch.Tensor) -> torch.Tensor:

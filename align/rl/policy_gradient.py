@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
-from align.advantages import discounted_returns, gae, whiten
+from align.advantages import discounted_returns, explained_variance, gae, whiten
 from align.config import ConfigError, check_range
 from align.losses import masked_mean, policy_gradient_loss, ppo_clip_loss, value_loss
 from align.rl.common import (
@@ -406,12 +406,6 @@ class PolicyGradientTrainer(RLTrainer):
         self.generator.set_state(state["generator"])
 
 
-def _explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
-    """1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 no better than a constant."""
-    var = returns.var()
-    return float("nan") if var == 0 else float(1.0 - (returns - values).var() / var)
-
-
 # --------------------------------------------------------------------------------------------------
 # REINFORCE
 # --------------------------------------------------------------------------------------------------
@@ -549,7 +543,7 @@ class A2CTrainer(PolicyGradientTrainer):
         advantages, returns = self.rollout_advantages(rollout, cfg.gae_lambda, cfg.advantage)
         batch = self.flat_batch(rollout, advantages, returns)
         metrics = {
-            "value/explained_variance": _explained_variance(batch["values"], batch["returns"]),
+            "value/explained_variance": explained_variance(batch["values"], batch["returns"]),
             **episode_metrics(*rollout["episodes"]),
         }
         return [UpdateStep([(batch, 1.0)], metrics)]
@@ -590,7 +584,7 @@ class PPOTrainer(PolicyGradientTrainer):
         if whole and cfg.normalize_advantage and n > 1:
             batch["advantages"] = whiten(batch["advantages"])
         metrics = {
-            "value/explained_variance": _explained_variance(batch["values"], batch["returns"]),
+            "value/explained_variance": explained_variance(batch["values"], batch["returns"]),
             **episode_metrics(*rollout["episodes"]),
         }
         steps = []

@@ -44,8 +44,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from align.advantages import gae, whiten
-from align.config import ConfigError, ModelConfig, TrainConfig, check_choice, check_range
+from align.advantages import explained_variance, gae, whiten
+from align.config import ConfigError, ModelConfig, TrainConfig, check_range
 from align.forward import base_model, position_ids, rollout_logprobs, whole_forward
 from align.generation import Rollout
 from align.losses import (
@@ -57,7 +57,7 @@ from align.losses import (
     sft_loss,
     value_loss,
 )
-from align.models import make_reference, reference_model, unwrap_model
+from align.models import eval_mode, make_reference, reference_model, unwrap_model
 from align.rewards import CombinedReward
 from align.trainer import NonFiniteError, Trainer, UpdateStep
 from align.trainers.common import disable_dropout
@@ -191,7 +191,6 @@ class PPOConfig(RolloutConfig, ModelConfig, TrainConfig):
         check_range("ptx_max_length", self.ptx_max_length, 1)
         check_range("eval_samples", self.eval_samples, 1)
         check_range("reward_model_batch_size", self.reward_model_batch_size, 1)
-        check_choice("value_model", self.value_model, ["separate", "shared"])
         if self.ptx_coef > 0 and not self.ptx_dataset_name:
             raise ConfigError(
                 "ptx_coef > 0 needs ptx_dataset_name (an SFT dataset, or 'default' for data/sft)"
@@ -201,11 +200,6 @@ class PPOConfig(RolloutConfig, ModelConfig, TrainConfig):
                 "value_model_name_or_path is set but value_model is 'shared' (the head sits on the policy); "
                 "use value_model: separate to give the value model its own backbone"
             )
-
-    @property
-    def steps_per_iteration(self) -> int:
-        """Optimizer steps per rollout."""
-        return self.num_epochs * self.num_mini_batches
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -289,19 +283,6 @@ def per_token_rewards(
     has_token = lengths > 0
     bonus[has_token, last[has_token]] = scores[has_token].to(bonus.dtype)
     return non_score + bonus, kl, non_score
-
-
-def explained_variance(
-    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor | None = None
-) -> float:
-    """``1 - Var(R - V) / Var(R)`` over counted elements: 1 = a perfect critic, 0 = no better than the mean,
-    negative = worse. NaN when the returns do not vary."""
-    m = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
-    r, v = returns[m].float(), values[m].float()
-    var_r = r.var(unbiased=False)
-    if r.numel() < 2 or float(var_r) == 0.0:
-        return float("nan")
-    return float(1.0 - (r - v).var(unbiased=False) / var_r)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -418,7 +399,6 @@ class PPOMicroBatch:
     """(B, C) value targets."""
     ptx_scale: float = 0.0
     """Factor of the PPO-ptx term in this micro-batch's loss (see ``PPOTrainer._minibatch_plan``)."""
-    """Rollout metrics, carried by the first micro-batch of an iteration."""
 
 
 def _check_inputs(config: PPOConfig, train_dataset: Any, value_model: Any, ptx_dataset: Any) -> None:
@@ -529,8 +509,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         ids, attn = rollout.input_ids(), rollout.attention_mask()
         C = rollout.completion_ids.shape[1]
         old, vals = [], []
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             for s in range(0, len(rollout), cfg.per_device_train_batch_size):
                 sl = slice(s, s + cfg.per_device_train_batch_size)
                 logits, values = self.model(ids[sl], attn[sl], C)
@@ -542,8 +521,6 @@ class PPOTrainer(RolloutMixin, Trainer):
                 refs = rollout_logprobs(
                     ref, rollout, cfg.per_device_train_batch_size, temperature=cfg.temperature
                 )
-        finally:
-            self.model.train()
         return torch.cat(old), torch.cat(vals), refs
 
     def _sum_over_processes(self, t: torch.Tensor) -> torch.Tensor:
@@ -740,8 +717,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         return loss, {"loss/ptx": m["loss/sft"]}
 
     def on_step_end(self, metrics: dict[str, float]) -> None:
-        beta = self.kl_ctl.value
-        metrics["beta/current"] = beta
+        metrics["beta/current"] = self.kl_ctl.value
 
     # ----------------------------------------------------------------------------------------------
     # Checkpoint state, saving, evaluation
