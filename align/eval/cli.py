@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import sys
 
-from align.config import ConfigError, parse_config
+from align.config import parse_config
+from align.errors import call_main, strip_debug_flag
 from align.eval.runner import EvalConfig, run_eval
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `align eval` and `recipes/eval.py`; returns the exit status."""
-    try:
-        cfg = parse_config(EvalConfig, sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"align eval: {e}", file=sys.stderr)
-        return 2
-    try:
-        run_eval(cfg)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"align eval: {e}", file=sys.stderr)
-        return 1
-    return 0
+    """Entry point of `align eval` and `recipes/eval.py`; returns the exit status (2 after a user error's
+    one line, as every align program: ``align.errors.call_main``)."""
+    args = strip_debug_flag(sys.argv[1:] if argv is None else list(argv))
+
+    def run() -> int:
+        run_eval(parse_config(EvalConfig, args))
+        return 0
+
+    return call_main(run, "align eval")
 
 
 if __name__ == "__main__":

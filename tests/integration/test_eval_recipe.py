@@ -62,7 +62,7 @@ def test_recipe_several_tasks(tiny_model_dir, tmp_path, capsys):
     assert (out / "config.yaml").is_file()
 
     # An existing evaluation is not overwritten unless asked.
-    assert eval_recipe.main(argv) == 1
+    assert eval_recipe.main(argv) == 2
     assert "already holds a previous run" in capsys.readouterr().err
     assert eval_recipe.main([*argv, "--overwrite_output_dir"]) == 0
 
@@ -125,6 +125,6 @@ def test_align_eval_bad_input(tiny_model_dir, tmp_path, capsys):
     no_answer.write_text(json.dumps({"problem": "1 + 1?"}) + "\n")
     argv = ["eval", "--model", str(tiny_model_dir), "--task", "math500", "--data_path", str(no_answer),
             "--output_dir", str(tmp_path / "out")]  # fmt: skip
-    assert align_main(argv) == 1
+    assert align_main(argv) == 2
     assert "missing column(s) ['answer']" in capsys.readouterr().err
     assert align_main(["eval", "--task", "nope"]) == 2
