@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from align.data import content_text, describe_json_type, read_rows, shipped_data
+from align.forward import pad_rows
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -553,24 +554,15 @@ def collate_sft(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
     Packed rows (with ``position_ids``) get ``attention_mask=None`` and position ids that continue through
     the padding, so transformers sees packed sequences (see :func:`pack_examples`).
     """
-    T = max(len(r["input_ids"]) for r in rows)
-    B = len(rows)
-    input_ids = torch.full((B, T), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
-    attention = torch.zeros((B, T), dtype=torch.long)
+    input_ids, attention = pad_rows([r["input_ids"] for r in rows], pad_token_id)
+    mask = pad_rows([r["mask"] for r in rows], 0)[0]
+    B, T = input_ids.shape
     packed = "position_ids" in rows[0]
-    position_ids = torch.zeros((B, T), dtype=torch.long)
-    for b, r in enumerate(rows):
-        n = len(r["input_ids"])
-        input_ids[b, :n] = torch.tensor(r["input_ids"])
-        mask[b, :n] = torch.tensor(r["mask"])
-        attention[b, :n] = 1
-        if packed:
-            position_ids[b, :n] = torch.tensor(r["position_ids"])
-            start = r["position_ids"][-1] + 1 if n else 0
-            position_ids[b, n:] = torch.arange(start, start + T - n)
-        else:
-            position_ids[b] = torch.arange(T)
+    position_ids = torch.arange(T).repeat(B, 1)
+    if packed:
+        for b, r in enumerate(rows):
+            n, start = len(r["input_ids"]), (r["position_ids"][-1] + 1 if r["input_ids"] else 0)
+            position_ids[b] = torch.tensor(list(r["position_ids"]) + list(range(start, start + T - n)))
     return {
         "input_ids": input_ids,
         "attention_mask": None if packed else attention,
@@ -767,16 +759,10 @@ def collate_preferences(rows: list[dict[str, Any]], pad_token_id: int) -> dict[s
     seqs = [r["prompt_ids"] + r["chosen_ids"] for r in rows] + [
         r["prompt_ids"] + r["rejected_ids"] for r in rows
     ]
-    starts = [len(r["prompt_ids"]) for r in rows] * 2
-    T = max(len(s) for s in seqs)
-    N = len(seqs)
-    input_ids = torch.full((N, T), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((N, T), dtype=torch.long)
-    mask = torch.zeros((N, T), dtype=torch.long)
-    for b, (s, p) in enumerate(zip(seqs, starts)):
-        input_ids[b, : len(s)] = torch.tensor(s)
-        attention[b, : len(s)] = 1
-        mask[b, p : len(s)] = 1
+    input_ids, attention = pad_rows(seqs, pad_token_id)
+    mask = attention.clone()
+    for b, p in enumerate([len(r["prompt_ids"]) for r in rows] * 2):
+        mask[b, :p] = 0  # 1 = completion token
     out = {"input_ids": input_ids, "attention_mask": attention, "mask": mask}
     # The same pairs, one row each: [left-padded prompt | chosen | rejected | right padding].
     P = max(len(r["prompt_ids"]) for r in rows)
