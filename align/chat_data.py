@@ -3,10 +3,8 @@ r"""Supervised and preference data: loading, formatting with the chat template, 
 Three pipelines read what this module makes: SFT (``align.trainers.sft``), the Bradley-Terry reward model
 (``align.trainers.reward_model``) and DPO (``align.trainers.dpo``).
 
-Loading (``load_rows``) goes through the project's one reader, ``align.data.read_rows``: a local ``.jsonl`` /
-``.json`` / ``.parquet`` file, a folder holding ``<split>.jsonl`` (or ``.json``, ``.parquet``,
-``<split>-*.parquet``), or a hub dataset name. ``None`` is the project's own data, ``data/sft`` or
-``data/prefs`` (made by ``data/make_prefs.py``).
+Loading (``load_rows``) goes through the project's one reader, ``align.data.read_rows``; ``None`` is the
+project's own data, ``data/sft`` or ``data/prefs`` (made by ``data/make_prefs.py``).
 
 SFT schemas, detected from the columns (``sft_format``):
 

@@ -11,9 +11,9 @@ The shared prompt. In GRPO (and PPO with several samples per prompt) consecutive
 completions of one question. A plain forward runs each prompt G times. Here the distinct prompts run once,
 their key/value cache is gathered for every row (``index_select`` on the batch dimension, which autograd
 differentiates: the gradients of the G rows add up in the shared prompt), and only the completion tokens run
-per row. With 65-token chat prompts, 48-token completions and G = 4, that removes about 40% of the tokens of
-every policy and reference forward and backward pass. The logits equal a plain forward's to float rounding
-(tested), so the loss and update do not change. No library does this for training (TRL and OpenRLHF re-run
+per row (with 65-token chat prompts, 48-token completions and G = 4, about 40% fewer tokens in every policy
+and reference pass). The logits equal a plain forward's to float rounding (tested), so the update does not
+change. No library does this for training (TRL and OpenRLHF re-run
 the prompt per completion); it is written here by hand on top of transformers' ``DynamicCache``.
 """
 

@@ -568,8 +568,7 @@ def run_greedy_episodes(
 class RLTrainer(Trainer):
     """The ``Trainer`` with what every classic-RL algorithm adds: environment-step counting (logged as
     ``env/steps`` and ``env/episodes`` with every metrics line), greedy evaluation on a separate environment
-    with fixed seeds, ``torch_threads`` while training, and a guarded optimizer step for trainers that run
-    several updates inside one trainer step (DQN's gradient steps, PPO's minibatch epochs).
+    with fixed seeds, ``torch_threads`` while training, and best-model selection on evaluations of their own.
     """
 
     progress_keys = ("episode/return", "eval/return_mean", "loss")

@@ -423,7 +423,6 @@ class PPOTrainer(RolloutMixin, Trainer):
     """PPO-RLHF on the Trainer base (see the module docstring).
 
     Args:
-        config: a ``PPOConfig``.
         model: the policy (a causal LM, optionally a peft LoRA model).
         tokenizer: the policy's tokenizer.
         reward_funcs: reward callables (TRL contract) or a ``CombinedReward``.
