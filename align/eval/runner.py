@@ -11,6 +11,7 @@ and writes the outputs described in `align.eval.report`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, Literal
 from align.config import ConfigError, check_choice, check_range, check_types, save_config
 from align.eval.harness import TaskResult, evaluate_generate, evaluate_loglikelihood
 from align.eval.report import write_outputs
-from align.eval.tasks import MODES, TASKS, get_task
+from align.eval.tasks import TASKS, get_task
 
 __all__ = ["EvalConfig", "load_eval_model", "run_eval"]
 
@@ -106,7 +107,6 @@ class EvalConfig:
         if isinstance(self.data_paths, str):
             self.data_paths = [self.data_paths]
         self.data_path_by_task()  # raises on a bad entry
-        check_choice("mode", self.mode, ["auto", *MODES])
         for t in tasks:
             self.task_mode(t)  # raises for a mode the task lacks
         check_range("limit", self.limit, 1, allow_none=True)
@@ -122,7 +122,6 @@ class EvalConfig:
         check_range(
             "vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, 0.0, 1.0, low_inclusive=False
         )
-        check_choice("backend", self.backend, ["hf", "vllm"])
         check_choice("dtype", self.dtype, ["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"])
         if self.num_samples > 1 and self.temperature == 0:
             raise ConfigError(
@@ -204,16 +203,11 @@ def load_eval_model(
         model = model.merge_and_unload()
     model.eval()
     tokenizer_source = resolve_model_path(model_name_or_path)
+    source = Path(tokenizer_source)
     if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file():
         tokenizer_source = adapter
-    elif (Path(tokenizer_source) / "adapter_config.json").is_file() and not (
-        Path(tokenizer_source) / "tokenizer_config.json"
-    ).is_file():
-        import json
-
-        tokenizer_source = json.loads((Path(tokenizer_source) / "adapter_config.json").read_text())[
-            "base_model_name_or_path"
-        ]
+    elif (source / "adapter_config.json").is_file() and not (source / "tokenizer_config.json").is_file():
+        tokenizer_source = json.loads((source / "adapter_config.json").read_text())["base_model_name_or_path"]
     tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
     return model, tokenizer
 

@@ -47,8 +47,6 @@ __all__ = [
     "get_task",
 ]
 
-MODES = ("generate", "loglikelihood")
-
 
 class Task:
     """One evaluation task. Subclasses set the class attributes and implement the methods."""
