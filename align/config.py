@@ -125,36 +125,13 @@ def _convert(value: Any, hint: Any, *, text: bool, finite: bool = True) -> Any:
     Types this check does not know (``Any``, tensors, ...) are left to the config's ``validate()``."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(hint)
-        others = [a for a in args if a is not type(None)]
-        optional = len(others) < len(args)
-        if optional and value is None:
-            return None
-        if (
-            optional
-            and text
-            and str not in others
-            and isinstance(value, str)
-            and value.lower() in ("none", "null")
-        ):
-            return None  # "--eval_max_new_tokens None"; a str field keeps the word as written
-        failures = []
-        for a in others:
-            try:
-                return _convert(value, a, text=text, finite=finite)
-            except _Mismatch as m:
-                failures.append(m)
-        if len(failures) == 1 and failures[0].choices is not None:
-            raise failures[0]
-        if len(failures) == 1 and optional:
-            raise _Mismatch(f"{failures[0].expected} or None")
-        raise _Mismatch(_type_name(hint))
+        return _convert_union(value, hint, text=text, finite=finite)
     if origin is Literal:
         choices = typing.get_args(hint)
         for c in choices:
-            if value == c and type(value) is type(c):
-                return c
-            if text and isinstance(value, str) and value == str(c):
+            if (value == c and type(value) is type(c)) or (
+                text and isinstance(value, str) and value == str(c)
+            ):
                 return c
         raise _Mismatch(_type_name(hint), choices)
     if origin is list or hint is list:
@@ -164,39 +141,80 @@ def _convert(value: Any, hint: Any, *, text: bool, finite: bool = True) -> Any:
             return [_convert(v, inner, text=text, finite=finite) for v in items]
         except _Mismatch as m:
             raise _Mismatch(f"list of {m.expected}", m.choices) from None
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if text and isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise _Mismatch("bool")
-    if hint is int:
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)  # numpy's integers too
-        if text and isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise _Mismatch("int")
-    if hint is float:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            number = float(value)
-        elif text and isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                raise _Mismatch("float") from None
-        else:
-            raise _Mismatch("float")
-        if finite and not math.isfinite(number):
-            raise _Mismatch("finite float")
-        return number
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch("str")
-    return value
+    scalar = _SCALARS.get(hint)
+    return value if scalar is None else scalar(value, text, finite)
+
+
+def _convert_union(value: Any, hint: Any, *, text: bool, finite: bool) -> Any:
+    """``X | Y | None``: None (or the word none/null as text, for a field that is not a string), else the
+    first member type that takes the value."""
+    args = typing.get_args(hint)
+    others = [a for a in args if a is not type(None)]
+    optional = len(others) < len(args)
+    if optional and value is None:
+        return None
+    if (
+        optional
+        and text
+        and str not in others
+        and isinstance(value, str)
+        and value.lower() in ("none", "null")
+    ):
+        return None  # "--eval_max_new_tokens None"; a str field keeps the word as written
+    failures = []
+    for a in others:
+        try:
+            return _convert(value, a, text=text, finite=finite)
+        except _Mismatch as m:
+            failures.append(m)
+    if len(failures) == 1 and failures[0].choices is not None:
+        raise failures[0]
+    if len(failures) == 1 and optional:
+        raise _Mismatch(f"{failures[0].expected} or None")
+    raise _Mismatch(_type_name(hint))
+
+
+def _to_bool(value: Any, text: bool, finite: bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if text and isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _Mismatch("bool")
+
+
+def _to_int(value: Any, text: bool, finite: bool) -> int:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)  # numpy's integers too
+    if text and isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise _Mismatch("int")
+
+
+def _to_float(value: Any, text: bool, finite: bool) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    elif text and isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _Mismatch("float") from None
+    else:
+        raise _Mismatch("float")
+    if finite and not math.isfinite(number):
+        raise _Mismatch("finite float")
+    return number
+
+
+def _to_str(value: Any, text: bool, finite: bool) -> str:
+    if isinstance(value, str):
+        return value
+    raise _Mismatch("str")
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 @functools.cache

@@ -762,8 +762,6 @@ def check_output_dir(
     ``check_only``: raise the same errors, but remove and make nothing. Recipes call it so as soon as their
     config is parsed, so that a refused directory is said before any model loads.
     """
-    import os
-
     out = Path(output_dir)
     found = previous_run(out, markers)
     failed_start = []
@@ -775,18 +773,7 @@ def check_output_dir(
             f"output_dir {str(out)!r} already holds a previous run ({', '.join(found)}). Nothing was changed. "
             f"Pass {resume_hint}--overwrite_output_dir to replace it, or choose another --output_dir."
         )
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise NotADirectoryError(
-            f"output_dir {str(out)!r}: {str(folder)!r} is a file, not a folder; choose another --output_dir."
-        )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        made_in = "" if folder == out else f" (it would be made in {str(folder)!r}, which is not writable)"
-        raise PermissionError(
-            f"output_dir {str(out)!r} is not writable{made_in}; choose another --output_dir or make it writable."
-        )
+    _check_writable(out)
     if check_only:
         return
     main = accelerator is None or accelerator.is_main_process
@@ -805,6 +792,24 @@ def check_output_dir(
         out.mkdir(parents=True, exist_ok=True)
     if accelerator is not None:
         accelerator.wait_for_everyone()
+
+
+def _check_writable(out: Path) -> None:
+    """``out``, or before it exists the folder it will be made in, must be a writable folder."""
+    import os
+
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(
+            f"output_dir {str(out)!r}: {str(folder)!r} is a file, not a folder; choose another --output_dir."
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        made_in = "" if folder == out else f" (it would be made in {str(folder)!r}, which is not writable)"
+        raise PermissionError(
+            f"output_dir {str(out)!r} is not writable{made_in}; choose another --output_dir or make it writable."
+        )
 
 
 def previous_run(output_dir: str | Path, markers: tuple[str, ...] = RUN_MARKERS) -> list[str]:

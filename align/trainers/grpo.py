@@ -211,18 +211,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
         token_mean = cfg.loss_type == "token"
         total = self._global_sum(float(mask.sum()) if token_mean else float(len(rollout)))
 
-        lengths = rollout.completion_lengths.float()
-        metrics = {
-            **self.reward.metrics(),
-            "reward/zero_std_group_fraction": float(zero_std.float().mean()),
-            "completions/mean_length": float(lengths.mean()),
-            "completions/max_length": float(lengths.max()),
-            "completions/min_length": float(lengths.min()),
-            "completions/clipped_ratio": float((~rollout.is_eos).float().mean()),
-            "completions/tokens": float(lengths.sum()),
-            "completions/skipped_fraction": float((~keep).float().mean()),
-            **timing,
-        }
+        metrics = {**self._rollout_metrics(rollout, zero_std, keep), **timing}
         idx = keep.nonzero().squeeze(-1)
         chunks = [c for c in torch.tensor_split(idx, cfg.gradient_accumulation_steps) if c.numel()]
         batches = [self._slice(rollout, c, mask, advantages) for c in chunks]
@@ -247,6 +236,22 @@ class GRPOTrainer(RolloutMixin, Trainer):
         micro = list(zip(batches, weights))
         # Later passes reuse the tensors; generation metrics are logged once, with the pass that sampled.
         return [UpdateStep(micro, metrics if i == 0 else {}, total) for i in range(cfg.num_epochs)]
+
+    def _rollout_metrics(
+        self, rollout: Rollout, zero_std: torch.Tensor, keep: torch.Tensor
+    ) -> dict[str, float]:
+        """Rewards per function, zero-variance groups, completion lengths and the rows left out."""
+        lengths = rollout.completion_lengths.float()
+        return {
+            **self.reward.metrics(),
+            "reward/zero_std_group_fraction": float(zero_std.float().mean()),
+            "completions/mean_length": float(lengths.mean()),
+            "completions/max_length": float(lengths.max()),
+            "completions/min_length": float(lengths.min()),
+            "completions/clipped_ratio": float((~rollout.is_eos).float().mean()),
+            "completions/tokens": float(lengths.sum()),
+            "completions/skipped_fraction": float((~keep).float().mean()),
+        }
 
     def _slice(
         self, rollout: Rollout, rows: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
