@@ -52,11 +52,6 @@ AGGREGATIONS = ("token", "sequence", "dr_grpo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Masking and aggregation
-# ------------------------------------------------------------------------------------------------------------
-
-
 def _bool_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return torch.ones_like(x, dtype=torch.bool)
@@ -66,12 +61,7 @@ def _bool_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def masked_sum(
     x: torch.Tensor, mask: torch.Tensor | None, dim: int | tuple[int, ...] | None = None
 ) -> torch.Tensor:
-    """Sum of the elements of ``x`` where ``mask`` is nonzero.
-
-    Args:
-        x: any shape.
-        mask: broadcastable to ``x``; 1 = counts. ``None``: everything counts.
-        dim: dimension(s) to reduce; ``None`` reduces all.
+    """Sum of the elements of ``x`` (any shape) where ``mask`` (broadcastable; 1 = counts) is nonzero.
 
     Masked elements are selected out with ``torch.where`` rather than multiplied by 0, so padding that holds
     ``inf`` or ``nan`` (log-prob of a pad token, say) cannot poison the sum.
@@ -84,12 +74,7 @@ def masked_sum(
 def masked_mean(
     x: torch.Tensor, mask: torch.Tensor | None, dim: int | tuple[int, ...] | None = None
 ) -> torch.Tensor:
-    """Mean of the elements of ``x`` where ``mask`` is nonzero; 0 where nothing counts.
-
-    Args:
-        x: any shape.
-        mask: broadcastable to ``x``; 1 = counts. ``None``: plain mean.
-        dim: dimension(s) to reduce; ``None`` reduces all.
+    """Mean of the elements of ``x`` where ``mask`` is nonzero (as :func:`masked_sum`); 0 where nothing counts.
 
     An all-zero mask gives 0 (not ``nan``) with a zero gradient: a batch whose completions were all filtered
     must not turn the parameters into ``nan``.
@@ -110,11 +95,7 @@ def _as_rows(per_token_loss: torch.Tensor, mask: torch.Tensor | None) -> tuple[t
 def token_aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Sum over every counted token in the batch / number of counted tokens (DAPO, Yu et al. 2025, sec. 3.3).
 
-    Args:
-        per_token_loss: ``(B, T)`` (or ``(B,)``).
-        mask: same shape; 1 = token counts.
-
-    Every token weighs the same, so long completions are not down-weighted as they are by ``sequence``.
+    ``per_token_loss`` and ``mask`` (1 = token counts) are ``(B, T)`` (or ``(B,)``). Every token weighs the same, so long completions are not down-weighted as they are by ``sequence``.
     """
     return masked_mean(per_token_loss, mask)
 
@@ -122,10 +103,7 @@ def token_aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor | None) -> 
 def sequence_aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over each sequence's counted tokens, then over sequences (original GRPO, Shao et al. 2024, eq. 3).
 
-    Args:
-        per_token_loss: ``(B, T)`` (or ``(B,)``: each element is a sequence of length 1).
-        mask: same shape; 1 = token counts.
-
+    ``per_token_loss`` and ``mask`` (1 = token counts) are ``(B, T)`` (or ``(B,)``: sequences of length 1).
     A sequence with no counted token contributes 0 but still counts in the mean over ``B``, as in TRL's
     ``loss_type="grpo"``.
     """
@@ -138,13 +116,8 @@ def dr_grpo_aggregate(
 ) -> torch.Tensor:
     """Sum over counted tokens / (B * max_len), the constant normaliser of Dr. GRPO (Liu et al. 2025).
 
-    Args:
-        per_token_loss: ``(B, T)`` (or ``(B,)``: each element is a sequence of length 1).
-        mask: same shape; 1 = token counts.
-        max_len: the constant normaliser, usually the generation budget ``max_completion_length``; defaults to
-            ``T``.
-
-    From "Understanding R1-Zero-Like Training: A Critical Perspective". A constant denominator removes the
+    ``per_token_loss`` and ``mask`` (1 = token counts) are ``(B, T)`` (or ``(B,)``); ``max_len`` is usually the
+    generation budget ``max_completion_length``, default ``T``. From "Understanding R1-Zero-Like Training: A Critical Perspective". A constant denominator removes the
     length bias of ``sequence`` (short wrong answers are punished more per token than long ones) and the
     batch-dependence of ``token``.
     """
@@ -157,13 +130,8 @@ def dr_grpo_aggregate(
 def aggregate(
     per_token_loss: torch.Tensor, mask: torch.Tensor | None, how: str = "token", max_len: int | None = None
 ) -> torch.Tensor:
-    """Reduce a per-token loss to a scalar with one of ``"token"``, ``"sequence"``, ``"dr_grpo"``.
-
-    Args:
-        per_token_loss: ``(B, T)``, or ``(B,)`` for classic RL (all three then give the plain mean).
-        mask: same shape; 1 = token counts; ``None``: all count.
-        how: see :func:`token_aggregate`, :func:`sequence_aggregate`, :func:`dr_grpo_aggregate`.
-        max_len: only for ``"dr_grpo"``.
+    """Reduce a per-token loss to a scalar with :func:`token_aggregate`, :func:`sequence_aggregate` or
+    :func:`dr_grpo_aggregate` (``how``); a ``(B,)`` loss (classic RL) gets the plain mean from all three.
 
     All three are linear in ``per_token_loss``: ``aggregate(a + b) == aggregate(a) + aggregate(b)``, which
     lets a trainer add a KL penalty aggregated separately.
@@ -183,11 +151,6 @@ def _broadcast_advantages(advantages: torch.Tensor, logprobs: torch.Tensor) -> t
     if advantages.dim() == logprobs.dim() - 1:
         advantages = advantages.unsqueeze(-1)
     return advantages
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Policy and value losses
-# ------------------------------------------------------------------------------------------------------------
 
 
 def ppo_clip_loss(
@@ -213,13 +176,9 @@ def ppo_clip_loss(
       GAE) or ``(B,)`` / ``(B, 1)`` (GRPO: one advantage per completion, spread over its tokens), ``mask``
       ``(B, T)`` with 1 on completion tokens that count.
 
-    Args:
-        clip_eps: lower clip range ``eps_low``.
-        clip_eps_high: upper clip range; ``None`` means ``clip_eps`` (symmetric). DAPO's "clip-higher" (Yu et
-            al. 2025) raises it (e.g. 0.28) so unlikely tokens with positive advantage can grow, against
-            entropy collapse.
-        aggregation: ``"token"``, ``"sequence"`` or ``"dr_grpo"``, see :func:`aggregate`.
-        max_len: normaliser for ``"dr_grpo"``.
+    ``clip_eps`` is ``eps_low``; ``clip_eps_high`` ``None`` means ``clip_eps`` (symmetric). DAPO's "clip-higher"
+    (Yu et al. 2025) raises it (e.g. 0.28) so unlikely tokens with positive advantage can grow, against entropy
+    collapse. ``aggregation``, ``max_len``: see :func:`aggregate`.
 
     Metrics (over counted elements):
         ``loss/policy``; ``clip/fraction``: share where the clipped branch is the minimum, so the gradient is
@@ -265,13 +224,8 @@ def policy_gradient_loss(
     REINFORCE with baseline, and it equals the gradient of :func:`ppo_clip_loss` at ``r = 1`` (the first PPO
     epoch).
 
-    Args:
-        logprobs: ``(B,)`` or ``(B, T)``, log-probs of the taken actions under the current policy.
-        advantages: same shape, or ``(B,)`` / ``(B, 1)`` broadcast over ``T``.
-        mask: shape of ``logprobs``; 1 = counts.
-        aggregation, max_len: see :func:`aggregate`.
-
-    Metrics: ``loss/policy``.
+    ``logprobs`` (of the taken actions, current policy) and ``mask`` (1 = counts) are ``(B,)`` or ``(B, T)``;
+    ``advantages`` the same, or ``(B,)`` / ``(B, 1)`` broadcast over ``T``. Metrics: ``loss/policy``.
     """
     advantages = _broadcast_advantages(advantages, logprobs)
     per_token_loss = -advantages * logprobs
@@ -298,15 +252,9 @@ def value_loss(
     the critic near the values that produced the advantages. Andrychowicz et al. 2021 found it rarely helps,
     hence off by default.
 
-    Args:
-        values: ``(B,)`` or ``(B, T)``, current value predictions (with grad).
-        old_values: same shape, the predictions at rollout time; only needed when ``clip_eps`` is set.
-        returns: same shape, the regression targets (e.g. GAE returns).
-        mask: same shape; 1 = counts.
-        clip_eps: value clip range; ``None`` disables clipping.
-        aggregation, max_len: see :func:`aggregate`.
-
-    Metrics: ``loss/value``; ``clip/value_fraction``: share of counted elements where the clipped error is the
+    ``values`` (current, with grad), ``old_values`` (at rollout time; needed only with ``clip_eps``),
+    ``returns`` (targets, e.g. GAE returns) and ``mask`` (1 = counts) are all ``(B,)`` or ``(B, T)``;
+    ``clip_eps=None`` disables clipping. Metrics: ``loss/value``; ``clip/value_fraction``: share of counted elements where the clipped error is the
     larger (0 without clipping).
     """
     returns = returns.detach()
@@ -328,11 +276,6 @@ def value_loss(
         "clip/value_fraction": masked_mean(is_clipped.to(values.dtype), mask).detach(),
     }
     return loss, metrics
-
-
-# ------------------------------------------------------------------------------------------------------------
-# KL estimators
-# ------------------------------------------------------------------------------------------------------------
 
 
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -372,22 +315,12 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = 
     return estimators[kind](logprobs, ref_logprobs)
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Log-probabilities and entropy from logits
-# ------------------------------------------------------------------------------------------------------------
-
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """Entropy in nats of the categorical distribution ``softmax(logits)`` over the last dim.
-
-    Args:
-        logits: ``(..., V)``, e.g. ``(B, T, V)``.
-        chunk_size: rows of the flattened ``(N, V)`` logits processed at once, to bound the temporaries.
-
-    Returns:
-        ``(...)``, e.g. ``(B, T)``; float32 for half-precision logits.
+    """Entropy in nats of ``softmax(logits)`` over the last dim: ``(B, T, V) -> (B, T)`` (any ``(..., V)``),
+    float32 for half-precision logits; ``chunk_size`` rows of the flattened logits at a time bound the memory.
 
     Uses ``log_softmax`` (a logsumexp) for stability; ``-inf`` logits (masked vocabulary) give 0, not ``nan``,
     because ``log p`` is clamped to the finite range before ``p * log p``.
@@ -409,14 +342,8 @@ def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 1024) -> torch.T
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``log_softmax(logits)[..., index]`` without building the full log-softmax tensor.
 
-    Args:
-        logits: ``(B, T, V)`` (any ``(B, ..., V)``).
-        index: ``(B, T)`` token ids (``(B, ...)``).
-
-    Returns:
-        ``(B, T)`` log-probabilities; float32 for half-precision logits.
-
-    ``log_softmax(x)_i = x_i - logsumexp(x)``: gather one logit per position and subtract a logsumexp computed
+    ``logits`` ``(B, T, V)`` and token ids ``index`` ``(B, T)`` give ``(B, T)`` log-probabilities (float32 for
+    half-precision logits); any ``(B, ..., V)`` works. ``log_softmax(x)_i = x_i - logsumexp(x)``: gather one logit per position and subtract a logsumexp computed
     one row of the batch at a time, so the peak extra memory is one ``(T, V)`` row instead of ``(B, T, V)``
     (the trick of TRL's ``selective_log_softmax``). Half-precision rows are upcast to float32 because the
     policy ratio ``exp(logp - old_logp)`` of bf16 log-probs is noisy at the 1e-2 level, the size of the PPO
@@ -438,17 +365,10 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probability of each next token of ``input_ids`` under a causal LM's ``logits``.
+    """Log-probability of each next token of ``input_ids`` ``(B, T)`` under a causal LM's ``logits`` ``(B, T, V)``.
 
-    Args:
-        logits: ``(B, T, V)``, the model output for ``input_ids``; ``logits[:, t]`` is the distribution of
-            token ``t + 1``.
-        input_ids: ``(B, T)``.
-        temperature: the sampling temperature; logits are divided by it so the log-probs are those of the
-            distribution the completions were actually sampled from (needed for correct PPO/GRPO ratios).
-
-    Returns:
-        ``(B, T - 1)``: entry ``t`` is ``log p(input_ids[:, t + 1] | input_ids[:, :t + 1])``. The shift
+    Logits are divided by the sampling ``temperature``, so the log-probs are those of the distribution the
+    completions were sampled from (needed for correct PPO/GRPO ratios). Returns ``(B, T - 1)``: entry ``t`` is ``log p(input_ids[:, t + 1] | input_ids[:, :t + 1])``. The shift
         happens here, so a mask for these log-probs is ``completion_mask[:, 1:]``.
     """
     if temperature <= 0:
@@ -462,18 +382,9 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
 def sequence_logprobs(per_token_logprobs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Log-probability of whole completions: the sum of their counted token log-probs, ``(B, T) -> (B,)``.
 
-    Args:
-        per_token_logprobs: ``(B, T)``, e.g. from :func:`token_logprobs`.
-        mask: ``(B, T)``; 1 = completion token (prompt and padding are 0).
-
-    Used by DPO (``log pi(y|x)``) and by sequence-level scores.
+    ``mask`` ``(B, T)``: 1 = completion token (prompt and padding are 0). Used by DPO (``log pi(y|x)``) and by sequence-level scores.
     """
     return masked_sum(per_token_logprobs, mask, dim=-1)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Supervised and preference losses
-# ------------------------------------------------------------------------------------------------------------
 
 
 def sft_loss(
@@ -481,12 +392,10 @@ def sft_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Token cross-entropy for supervised fine-tuning: -log p(labels[t] | logits[t]).
 
-    Args:
-        logits: ``(B, T, V)``; position ``t`` predicts ``labels[:, t]``. The caller has already shifted (for a
-            causal LM: ``logits[:, :-1]`` with ``labels = input_ids[:, 1:]``); nothing is shifted here.
-        labels: ``(B, T)`` token ids; values under ``mask == 0`` are ignored (they may be -100).
-        mask: ``(B, T)``; 1 = the token is trained on (e.g. assistant tokens only), 0 = prompt, padding.
-        aggregation: ``"token"`` (mean over all counted tokens, as HF/TRL) or ``"sequence"``, ``"dr_grpo"``.
+    ``logits`` ``(B, T, V)``: position ``t`` predicts ``labels[:, t]`` ``(B, T)``; the caller has already shifted
+    (for a causal LM: ``logits[:, :-1]`` with ``labels = input_ids[:, 1:]``). ``mask`` ``(B, T)``: 1 = the token
+    is trained on (e.g. assistant tokens only), 0 = prompt, padding; labels under 0 are ignored (may be -100).
+    ``aggregation``: ``"token"`` (mean over all counted tokens, as HF/TRL), ``"sequence"`` or ``"dr_grpo"``.
 
     Metrics: ``loss/sft``; ``sft/tokens``, the number of counted tokens.
     """
@@ -536,12 +445,8 @@ def dpo_loss(
     ``label_smoothing`` ``ls`` assumes each label is flipped with probability ``ls`` (cDPO, Mitchell 2023); it
     keeps the loss bounded below so the margin cannot grow forever on noisy pairs.
 
-    Args:
-        policy_chosen_logps, policy_rejected_logps: ``(B,)`` sequence log-probs under the policy (see
-            :func:`sequence_logprobs`).
-        ref_chosen_logps, ref_rejected_logps: ``(B,)`` under the frozen reference.
-        beta: KL strength; larger keeps pi closer to pi_ref.
-        label_smoothing: flip probability in [0, 0.5).
+    All four log-probs are ``(B,)`` sequence log-probs (:func:`sequence_logprobs`) under the policy or the
+    frozen reference; a larger ``beta`` keeps pi closer to pi_ref; ``label_smoothing`` is in [0, 0.5).
 
     Metrics: ``loss/dpo``; ``rewards/chosen``, ``rewards/rejected``, the means of the implicit rewards
     ``beta * (log pi - log pi_ref)``; ``rewards/margins``, their mean difference; ``rewards/accuracy``, the
@@ -574,14 +479,10 @@ def ipo_loss(
     A squared loss that regresses the log-ratio margin to ``1 / (2 beta)`` instead of pushing it to infinity
     as DPO does on deterministic preferences (``beta`` is the paper's tau).
 
-    Args:
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: ``(B,)`` sequence
-            log-probs, as in :func:`dpo_loss`.
-        beta: regularisation strength tau.
-        chosen_lengths, rejected_lengths: ``(B,)`` completion token counts ``n_w``, ``n_l``. The paper's
-            equation has none (``n = 1``), but TRL, with the IPO authors' agreement, averages the log-ratios
-            per token so ``beta`` means the same at any length; pass the counts to match TRL
-            (``loss_type="ipo"``). Lengths below 1 are treated as 1.
+    Log-probs are ``(B,)`` as in :func:`dpo_loss`. ``chosen_lengths``, ``rejected_lengths``: ``(B,)`` token
+    counts ``n_w``, ``n_l`` (below 1 read as 1). The paper has none (``n = 1``), but TRL, with the IPO authors'
+    agreement, averages the log-ratios per token so ``beta`` means the same at any length; pass the counts to
+    match TRL (``loss_type="ipo"``).
 
     Metrics: ``loss/ipo`` and the ``rewards/*`` of :func:`dpo_loss`, from the un-normalised log-ratios as in
     TRL.
@@ -611,13 +512,10 @@ def bradley_terry_loss(
 
         L = mean(-logsigmoid(r_w - r_l - margin)) + center_coef * mean((r_w + r_l)^2)
 
-    Args:
-        chosen_rewards, rejected_rewards: ``(B,)`` scalar rewards of the preferred and the other completion.
-        margin: ``(B,)`` or scalar; the required gap, larger for more decisive preference ratings (Llama 2,
-            Touvron et al. 2023, eq. 2). ``None``: no margin.
-        center_coef: weight of the penalty that keeps rewards centred on 0 (Eisenstein et al. 2023; TRL's
-            ``center_rewards_coefficient``); BT is invariant to a shift of all rewards, so nothing else pins
-            it.
+    ``chosen_rewards``, ``rejected_rewards``: ``(B,)``. ``margin`` (``(B,)`` or scalar) is the required gap,
+    larger for more decisive ratings (Llama 2, Touvron et al. 2023, eq. 2). ``center_coef`` weighs a penalty that
+    keeps rewards centred on 0 (Eisenstein et al. 2023; TRL's ``center_rewards_coefficient``): BT is invariant
+    to a shift of all rewards, so nothing else pins it.
 
     Metrics: ``loss/reward``; ``reward/accuracy`` (share with r_w > r_l); ``reward/margin`` (mean r_w - r_l,
     without the margin term).
