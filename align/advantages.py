@@ -65,19 +65,11 @@ def discounted_returns(
 ) -> torch.Tensor:
     """Reward-to-go ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` (Sutton & Barto 2018, eq. 3.9).
 
-    The Monte-Carlo return REINFORCE weights ``log pi`` by (subtract a value to get a baselined advantage).
-
-    Args:
-        rewards: ``(B, T)`` or ``(T,)``.
-        gamma: discount factor.
-        dones: like ``rewards``; 1 where the episode ended after step ``t``, so ``G_t`` does not look past it.
-        last_value: ``(B,)`` (scalar for ``(T,)``); ``G`` after the last step, e.g. ``V(s_T)`` for a rollout
-            cut mid-episode. Ignored for a sequence whose last step is done. ``None``: 0.
-        mask: like ``rewards``; 1 = the step exists. Masked steps are skipped (the step before them continues
-            with the next counted step, or with ``last_value`` if none is left) and their return is 0.
-
-    Returns:
-        ``G``, the shape of ``rewards``.
+    The Monte-Carlo return REINFORCE weights ``log pi`` by. ``rewards``, ``dones`` (1 where the episode ended
+    after step ``t``), ``mask`` and the result are ``(B, T)`` or ``(T,)``. ``last_value`` ``(B,)`` (scalar for
+    ``(T,)``; ``None`` = 0) is ``G`` after the last step, e.g. ``V(s_T)`` for a rollout cut mid-episode, ignored
+    where the last step is done. Masked steps are skipped (the step before continues with the next counted
+    step, or ``last_value``) and their return is 0.
     """
     rewards = rewards.detach()
     not_done = (~_flag(dones, rewards)).to(rewards.dtype)
@@ -115,22 +107,12 @@ def gae(
     0; ``truncated`` (a time limit) stops ``A`` at the boundary, but the next state's real value still
     bootstraps ``delta``.
 
-    Args:
-        rewards: ``(B, T)`` or ``(T,)``.
-        values: same shape, ``V(s_t)``.
-        gamma, lam: discount factor and GAE lambda.
-        next_values: same shape, ``V'_t``, the value of the state after step ``t``. Default: the value of the
-            next counted step, 0 after the last (a completion is terminal after its last real token). Classic
-            RL passes ``cat(values[:, 1:], V(s_T))`` with the value of the real final observation at truncated
-            steps (after a vectorised env's auto-reset, ``values[t + 1]`` belongs to the next episode).
-        terminated: same shape; 1 where the episode ended in a terminal state after step ``t``.
-        truncated: same shape; 1 where the episode was cut after step ``t``. Requires ``next_values``.
-        mask: same shape; 1 = the step exists. Masked steps are skipped and their outputs are 0, so right
-            padding (LLM completions) needs nothing else.
-
-    Returns:
-        ``(advantages, returns)``, the shape of ``rewards``; ``returns = advantages + values`` (the value
-        targets), 0 on masked steps.
+    Every tensor is ``(B, T)`` or ``(T,)``; ``terminated``/``truncated`` are 1 after step ``t``. ``next_values``
+    (``V'_t``, needed with ``truncated``) defaults to the value of the next counted step, 0 after the last (a
+    completion is terminal after its last real token); classic RL passes ``cat(values[:, 1:], V(s_T))`` with the
+    real final observation's value at truncated steps (after a vectorised env's auto-reset, ``values[t + 1]``
+    belongs to the next episode). Masked steps are skipped, so right padding needs nothing else. Returns
+    ``(advantages, returns)`` with ``returns = advantages + values`` (the value targets), 0 on masked steps.
     """
     if truncated is not None and next_values is None:
         raise ValueError(
@@ -198,19 +180,11 @@ def group_advantages(
     std makes questions that are too easy or too hard (low spread) weigh as much as the others, a difficulty
     bias that Dr. GRPO removes.
 
-    Args:
-        rewards: ``(B,)``, consecutive groups of ``group_size`` completions of the same prompt
-            (``[p0, p0, p0, p1, p1, p1, ...]``).
-        group_size: completions per prompt; must divide ``B``.
-        scale: ``"std"`` or ``"none"``.
-        eps: added to the std, as TRL (1e-4), so zero-spread groups give 0, not ``nan``.
-
-    The std is Bessel-corrected (``torch.std``'s default), matching TRL's GRPOTrainer. ``nan`` rewards (a
-    sample no reward function could score) are left out of their group's mean and std and get advantage 0, as
-    in TRL; counting them is the caller's job.
-
-    Returns:
-        ``(B,)``; broadcast over tokens by :func:`align.losses.ppo_clip_loss`.
+    ``rewards`` ``(B,)`` are consecutive groups of ``group_size`` completions of one prompt (``[p0, p0, p1, p1,
+    ...]``); the ``(B,)`` result is broadcast over tokens by :func:`align.losses.ppo_clip_loss`. ``eps`` (1e-4, as
+    TRL) makes zero-spread groups give 0, not ``nan``. The std is Bessel-corrected, as TRL's GRPOTrainer; ``nan``
+    rewards (no reward function could score them) are left out of their group's mean and std and get advantage
+    0, as in TRL; counting them is the caller's job.
     """
     grouped = _grouped(rewards, group_size)
     advantages = grouped - torch.nanmean(grouped, dim=1, keepdim=True)
@@ -228,14 +202,8 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         A_i = r_i - (1 / (k - 1)) * sum_{j != i} r_j  =  k / (k - 1) * (r_i - mean(r_group))
 
     The baseline of each sample is the mean of the other ``k - 1``, so it is independent of the sample and the
-    estimator stays unbiased (GRPO's mean includes ``r_i`` itself).
-
-    Args:
-        rewards: ``(B,)``, consecutive groups of ``group_size`` completions of the same prompt.
-        group_size: ``k >= 2``; must divide ``B``.
-
-    Returns:
-        ``(B,)``.
+    estimator stays unbiased (GRPO's mean includes ``r_i`` itself). ``(B,) -> (B,)``, laid out as in
+    :func:`group_advantages`, with ``group_size = k >= 2``.
     """
     if group_size < 2:
         raise ValueError(f"group_size must be at least 2 for a leave-one-out baseline, got {group_size}")
@@ -258,17 +226,10 @@ def whiten(
     ``masked_whiten``). Variance is Bessel-corrected as in TRL; fewer than 2 counted elements count as
     variance 0.
 
-    Args:
-        x: any shape, e.g. advantages ``(B, T)`` or ``(B,)``.
-        mask: same shape; 1 = counts in the statistics. Masked outputs are 0.
-        shift_mean: ``False`` rescales but keeps the mean (TRL's reward whitening: the sign of a reward
-            carries information that subtracting the mean would destroy).
-        eps: numerical floor on the variance.
-        reduce: sums a tensor over processes (``lambda t: accelerator.reduce(t, "sum")``), so that every
-            process normalises with the statistics of the whole batch, as one process would.
-
-    Returns:
-        The shape of ``x``.
+    ``x`` and ``mask`` (1 = counts in the statistics; masked outputs are 0) have any shape, e.g. ``(B, T)``.
+    ``shift_mean=False`` rescales but keeps the mean (TRL's reward whitening: a reward's sign carries
+    information). ``reduce`` sums a tensor over processes (``lambda t: accelerator.reduce(t, "sum")``), so every
+    process normalises with the statistics of the whole batch.
     """
     m = _flag(mask, x, default=True)
     total = lambda t: t if reduce is None else reduce(t)  # noqa: E731
