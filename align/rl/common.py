@@ -43,7 +43,6 @@ ARCH_FILE = "architecture.json"
 
 # --------------------------------------------------------------------------------------------------
 # Config
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -188,7 +187,6 @@ def parse_rl_config(
 
 # --------------------------------------------------------------------------------------------------
 # Networks
-# --------------------------------------------------------------------------------------------------
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -372,8 +370,7 @@ def gaussian_logprob_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Diagonal Gaussian: log N(a; mean, exp(log_std)^2) summed over action dims, and its entropy; (B,) each.
 
-    ``log p = sum_i [-(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2]``,
-    ``H = sum_i [1/2 + log(2 pi) / 2 + log sigma_i]``.
+    ``log p = sum_i [-(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi) / 2]``; H as ``gaussian_entropy``.
     """
     half_log_2pi = 0.5 * math.log(2.0 * math.pi)
     z = (actions - mean) * torch.exp(-log_std)
@@ -405,7 +402,6 @@ def load_model(path: str | Path) -> nn.Module:
 
 # --------------------------------------------------------------------------------------------------
 # Episode bookkeeping and environment checkpoints
-# --------------------------------------------------------------------------------------------------
 
 
 class EpisodeTracker:
@@ -523,7 +519,6 @@ def load_env_state_dict(env: gym.Env | gym.vector.SyncVectorEnv, state: dict[str
 
 # --------------------------------------------------------------------------------------------------
 # The shared trainer
-# --------------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -563,6 +558,15 @@ def run_greedy_episodes(
         returns.append(total)
         lengths.append(n)
     return returns, lengths
+
+
+def _counter(key: str, doc: str) -> property:
+    """An int attribute stored as the loop counter ``key`` (logged with every metrics line)."""
+
+    def set_counter(self, value: int) -> None:
+        self.state.counters[key] = float(value)
+
+    return property(lambda self: int(self.state.counters.get(key, 0)), set_counter, doc=doc)
 
 
 class RLTrainer(Trainer):
@@ -631,28 +635,12 @@ class RLTrainer(Trainer):
             (path / ARCH_FILE).write_text(json.dumps(arch, indent=2) + "\n")
         return path
 
-    @property
-    def num_timesteps(self) -> int:
-        """Environment steps taken so far (the ``env/steps`` counter, checkpointed with the loop)."""
-        return int(self.state.counters.get("env/steps", 0))
-
-    @num_timesteps.setter
-    def num_timesteps(self, value: int) -> None:
-        self.state.counters["env/steps"] = float(value)
-
-    @property
-    def episodes(self) -> int:
-        """Episodes finished so far (the ``env/episodes`` counter)."""
-        return int(self.state.counters.get("env/episodes", 0))
-
-    @episodes.setter
-    def episodes(self, value: int) -> None:
-        self.state.counters["env/episodes"] = float(value)
+    num_timesteps = _counter("env/steps", "Environment steps taken so far (checkpointed with the loop).")
+    episodes = _counter("env/episodes", "Episodes finished so far.")
 
 
 # --------------------------------------------------------------------------------------------------
 # Run outputs
-# --------------------------------------------------------------------------------------------------
 
 
 def plot_learning_curve(output_dir: str | Path, title: str | None = None) -> Path | None:
@@ -740,26 +728,3 @@ def recipe_config(cls: type[Any], args: Sequence[str] | None, default_config: st
         return parse_rl_config(cls, args, default_config)
     except ConfigError as e:
         sys.exit(f"{prog}: {e}")
-
-
-__all__ = [
-    "ActorCritic",
-    "EpisodeTracker",
-    "QNetwork",
-    "RLConfig",
-    "RLTrainer",
-    "as_obs_tensor",
-    "build_model",
-    "env_state_dict",
-    "episode_metrics",
-    "finish_run",
-    "gaussian_logprob_entropy",
-    "load_env_state_dict",
-    "load_model",
-    "mlp",
-    "parse_rl_config",
-    "plot_learning_curve",
-    "recipe_config",
-    "run_greedy_episodes",
-    "torch_threads",
-]

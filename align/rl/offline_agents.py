@@ -107,7 +107,6 @@ def policy_update(label: str) -> int | None:
 
 # --------------------------------------------------------------------------------------------------
 # Playing episodes
-# --------------------------------------------------------------------------------------------------
 
 Actor = Callable[[np.ndarray], np.ndarray]
 """A batch of observations ``(B, *obs)`` to a batch of actions ``(B,)``."""
@@ -180,7 +179,6 @@ def play_episodes(
 
 # --------------------------------------------------------------------------------------------------
 # Training with snapshots and the replay
-# --------------------------------------------------------------------------------------------------
 
 
 class RecordingPPOTrainer(PPOTrainer):
@@ -444,7 +442,6 @@ def _derive_seed(seed: int, *parts: Any) -> int:
 
 # --------------------------------------------------------------------------------------------------
 # The datasets
-# --------------------------------------------------------------------------------------------------
 
 
 def make_ppo_dataset(
@@ -532,21 +529,3 @@ def _agent_episodes(
         return e1 + e2, l1 + l2, used
     episodes, labels = run.replay_until(med)  # medium-replay
     return episodes, labels, {"medium_snapshot": run.snapshot_meta(med)}
-
-
-__all__ = [
-    "DEFAULT_PPO_TIMESTEPS",
-    "DEFAULT_SNAPSHOT_EVERY",
-    "MEDIUM_FRACTION",
-    "PPO_ENVS",
-    "PPO_HYPERPARAMETERS",
-    "PPOAgentRun",
-    "RecordingPPOTrainer",
-    "agent_run_dir",
-    "ensure_ppo_agent",
-    "make_ppo_dataset",
-    "play_episodes",
-    "policy_update",
-    "random_actor",
-    "sampling_actor",
-]

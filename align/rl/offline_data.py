@@ -62,7 +62,6 @@ medium return is a third to a half of the expert's (README.md lists the returns 
 
 # --------------------------------------------------------------------------------------------------
 # Returns-to-go
-# --------------------------------------------------------------------------------------------------
 
 
 def returns_to_go(rewards: torch.Tensor | np.ndarray, gamma: float = 1.0) -> torch.Tensor:
@@ -82,7 +81,6 @@ def returns_to_go(rewards: torch.Tensor | np.ndarray, gamma: float = 1.0) -> tor
 
 # --------------------------------------------------------------------------------------------------
 # Behaviour policies and generation
-# --------------------------------------------------------------------------------------------------
 
 Policy = Callable[[Any], Any]
 
@@ -283,7 +281,6 @@ def ensure_offline_dataset(
 
 # --------------------------------------------------------------------------------------------------
 # Training windows for the Decision Transformer
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass

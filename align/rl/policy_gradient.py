@@ -51,7 +51,6 @@ from align.trainer import UpdateStep
 
 # --------------------------------------------------------------------------------------------------
 # Configs
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -105,9 +104,6 @@ class ReinforceConfig(PolicyGradientConfig):
     """Clip the global gradient norm to this value; 0 disables clipping."""
 
     algorithm: ClassVar[str] = "REINFORCE"
-
-    def validate(self) -> None:
-        super().validate()
 
 
 @dataclass
@@ -187,7 +183,6 @@ class PPOConfig(PolicyGradientConfig):
 
 # --------------------------------------------------------------------------------------------------
 # Rollouts
-# --------------------------------------------------------------------------------------------------
 
 
 def nstep_advantages(
@@ -381,14 +376,25 @@ class PolicyGradientTrainer(RLTrainer):
             v_loss, v_metrics = value_loss(
                 values, batch["values"], batch["returns"], clip_eps=cfg.clip_eps_value
             )
-        loss = policy_loss + cfg.vf_coef * v_loss
-        if cfg.ent_coef:
+        return self.entropy_bonus(policy_loss + cfg.vf_coef * v_loss, params, {**metrics, **v_metrics})
+
+    def entropy_bonus(
+        self, loss: torch.Tensor, params: torch.Tensor, metrics: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``loss - ent_coef * entropy``, with the mean entropy logged."""
+        if self.config.ent_coef:
             ent = self.policy.entropy(params).mean()
-            loss = loss - cfg.ent_coef * ent
+            loss = loss - self.config.ent_coef * ent
         else:  # no bonus: keep the entropy out of the backward graph (a fifth of its nodes), log it only
             with torch.no_grad():
                 ent = self.policy.entropy(params.detach()).mean()
-        return loss, {**metrics, **v_metrics, "entropy": ent.detach()}
+        return loss, {**metrics, "entropy": ent.detach()}
+
+    def rollout_metrics(self, rollout: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "value/explained_variance": explained_variance(batch["values"], batch["returns"]),
+            **episode_metrics(*rollout["episodes"]),
+        }
 
     # -- checkpoint --------------------------------------------------------------------------------
     def extra_state_dict(self) -> dict[str, Any]:
@@ -408,7 +414,6 @@ class PolicyGradientTrainer(RLTrainer):
 
 # --------------------------------------------------------------------------------------------------
 # REINFORCE
-# --------------------------------------------------------------------------------------------------
 
 
 class ReinforceTrainer(PolicyGradientTrainer):
@@ -518,18 +523,11 @@ class ReinforceTrainer(PolicyGradientTrainer):
             v_loss, v_metrics = value_loss(values, None, batch["returns"])
             loss = loss + cfg.vf_coef * v_loss
             metrics = {**metrics, **v_metrics}
-        if cfg.ent_coef:
-            ent = self.policy.entropy(params).mean()
-            loss = loss - cfg.ent_coef * ent
-        else:
-            with torch.no_grad():
-                ent = self.policy.entropy(params.detach()).mean()
-        return loss, {**metrics, "entropy": ent.detach()}
+        return self.entropy_bonus(loss, params, metrics)
 
 
 # --------------------------------------------------------------------------------------------------
 # A2C
-# --------------------------------------------------------------------------------------------------
 
 
 class A2CTrainer(PolicyGradientTrainer):
@@ -542,11 +540,7 @@ class A2CTrainer(PolicyGradientTrainer):
         rollout = self.collect_rollout(cfg.n_steps)
         advantages, returns = self.rollout_advantages(rollout, cfg.gae_lambda, cfg.advantage)
         batch = self.flat_batch(rollout, advantages, returns)
-        metrics = {
-            "value/explained_variance": explained_variance(batch["values"], batch["returns"]),
-            **episode_metrics(*rollout["episodes"]),
-        }
-        return [UpdateStep([(batch, 1.0)], metrics)]
+        return [UpdateStep([(batch, 1.0)], self.rollout_metrics(rollout, batch))]
 
     def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.actor_critic_loss(batch)
@@ -554,7 +548,6 @@ class A2CTrainer(PolicyGradientTrainer):
 
 # --------------------------------------------------------------------------------------------------
 # PPO
-# --------------------------------------------------------------------------------------------------
 
 
 class PPOTrainer(PolicyGradientTrainer):
@@ -583,10 +576,7 @@ class PPOTrainer(PolicyGradientTrainer):
         whole = size == n  # one minibatch per epoch: whiten once here, not in every epoch
         if whole and cfg.normalize_advantage and n > 1:
             batch["advantages"] = whiten(batch["advantages"])
-        metrics = {
-            "value/explained_variance": explained_variance(batch["values"], batch["returns"]),
-            **episode_metrics(*rollout["episodes"]),
-        }
+        metrics = self.rollout_metrics(rollout, batch)
         steps = []
         for _ in range(cfg.num_epochs):
             perm = torch.randperm(n, generator=self.generator)
@@ -616,16 +606,3 @@ class PPOTrainer(PolicyGradientTrainer):
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
         super().load_extra_state_dict(state)
         self._kl_stopped = bool(state.get("kl_stopped", False))
-
-
-__all__ = [
-    "A2CConfig",
-    "A2CTrainer",
-    "PPOConfig",
-    "PPOTrainer",
-    "PolicyGradientConfig",
-    "PolicyGradientTrainer",
-    "ReinforceConfig",
-    "ReinforceTrainer",
-    "nstep_advantages",
-]
