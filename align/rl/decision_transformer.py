@@ -72,11 +72,9 @@ class DTConfig(RLConfig):
     """Decision Transformer on an offline dataset, its behaviour-cloning baseline, and the evaluation."""
 
     output_dir: str = "outputs/dt_cartpole"
-    """Where metrics.jsonl, config.yaml, model/, bc/, summary.json, learning_curve.png and
-    return_vs_target.png go."""
+    """Where metrics.jsonl, config.yaml, model/, bc/, summary.json and the two figures go."""
     dataset: Literal["random", "medium", "medium-replay", "medium-expert", "expert"] = "medium-replay"
-    """Which generated dataset to train on (align.rl.offline_data): random, medium, medium-replay,
-    medium-expert or expert. Ignored when dataset_path is set."""
+    """Which generated dataset to train on (align.rl.offline_data). Ignored when dataset_path is set."""
     dataset_path: str | None = None
     """A dataset file (.parquet or .jsonl, one episode per row, as data/make_offline_rl.py writes) to use
     instead of a generated one."""
@@ -85,9 +83,8 @@ class DTConfig(RLConfig):
     dataset_steps: int = 0
     """Environment steps per generated dataset part; 0 = the default for the environment (50,000 on CartPole)."""
     data_source: Literal["controller", "ppo"] = "controller"
-    """Behaviour policy of the generated dataset (align.rl.offline_data): 'controller', the project's expert
-    plus random-action noise, or 'ppo', snapshots and training episodes of the project's PPO (CartPole-v1
-    only; the first use of a seed trains it, then it is cached). Ignored when dataset_path is set."""
+    """Behaviour policy of the generated dataset: 'controller' (the project's expert plus random-action
+    noise) or 'ppo' (the project's PPO's snapshots, CartPole-v1 only, cached). Ignored with dataset_path."""
     data_dir: str | None = None
     """Cache folder of generated datasets (default: $ALIGN_CACHE_DIR/offline_rl, else ~/.cache/align/offline_rl)."""
     context_length: int = 20
@@ -108,15 +105,12 @@ class DTConfig(RLConfig):
     normalize_states: bool = True
     """Normalise Box observations by the dataset's per-feature mean and std (Discrete ones are one-hot)."""
     target_returns: list[float] = field(default_factory=lambda: [100.0, 250.0, 500.0])
-    """Returns to condition on in evaluation; the achieved return is reported for each. Targets above the
-    best return in the dataset are allowed (with a warning): the paper's Figure 4 probes them too."""
+    """Returns to condition on in evaluation; those above the dataset's best are allowed (with a warning)."""
     eval_sample_actions: bool = True
-    """Discrete actions: sample the action from the predicted distribution, as the paper's Atari evaluation
-    does (argmax would turn a return-conditioned mixture of behaviours into its single most common action).
-    False: argmax. The BC baseline is evaluated with the same rule (and with argmax, reported as bc_greedy)."""
+    """Discrete actions: sample from the predicted distribution, as the paper's Atari evaluation does
+    (argmax would collapse a return-conditioned mixture of behaviours); False: argmax. BC uses the same rule."""
     bc_max_steps: int = 2000
-    """Optimizer steps of the behaviour-cloning baseline (an MLP from the state to the action, trained on
-    the same data); 0 skips it."""
+    """Optimizer steps of the behaviour-cloning baseline (an MLP on the same data); 0 skips it."""
     bc_hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
     """Hidden widths of the BC MLP (ReLU)."""
     bc_learning_rate: float = 1e-3
@@ -249,16 +243,10 @@ def dt_forward(
 def dt_action_loss(
     action_preds: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, *, discrete: bool
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The Decision Transformer's loss: predicted vs taken actions at the real (mask = 1) steps.
+    """The Decision Transformer's loss (module docstring) over the steps where ``mask`` ``(B, K)`` is 1.
 
-    Args:
-        action_preds: ``(B, K, A)``: logits (discrete) or actions (continuous).
-        actions: ``(B, K)`` int labels (discrete) or ``(B, K, A)`` floats.
-        mask: ``(B, K)``, 1 = counts, 0 = padding.
-
-    Discrete: token-mean cross-entropy, ``align.losses.sft_loss`` (metric ``action/accuracy`` too). Continuous:
-    mean over real steps of the squared error averaged over action dimensions (Chen et al.'s MSE).
-    Metrics: ``loss/action``, ``action/steps`` (counted steps).
+    ``action_preds`` ``(B, K, A)``: logits (discrete) or actions; ``actions``: ``(B, K)`` labels or
+    ``(B, K, A)``. Discrete: ``align.losses.sft_loss``, token mean. Continuous: Chen et al.'s MSE.
     """
     m = mask.bool()
     steps = m.sum().to(action_preds.dtype)
@@ -360,12 +348,8 @@ def rollout_episodes(
     generator: torch.Generator | None = None,
     env_kwargs: dict[str, Any] | None = None,
 ) -> tuple[list[float], list[int]]:
-    """Play ``episodes`` episodes side by side (episode i reset with ``seed + i``), one batched forward per step.
-
-    Each episode keeps a ``ReturnConditionedContext`` started at ``target_return``; states are encoded with
-    the training data's statistics. Discrete actions are sampled from ``softmax(logits)`` (``sample``) or
-    the argmax; continuous ones are the prediction clipped to the action bounds. Returns (returns, lengths).
-    """
+    """Play ``episodes`` episodes side by side (episode i reset with ``seed + i``), one batched forward per
+    step, each conditioned on ``target_return`` (``ReturnConditionedContext``). Returns (returns, lengths)."""
     envs = [make_env(env_id, **(env_kwargs or {})) for _ in range(episodes)]
     space = envs[0].action_space
     discrete = isinstance(space, gym.spaces.Discrete)
@@ -443,13 +427,10 @@ class _OfflineTrainer(RLTrainer):
     def __init__(
         self,
         config: DTConfig,
-        model_fn: Callable[[_OfflineTrainer], nn.Module],
-        dataset: OfflineDataset | None,
+        dataset: OfflineDataset | None = None,
         *,
         callbacks: list[Callback] | None = None,
     ) -> None:
-        # model_fn is called with the trainer once the data are prepared, since the model's sizes
-        # (state_dim, act_dim) come from the dataset and the environment's spaces.
         cfg = config
         env = make_env(cfg.env_id, **cfg.env_kwargs())
         self.dataset = (
@@ -477,14 +458,13 @@ class _OfflineTrainer(RLTrainer):
         )
         self.state_dim = self.data.states[0].shape[1]
         torch.manual_seed(cfg.seed)
-        super().__init__(cfg, model_fn(self), callbacks=callbacks)
+        super().__init__(cfg, self.build_model(cfg), callbacks=callbacks)
         # Windows are drawn from this generator; it is checkpointed, so a resumed run draws the same ones.
         self.rng = np.random.default_rng(cfg.seed)
         self.eval_generator = torch.Generator()
 
     def log(self, extra: dict[str, float] | None = None) -> dict[str, float]:
-        """``Trainer.log`` without ``RLTrainer``'s ``env/steps`` and ``env/episodes``: offline training takes
-        no environment steps, so those counters would read 0 forever."""
+        """``Trainer.log`` without ``RLTrainer``'s ``env/*`` counters: offline training takes no env steps."""
         return Trainer.log(self, extra)
 
     def extra_state_dict(self) -> dict[str, Any]:
@@ -492,17 +472,18 @@ class _OfflineTrainer(RLTrainer):
         return {"rng": self.rng.bit_generator.state}
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the window sampler's RNG state saved by ``extra_state_dict``."""
         self.rng.bit_generator.state = state["rng"]
 
     def num_items(self, batch: dict[str, torch.Tensor]) -> int:
-        """Real (unpadded) steps in the batch: the loss is a mean over them, so accumulated micro-batches
-        are weighed by their share of the steps and the gradient does not depend on the split."""
+        """Real (unpadded) steps: the loss is a mean over them, so micro-batches weigh by their steps."""
         return int(batch["mask"].sum().item())
 
+    def build_model(self, cfg: DTConfig) -> nn.Module:
+        """The model, built once the data are prepared: its sizes come from the dataset and the spaces."""
+        raise NotImplementedError
+
     def predictor(self) -> Predictor:
-        """The function evaluation calls on batched windows ``(n, K, ...)`` to get the last step's prediction
-        ``(n, A)``; each model reads the window differently, so each trainer defines it."""
+        """The ``Predictor`` evaluation calls; each model reads the window differently."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -542,47 +523,27 @@ class _OfflineTrainer(RLTrainer):
 
 
 class DecisionTransformerTrainer(_OfflineTrainer):
-    """Trains transformers' ``DecisionTransformerModel`` on K-step windows of an offline dataset.
+    """Trains transformers' ``DecisionTransformerModel`` on K-step windows of an offline dataset."""
 
-    One trainer step = ``gradient_accumulation_steps`` batches of ``per_device_train_batch_size`` windows.
-    ``evaluate()`` rolls out at every ``target_returns`` entry: ``eval/target_<R>/return_mean`` (and
-    ``_std``), and ``eval/return_mean`` at the highest target.
-    """
-
-    def __init__(
-        self,
-        config: DTConfig,
-        dataset: OfflineDataset | None = None,
-        *,
-        callbacks: list[Callback] | None = None,
-    ) -> None:
-        self.context_length = config.context_length
-
-        def model_fn(t: _OfflineTrainer) -> nn.Module:
-            check_context_length(t.dataset, config.context_length)
-            return build_dt_model(config, t.state_dim, t.act_dim, discrete=t.discrete)
-
-        super().__init__(config, model_fn, dataset, callbacks=callbacks)
+    def build_model(self, cfg: DTConfig) -> nn.Module:
+        self.context_length = cfg.context_length
+        check_context_length(self.dataset, cfg.context_length)
+        return build_dt_model(cfg, self.state_dim, self.act_dim, discrete=self.discrete)
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        """``per_device_train_batch_size`` left-padded windows of K steps (``sample_subsequences``, episodes
-        weighted by length), on the device: states ``(B, K, S)``, actions ``(B, K)`` or ``(B, K, A)``,
-        returns_to_go ``(B, K, 1)``, timesteps and mask ``(B, K)``. Drawn from the checkpointed
-        ``self.rng``, so a resumed run sees the same windows."""
+        """Left-padded windows of K steps (``sample_subsequences``) on the device: states ``(B, K, S)``,
+        actions ``(B, K)`` or ``(B, K, A)``, returns_to_go ``(B, K, 1)``, timesteps and mask ``(B, K)``."""
         cfg = self.config
         return self._batch_to_device(
             sample_subsequences(self.data, cfg.per_device_train_batch_size, cfg.context_length, self.rng)
         )
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """``dt_action_loss`` of the actions predicted at every real step of the windows (Chen et al. train on
-        all K predictions, not only the last), with its metrics."""
+        """``dt_action_loss`` at every real step of the windows (Chen et al. train on all K predictions)."""
         preds = dt_forward(self.model, **batch, discrete=self.discrete, act_dim=self.act_dim)
         return dt_action_loss(preds, batch["actions"], batch["mask"], discrete=self.discrete)
 
     def predictor(self) -> Predictor:
-        """Windows ``(n, K, ...)`` on the CPU -> the model's prediction ``(n, A)`` for each window's newest
-        step, back on the CPU, where the environments are."""
         model, dev = self.model, self.accelerator.device
 
         def predict(b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -606,8 +567,7 @@ class DecisionTransformerTrainer(_OfflineTrainer):
         return out
 
     def save_model(self, path: str | Path) -> Path:
-        """``save_pretrained`` (config.json + model.safetensors, loadable with ``DecisionTransformerModel``)
-        plus ``dt_meta.json``: what evaluation needs besides the weights (state statistics, return scale, K)."""
+        """``save_pretrained`` plus ``dt_meta.json``: what evaluation needs besides the weights."""
         path = Trainer.save_model(self, path)
         if self.accelerator.is_main_process:
             meta = {
@@ -631,46 +591,33 @@ class BCTrainer(_OfflineTrainer):
     uniformly sampled steps with the same loss (``dt_action_loss`` with K = 1). Config fields ``bc_*`` set its
     size, steps and learning rate (``bc_config``)."""
 
-    def __init__(
-        self,
-        config: DTConfig,
-        dataset: OfflineDataset | None = None,
-        *,
-        callbacks: list[Callback] | None = None,
-    ) -> None:
-        self.context_length = 1
+    context_length = 1
 
-        def model_fn(t: _OfflineTrainer) -> nn.Module:
-            return mlp([t.state_dim, *config.bc_hidden_sizes, t.act_dim], "relu")
-
-        super().__init__(config, model_fn, dataset, callbacks=callbacks)
+    def build_model(self, cfg: DTConfig) -> nn.Module:
         self._flat_states = torch.from_numpy(np.concatenate(self.data.states))
         self._flat_actions = torch.from_numpy(np.concatenate(self.data.actions))
+        return mlp([self.state_dim, *cfg.bc_hidden_sizes, self.act_dim], "relu")
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        """``per_device_train_batch_size`` single steps drawn uniformly from all episodes (from the
-        checkpointed ``self.rng``), on the device: states ``(B, S)``, actions ``(B,)`` or ``(B, A)``."""
+        """Single steps drawn uniformly from all episodes: states ``(B, S)``, actions ``(B,)`` or ``(B, A)``."""
         idx = torch.from_numpy(
             self.rng.integers(len(self._flat_actions), size=self.config.per_device_train_batch_size)
         )
         return self._batch_to_device({"states": self._flat_states[idx], "actions": self._flat_actions[idx]})
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """``dt_action_loss`` on windows of one step: the same loss as the Decision Transformer's, so that the
-        two are compared on what they condition on, not on how they are trained."""
+        """``dt_action_loss`` on windows of one step: DT and BC differ in what they condition on only."""
         preds = self.model(batch["states"]).unsqueeze(1)  # (B, 1, A): a window of one step
         actions = batch["actions"].unsqueeze(1)
         mask = torch.ones(actions.shape[:2], device=preds.device)
         return dt_action_loss(preds, actions, mask, discrete=self.discrete)
 
     def num_items(self, batch: dict[str, torch.Tensor]) -> int | None:
-        """``None``: every batch has exactly ``per_device_train_batch_size`` real steps (no padding), so
-        micro-batches weigh the same."""
+        """``None``: no padding, so micro-batches weigh the same."""
         return None
 
     def predictor(self) -> Predictor:
-        """Windows ``(n, K, S)`` -> the MLP's prediction ``(n, A)`` from the newest state alone (BC ignores
-        the rest of the window and the return-to-go)."""
+        """The MLP's prediction ``(n, A)`` from each window's newest state alone."""
         model, dev = self.model, self.accelerator.device
         return lambda b: model(b["states"][:, -1].to(dev)).cpu()
 
