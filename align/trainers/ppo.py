@@ -74,11 +74,6 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Configuration
-# ------------------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class PPOConfig(RolloutConfig, ModelConfig, TrainConfig):
     """PPO-RLHF with a KL penalty. Batch sizes count completions (rows of the rollout)."""
@@ -202,11 +197,6 @@ class PPOConfig(RolloutConfig, ModelConfig, TrainConfig):
             )
 
 
-# ------------------------------------------------------------------------------------------------------------
-# KL control
-# ------------------------------------------------------------------------------------------------------------
-
-
 class FixedKLController:
     """A constant KL coefficient beta."""
 
@@ -214,7 +204,7 @@ class FixedKLController:
         self.value = float(kl_coef)
 
     def update(self, current_kl: float, n_steps: int) -> None:
-        """Nothing to do: beta stays fixed."""
+        pass
 
     def state_dict(self) -> dict[str, float]:
         return {"value": self.value}
@@ -244,11 +234,6 @@ class AdaptiveKLController(FixedKLController):
         self.value *= 1.0 + error * n_steps / self.horizon
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Pure pieces (tested on hand-built examples)
-# ------------------------------------------------------------------------------------------------------------
-
-
 def per_token_rewards(
     scores: torch.Tensor,
     logprobs: torch.Tensor,
@@ -263,16 +248,9 @@ def per_token_rewards(
         kl_t = KL estimate at token t (k1: log pi(y_t) - log pi_ref(y_t))
         r_t  = -kl_coef * kl_t  +  [t = last counted token] * score
 
-    Args:
-        scores: ``(B,)`` sequence scores (reward model or verifier, after any EOS penalty).
-        logprobs: ``(B, T)`` log-probs of the sampled tokens under the policy at rollout time.
-        ref_logprobs: ``(B, T)`` the same under the reference policy.
-        mask: ``(B, T)`` 1 on counted completion tokens (right padding after); a row with no counted token
-            gets its score nowhere (it has no action to credit).
-
-    Returns:
-        ``(rewards, kl, non_score)``, each ``(B, T)`` and 0 on padding: the rewards, the per-token KL
-        estimate, and the KL part of the rewards (``-kl_coef * kl``).
+    ``scores`` ``(B,)`` (after any EOS penalty); ``logprobs`` and ``ref_logprobs`` ``(B, T)`` at rollout time;
+    ``mask`` ``(B, T)`` 1 on counted completion tokens (a row with none gets its score nowhere). Returns
+    ``(rewards, kl, non_score)``, each ``(B, T)`` and 0 on padding, ``non_score = -kl_coef * kl``.
     """
     m = mask.bool()
     kl = torch.where(m, kl_estimate(logprobs, ref_logprobs, kl_estimator), torch.zeros_like(logprobs))
@@ -283,11 +261,6 @@ def per_token_rewards(
     has_token = lengths > 0
     bonus[has_token, last[has_token]] = scores[has_token].to(bonus.dtype)
     return non_score + bonus, kl, non_score
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Policy and value model in one module
-# ------------------------------------------------------------------------------------------------------------
 
 
 def _value_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -307,10 +280,7 @@ def _value_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 class PolicyAndValue(nn.Module):
     """The trainable models of PPO behind one ``forward``, so accelerate/DDP wrap and sync them together.
 
-    Args:
-        policy: a causal LM (optionally peft/LoRA).
-        value_model: a sequence classifier with ``num_labels=1`` (separate value model), or ``None`` for a
-            value head on the policy's last hidden state (``value_model="shared"``).
+    ``value_model``: a sequence classifier with ``num_labels=1``, or ``None`` for a head on the policy ("shared").
     """
 
     def __init__(self, policy: nn.Module, value_model: nn.Module | None = None) -> None:
@@ -335,16 +305,8 @@ class PolicyAndValue(nn.Module):
         with_logits: bool = True,
         with_values: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Logits and values at the ``num_completion`` positions that predict the completion tokens.
-
-        Args:
-            input_ids: ``(B, P + C)`` left-padded prompt followed by the right-padded completion.
-            attention_mask: ``(B, P + C)``.
-            num_completion: ``C``.
-
-        Returns:
-            ``logits`` ``(B, C, V)`` (position t predicts completion token t) and ``values`` ``(B, C)``, with
-            ``values[:, t] = V(prompt + completion[:t])``, the state in which token t is chosen.
+        """Logits ``(B, C, V)`` (position t predicts completion token t) and values ``(B, C)``, ``values[:, t] =
+        V(prompt + completion[:t])``, from ``input_ids`` ``(B, P + C)``: left-padded prompt, right-padded completion.
         """
         C = num_completion
         logits = values = None
@@ -372,21 +334,14 @@ class PolicyAndValue(nn.Module):
         return logits, values
 
 
-# ------------------------------------------------------------------------------------------------------------
-# The trainer
-# ------------------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class PPOMicroBatch:
     """Rows of a rollout for the loss. Shapes: (B, P) prompt, (B, C) completion and per-token tensors."""
 
     input_ids: torch.Tensor
-    """(B, P + C)."""
+    """(B, P + C), as attention_mask."""
     attention_mask: torch.Tensor
-    """(B, P + C)."""
     completion_ids: torch.Tensor
-    """(B, C)."""
     mask: torch.Tensor
     """(B, C) 1 = counted completion token."""
     old_logprobs: torch.Tensor
@@ -394,7 +349,6 @@ class PPOMicroBatch:
     old_values: torch.Tensor
     """(B, C) values at rollout time."""
     advantages: torch.Tensor
-    """(B, C)."""
     returns: torch.Tensor
     """(B, C) value targets."""
     ptx_scale: float = 0.0
@@ -420,18 +374,10 @@ def _check_inputs(config: PPOConfig, train_dataset: Any, value_model: Any, ptx_d
 
 
 class PPOTrainer(RolloutMixin, Trainer):
-    """PPO-RLHF on the Trainer base (see the module docstring).
+    """PPO-RLHF on the Trainer base (see the module docstring for the roles of the models).
 
-    Args:
-        model: the policy (a causal LM, optionally a peft LoRA model).
-        tokenizer: the policy's tokenizer.
-        reward_funcs: reward callables (TRL contract) or a ``CombinedReward``.
-        train_dataset: rows with a ``prompt`` (chat messages or text) and the columns the rewards read.
-        value_model: a sequence classifier (``num_labels=1``) for ``value_model="separate"``; ``None``
-            builds a value head on the policy (``"shared"``) or requires one for ``"separate"``.
-        evaluator: the in-training evaluation, e.g. ``align.eval.reward_kl.reward_kl_evaluator``.
-        ref_model: frozen reference for full fine-tuning (default: a copy; LoRA: the adapter disabled).
-        ptx_dataset: tokenised SFT rows (``align.chat_data.tokenize_sft``) for PPO-ptx.
+    ``train_dataset`` rows have a ``prompt`` and the columns the rewards read; ``ptx_dataset`` holds tokenised
+    SFT rows (``align.chat_data.tokenize_sft``) for PPO-ptx.
     """
 
     progress_keys = ("score/mean", "kl", "beta", "eval/score")
@@ -492,10 +438,6 @@ class PPOTrainer(RolloutMixin, Trainer):
     def policy(self) -> nn.Module:
         """The policy inside the (possibly wrapped) policy-and-value module."""
         return unwrap_model(self.model).policy
-
-    # ----------------------------------------------------------------------------------------------
-    # Data
-    # ----------------------------------------------------------------------------------------------
 
     @property
     def prompts_per_rollout(self) -> int:
@@ -656,10 +598,6 @@ class PPOTrainer(RolloutMixin, Trainer):
             returns=returns[rows][:, :c_len],
         )
 
-    # ----------------------------------------------------------------------------------------------
-    # The loss
-    # ----------------------------------------------------------------------------------------------
-
     def compute_loss(self, mb: PPOMicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         """token-mean(-min(r A, clip(r) A)) + vf_coef * token-mean(value loss) (+ the PPO-ptx term)."""
         cfg = self.config
@@ -717,10 +655,6 @@ class PPOTrainer(RolloutMixin, Trainer):
 
     def on_step_end(self, metrics: dict[str, float]) -> None:
         metrics["beta/current"] = self.kl_ctl.value
-
-    # ----------------------------------------------------------------------------------------------
-    # Checkpoint state, saving, evaluation
-    # ----------------------------------------------------------------------------------------------
 
     def extra_state_dict(self) -> dict[str, Any]:
         return {"kl_ctl": self.kl_ctl.state_dict(), "ptx_epoch": self._ptx_epoch}
