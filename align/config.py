@@ -41,9 +41,7 @@ class ConfigError(ValueError):
     """A config value or key is invalid; the message names the field (and file) and what is expected."""
 
 
-# --------------------------------------------------------------------------------------------------
 # Validation helpers: each names the field and the allowed range, so users can fix their YAML at once.
-# --------------------------------------------------------------------------------------------------
 
 
 def check_range(
@@ -76,10 +74,7 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
         raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-# --------------------------------------------------------------------------------------------------
 # Types: every field's value is converted to and checked against its annotation, wherever it came from.
-# --------------------------------------------------------------------------------------------------
-
 _TRUE = ("true", "yes", "y", "t", "1")
 _FALSE = ("false", "no", "n", "f", "0")
 
@@ -286,9 +281,7 @@ def _flag_type(cls: type, name: str, flag: str) -> Callable[[str], Any]:
     return convert
 
 
-# --------------------------------------------------------------------------------------------------
 # Mixins. Every field has a default, so dataclass inheritance composes them in any order.
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -437,11 +430,6 @@ class ModelConfig:
         }
 
 
-# --------------------------------------------------------------------------------------------------
-# Field documentation from docstrings.
-# --------------------------------------------------------------------------------------------------
-
-
 def field_docs(cls: type) -> dict[str, str]:
     """Map each dataclass field of ``cls`` (and its bases) to the docstring written under it."""
     docs: dict[str, str] = {}
@@ -472,11 +460,6 @@ def _attach_help(cls: type) -> None:
         if f.name in docs and "help" not in f.metadata:
             # argparse formats help with %-interpolation (``%(default)s``): a literal % must be %%.
             f.metadata = types.MappingProxyType({**f.metadata, "help": docs[f.name].replace("%", "%%")})
-
-
-# --------------------------------------------------------------------------------------------------
-# Parsing and saving.
-# --------------------------------------------------------------------------------------------------
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

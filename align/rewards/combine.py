@@ -51,13 +51,8 @@ def _as_score(value: Any) -> float | None:
 
 
 class CombinedReward:
-    """Several reward functions used as one (see the module docstring).
-
-    Args:
-        funcs: reward callables `f(prompts, completions, **columns) -> list[float | None]` with distinct
-            names (`__name__`); metric keys are `reward/<name>/...`.
-        weights: one finite weight per function (default all 1.0), as TRL's `reward_weights`.
-    """
+    """Several reward functions used as one (see the module docstring): `funcs` need distinct `__name__`s
+    (metric keys `reward/<name>/...`); `weights` are finite, one per function (default 1.0), as TRL's."""
 
     def __init__(self, funcs: Sequence[Callable], weights: Sequence[float] | None = None):
         funcs = list(funcs)
@@ -140,11 +135,6 @@ class CombinedReward:
                 out.update(pop())
         self._reset()
         return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Names -> functions
-# ---------------------------------------------------------------------------------------------------------
 
 
 def _math(arg: str | None):

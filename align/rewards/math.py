@@ -55,10 +55,6 @@ class _MathVerifyTimeoutWarningFilter(logging.Filter):
 for _logger_name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_logger_name).addFilter(_MathVerifyTimeoutWarningFilter())
 
-# ---------------------------------------------------------------------------------------------------------
-# Extraction
-# ---------------------------------------------------------------------------------------------------------
-
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b\s*")
 _NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?")
 _FINAL_ANSWER_RE = re.compile(r"final answer\s*(?:is|:|=)\s*:?\s*(.+)", re.IGNORECASE)
@@ -168,11 +164,6 @@ def extract_gold(answer: Any = None, solution: Any = None) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Timeouts
-# ---------------------------------------------------------------------------------------------------------
-
-
 class _VerifierTimeout(BaseException):
     """Raised inside a timed check. A BaseException so that math-verify's `except Exception` cannot eat it."""
 
@@ -230,10 +221,6 @@ def run_with_timeout(fn: Callable[[], Any], timeout_s: float | None) -> Any:
                 raise
     return _with_thread_timeout(fn, timeout_s)
 
-
-# ---------------------------------------------------------------------------------------------------------
-# The reward
-# ---------------------------------------------------------------------------------------------------------
 
 _EXTRACTION_CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
 _UNPARSABLE = object()

@@ -96,11 +96,6 @@ class RubricError(ValueError):
     """A rubric file or dict that does not follow the schema; the message names where and what."""
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Schema
-# ---------------------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class JudgeSpec:
     question: str
@@ -335,10 +330,6 @@ def load_rubric(source: str | Path | dict) -> Rubric:
     return _parse_rubric(data, str(path))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The judge prompt: quoting untrusted text
-# ---------------------------------------------------------------------------------------------------------
-
 QUOTE_TAGS = ("task", "completion")
 # Generic chat-template control tokens: ChatML / Llama-3 "<|...|>", DeepSeek "<｜...｜>", Llama-2, Gemma.
 _SPECIAL_RE = re.compile(
@@ -424,11 +415,6 @@ def parse_judge_reply(reply: str, scale: tuple[int, int]) -> int | None:
         return None
     value = int(match.group(1))
     return value if scale[0] <= value <= scale[1] else None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Judges
-# ---------------------------------------------------------------------------------------------------------
 
 
 @runtime_checkable
@@ -573,10 +559,6 @@ def _as_judge(judge: Any) -> Any:
         f"'model' and 'tokenizer' attributes, or a (model, tokenizer) tuple; got {type(judge).__name__}"
     )
 
-
-# ---------------------------------------------------------------------------------------------------------
-# The reward
-# ---------------------------------------------------------------------------------------------------------
 
 SCORE_PREFIX = "Score:"
 

@@ -35,11 +35,6 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------------
-# Config fields.
-# --------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class ChatDataConfig:
     """Data and evaluation fields shared by the SFT, reward-model and DPO configs (mixed in before
@@ -102,10 +97,6 @@ class PreferenceDataConfig(ChatDataConfig):
     rejected scores are noised differently, and DPO's log-ratios against the eval-mode reference are noise at
     step 0, not 0, so the gradient chases the masks (a reward model also scores in eval mode for GRPO / PPO)."""
 
-
-# --------------------------------------------------------------------------------------------------
-# Dropout off, sharded evaluation, the final save (the forward passes are in align.forward).
-# --------------------------------------------------------------------------------------------------
 
 _DROPOUT_MODULES = (
     torch.nn.Dropout,

@@ -100,16 +100,8 @@ def _is_peft(model: torch.nn.Module) -> bool:
 
 
 class DPOTrainer(PairTrainerMixin, Trainer):
-    """DPO on the Trainer base.
-
-    Args:
-        model: the policy, a causal LM (optionally a peft LoRA model: the reference is then the adapter off).
-        tokenizer: its tokenizer (fast; chat template for conversational pairs).
-        train_dataset: preference rows (``align.chat_data``) or rows already tokenised.
-        eval_dataset: optional held-out pairs for ``evaluate()``.
-        ref_model: a frozen reference; default: none for LoRA or ``precompute_ref_logprobs``, else a copy of
-            the policy made here, before training.
-    """
+    """DPO on the Trainer base. ``ref_model`` defaults to none for LoRA (the adapter off) or
+    ``precompute_ref_logprobs``, else to a copy of the policy made here, before training."""
 
     progress_keys = ("loss", "rewards/accuracy", "rewards/margins", "eval/rewards/accuracy")
 
@@ -146,10 +138,6 @@ class DPOTrainer(PairTrainerMixin, Trainer):
             self.precompute_reference(self.train_rows)
             if self.eval_rows:
                 self.precompute_reference(self.eval_rows)
-
-    # ----------------------------------------------------------------------------------------------
-    # Reference log-probs.
-    # ----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,10 +183,6 @@ class DPOTrainer(PairTrainerMixin, Trainer):
         missing = sum("ref_chosen_logps" not in r for r in rows)
         if missing:
             raise RuntimeError(f"precompute_reference: {missing} rows got no reference log-probs")
-
-    # ----------------------------------------------------------------------------------------------
-    # The loss.
-    # ----------------------------------------------------------------------------------------------
 
     def _pair_loss(
         self,

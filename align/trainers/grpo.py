@@ -134,13 +134,8 @@ class MicroBatch:
 class GRPOTrainer(RolloutMixin, Trainer):
     """Group Relative Policy Optimization on the Trainer base (see the module docstring).
 
-    Args:
-        model: the policy (a causal LM, optionally a peft LoRA model).
-        tokenizer: its tokenizer (left padding for generation is handled by the generator).
-        reward_funcs: reward callables (TRL contract) or a ``CombinedReward``.
-        train_dataset: rows with a ``prompt`` (chat messages or text) and the columns the rewards read.
-        evaluator: the in-training evaluation, e.g. ``align.eval.heldout.heldout_evaluator``.
-        ref_model: frozen reference for kl_coef > 0 and full fine-tuning (default: a copy; LoRA: adapter off).
+    ``train_dataset`` rows have a ``prompt`` and the columns the rewards read; ``ref_model`` (for kl_coef > 0)
+    defaults to a copy of the policy, or under LoRA to the adapter off.
     """
 
     progress_keys = ("reward/mean", "kl", "completions/mean_length", "eval/accuracy")
@@ -174,10 +169,6 @@ class GRPOTrainer(RolloutMixin, Trainer):
                 self.accelerator.prepare_model(ref, evaluation_mode=True) if ref is not None else None
             )
         self.init_rollouts(self.model, tokenizer)
-
-    # ----------------------------------------------------------------------------------------------
-    # Data: prompts -> rollouts -> micro-batches.
-    # ----------------------------------------------------------------------------------------------
 
     @property
     def prompts_per_rollout(self) -> int:
@@ -298,10 +289,6 @@ class GRPOTrainer(RolloutMixin, Trainer):
         else:
             logits = self._forward(self.model, mb)
         return selective_log_softmax(logits.float(), mb.completion_ids)
-
-    # ----------------------------------------------------------------------------------------------
-    # The loss.
-    # ----------------------------------------------------------------------------------------------
 
     def compute_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         """agg(-min(r A, clip(r) A)) + beta agg(KL) over one micro-batch (see the module docstring)."""

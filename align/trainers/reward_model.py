@@ -115,16 +115,8 @@ def _shared_prompt_rewards(
 
 
 class RewardModelTrainer(PairTrainerMixin, Trainer):
-    """Bradley-Terry reward-model training on the Trainer base.
-
-    Args:
-        model: a sequence classifier with ``num_labels=1`` and ``config.pad_token_id`` set (optionally LoRA).
-        tokenizer: its tokenizer (fast; chat template for conversational pairs).
-        train_dataset: preference rows (see ``align.chat_data``), or rows already tokenised
-            (``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
-        eval_dataset: optional held-out pairs for ``evaluate()``: ``eval/accuracy``, ``eval/loss``,
-            ``eval/margin``.
-    """
+    """Bradley-Terry reward-model training on the Trainer base; ``model`` is a sequence classifier with
+    ``num_labels=1`` and ``config.pad_token_id`` set (optionally LoRA)."""
 
     progress_keys = ("loss", "reward/accuracy", "eval/accuracy")
 

@@ -183,10 +183,8 @@ class RolloutMixin:
         self._weights_version = -1
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches of ``prompts_per_rollout`` raw prompt rows, each with its index in the dataset
-        (``(index, row)`` pairs; rows untokenised: the chat template is applied when the prompt is measured
-        and the rewards read the other columns); a short last batch is dropped so that every rollout has
-        the same size."""
+        """Shuffled batches of ``prompts_per_rollout`` untokenised ``(index, row)`` pairs; a short last batch is
+        dropped so that every rollout has the same size."""
         return DataLoader(
             _NumberedRows(self.train_dataset),
             batch_size=self.prompts_per_rollout,
@@ -289,10 +287,8 @@ class RolloutMixin:
         return bool(acc.reduce(torch.tensor(float(flag), device=acc.device), "sum").item() > 0)
 
     def sampling_params(self, *, return_logprobs: bool) -> SamplingParams:
-        """The config's sampling settings (``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
-        ``num_generations``) for one rollout; ``return_logprobs`` asks the sampler for the sampled tokens'
-        log-probs only where the algorithm uses them (GRPO's old log-probs when it takes several steps per
-        rollout), since computing them slows sampling."""
+        """The config's sampling settings for one rollout; ``return_logprobs`` only where the algorithm uses them
+        (GRPO's old log-probs with several steps per rollout), since computing them slows sampling."""
         cfg = self.config
         rows = self.prompts_per_rollout * cfg.num_generations
         return SamplingParams(
@@ -371,9 +367,7 @@ class _NumberedRows(Dataset):
         return list(zip(indices, rows))
 
 
-# --------------------------------------------------------------------------------------------------
 # The prompt budget: max_prompt_length against the model's context.
-# --------------------------------------------------------------------------------------------------
 
 
 def _sane(value: Any) -> bool:

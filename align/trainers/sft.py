@@ -70,22 +70,8 @@ class SFTConfig(ChatDataConfig, ModelConfig, TrainConfig):
     each other)."""
 
 
-# --------------------------------------------------------------------------------------------------
-# The trainer.
-# --------------------------------------------------------------------------------------------------
-
-
 class SFTTrainer(SupervisedTrainerMixin, Trainer):
-    """SFT on the Trainer base.
-
-    Args:
-        model: a causal LM (optionally a peft LoRA model).
-        tokenizer: its tokenizer (a fast one; the chat template formats conversations).
-        train_dataset: rows in an SFT schema (``datasets.Dataset`` or list of dicts), or rows already
-            tokenised (``input_ids`` and ``mask``).
-        eval_dataset: optional held-out rows for ``evaluate()``: ``eval/loss`` (token mean) and
-            ``eval/perplexity``.
-    """
+    """SFT on the Trainer base, on rows in an SFT schema or already tokenised (``input_ids`` and ``mask``)."""
 
     progress_keys = ("loss", "eval/loss", "throughput/tokens_per_second")
     collate = staticmethod(collate_sft)
