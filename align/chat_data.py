@@ -21,22 +21,17 @@ Preference schemas (``normalize_preference``):
   ``trl-lib/ultrafeedback_binarized``, or strings with a shared beginning (Anthropic HH style);
 - optional ``margin`` (or ``score_chosen`` / ``score_rejected``) for a reward-model margin.
 
-Tokenisation uses the tokenizer's chat template for messages. Which tokens a loss counts (the mask, 1 =
-counts) is computed on characters, then mapped to tokens with the offsets of one tokenisation of the whole
-text: for an assistant turn the counted characters run from the end of the conversation rendered up to
-that turn with the generation prompt, to the end of the turn's end token (the tokenizer's eos, e.g.
-``<|im_end|>``; what the template writes after it, such as ``\n``, does not count). That works for any
-template that renders a conversation's prefix as a prefix of the whole (ChatML, Llama 3, Mistral, ...),
-so no ``{% generation %}`` markers are needed; a template that does not (one that rewrites earlier turns)
-falls back to locating each assistant message's content in the text, and failing that is an error that
-names the row.
+Which tokens a loss counts (the mask, 1 = counts) is computed on characters of the chat-templated text,
+then mapped to tokens by the offsets of one tokenisation of the whole: an assistant turn counts from the
+end of the conversation rendered up to it with the generation prompt, to the end of its end token (eos,
+e.g. ``<|im_end|>``; the template's ``\n`` after it does not count). That works for any template that
+renders a prefix of the conversation as a prefix of the whole (ChatML, Llama 3, Mistral, ...) without
+``{% generation %}`` markers; otherwise each assistant message's content is located in the text.
 
-Bad input never becomes a silent wrong loss. Missing columns are an error naming the columns found and
-the schemas expected. A row with an empty completion, a pair whose chosen equals its rejected, a
-conversation without an assistant turn, or a sequence longer than ``max_length`` under
-``truncation="skip"`` is skipped and counted (``DataStats``: logged once as a warning and, by the trainers,
-as ``data/skipped/<reason>`` in ``metrics.jsonl``); ``truncation="error"`` makes an overlong row an error.
-A dataset with no usable row is an error.
+Bad input never becomes a silent wrong loss: missing columns are an error naming those found; an unusable
+row (empty completion, chosen equal to rejected, no assistant turn, too long under ``truncation="skip"``)
+is skipped and counted (``DataStats``, ``data/skipped/<reason>`` in ``metrics.jsonl``); no usable row at
+all is an error.
 """
 
 from __future__ import annotations
@@ -77,14 +72,8 @@ __all__ = [
 ]
 
 TRUNCATION_POLICIES = ("keep_start", "keep_end", "skip", "error")
-"""What to do with a sequence longer than ``max_length``:
-
-- ``keep_start``: keep its first ``max_length`` tokens (the end of a long completion is cut and not trained
-  on); counted in ``data/truncated``;
-- ``keep_end``: keep its last ``max_length`` tokens (the start of the prompt is cut); counted likewise;
-- ``skip``: leave the row out, counted in ``data/skipped/too_long``;
-- ``error``: raise ``ValueError`` naming the row.
-"""
+"""What to do with a sequence longer than ``max_length``: keep its first or last ``max_length`` tokens
+(counted in ``data/truncated``), leave the row out (``data/skipped/too_long``), or raise naming the row."""
 
 # ---------------------------------------------------------------------------------------------------------
 # Counting what was skipped
@@ -132,10 +121,7 @@ class DataStats:
         return "; ".join(parts)
 
     def log(self) -> None:
-        if self.skipped or self.truncated:
-            logger.warning("%s", self.summary())
-        else:
-            logger.info("%s", self.summary())
+        (logger.warning if self.skipped or self.truncated else logger.info)("%s", self.summary())
 
     def check_any_kept(self) -> None:
         if self.kept == 0:
@@ -156,16 +142,12 @@ def load_rows(
 
 
 def _as_rows(dataset: Any) -> list[dict]:
-    if isinstance(dataset, list):
-        return dataset
-    return [dict(r) for r in dataset]
+    return dataset if isinstance(dataset, list) else [dict(r) for r in dataset]
 
 
 def _columns(dataset: Any, rows: list[dict]) -> list[str]:
     names = getattr(dataset, "column_names", None)
-    if names is not None:
-        return list(names)
-    return list(rows[0].keys()) if rows else []
+    return list(names) if names is not None else list(rows[0].keys()) if rows else []
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -283,18 +265,6 @@ def _with_eos(text: str, tokenizer: Any) -> str:
     return text if not eos or text.endswith(eos) else text + eos
 
 
-def _completion_messages(completion: Any) -> list[dict]:
-    if isinstance(completion, str):
-        return [{"role": "assistant", "content": completion}]
-    return normalize_messages(completion)
-
-
-def _prompt_messages(prompt: Any) -> list[dict]:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return normalize_messages(prompt)
-
-
 def _render_pair(tokenizer: Any, prompt: Any, completion: Any) -> tuple[str, int, int, bool]:
     """(text, prompt_end_char, completion_end_char, add_special_tokens) for a prompt and a completion.
 
@@ -302,8 +272,12 @@ def _render_pair(tokenizer: Any, prompt: Any, completion: Any) -> tuple[str, int
     completion an assistant message); plain text otherwise: prompt + completion + eos, as TRL does.
     """
     if is_messages(prompt) or is_messages(completion):
-        p = _prompt_messages(prompt)
-        c = _completion_messages(completion)
+        p = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else normalize_messages(prompt)
+        c = (
+            [{"role": "assistant", "content": completion}]
+            if isinstance(completion, str)
+            else normalize_messages(completion)
+        )
         before = _render(tokenizer, p, add_generation_prompt=True)
         text = _render(tokenizer, p + c)
         if not text.startswith(before):
@@ -330,14 +304,10 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def encode_prompt_completion(tokenizer: Any, prompt: Any, completion: Any) -> tuple[list[int], list[int]]:
-    """Token ids ``(prompt_ids, completion_ids)`` whose concatenation is one tokenisation of the pair.
-
-    The prompt is rendered with the generation prompt (``<|im_start|>assistant\\n``); the completion is the
-    assistant content and its end token. A token that straddles the boundary goes to the completion. Used
-    for preference pairs and by the reward-model reward function, so a reward model scores at inference
-    exactly the token sequences it was trained on. An empty completion gives just the end token (chat) or
-    the eos (plain text).
-    """
+    """Token ids ``(prompt_ids, completion_ids)`` whose concatenation is one tokenisation of the pair: the
+    prompt with the generation prompt, the completion with its end token (a token straddling the boundary
+    goes to the completion). Preference pairs and the reward-model reward share it, so a reward model scores
+    exactly the token sequences it was trained on."""
     text, p_end, c_end, special = _render_pair(tokenizer, prompt, completion)
     ids, offsets = _tokenize(tokenizer, text[:c_end], special)
     n = 0
@@ -448,14 +418,9 @@ def tokenize_sft(
     completion_only_loss: bool = True,
     name: str = "sft data",
 ) -> tuple[list[dict[str, list[int]]], DataStats]:
-    """Tokenise an SFT dataset (a ``datasets.Dataset`` or list of dicts in a schema of the module docstring)
-    into rows ``{"input_ids": [...], "mask": [...]}`` (mask 1 = trained on) with a fast tokenizer.
-
-    ``max_length`` ``None`` is no limit; longer rows follow ``truncation`` (:data:`TRUNCATION_POLICIES`).
-    ``assistant_only_loss`` counts only a conversation's assistant turns (content + end token),
-    ``completion_only_loss`` only a prompt/completion row's completion; False counts every token. Returns
-    the rows in dataset order and the ``DataStats``; a row whose counted tokens are all cut by truncation
-    is skipped (``no_counted_tokens``).
+    """Tokenise an SFT dataset (a schema of the module docstring) into rows ``{"input_ids", "mask"}`` (mask
+    1 = trained on), in dataset order, and the ``DataStats``. ``assistant_only_loss`` counts a conversation's
+    assistant turns only, ``completion_only_loss`` a prompt/completion row's completion only.
     """
     _check_truncation(truncation)
     rows = _as_rows(dataset)
@@ -481,9 +446,8 @@ def tokenize_sft(
 def _encode_rows(
     rows: list[dict], encode: Callable[[int, dict], tuple[dict, bool]], name: str
 ) -> tuple[list[dict], DataStats]:
-    """``encode(i, row) -> (item, truncated)`` over the rows: a ``SkipRow`` is counted (and logged once per
-    reason with its first row), another ``ValueError`` (truncation='error', a template that cannot render
-    the row) is raised naming the data and the row; no row kept at all is an error."""
+    """``encode(i, row) -> (item, truncated)`` over the rows: a ``SkipRow`` is counted, another
+    ``ValueError`` is raised naming the data and the row; no row kept at all is an error."""
     stats = DataStats(name=name, rows=len(rows))
     out: list[dict] = []
     for i, row in enumerate(rows):
@@ -503,13 +467,11 @@ def _encode_rows(
 
 
 def pack_examples(rows: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
-    """Pack tokenised SFT rows into rows of at most ``max_length`` tokens, best-fit decreasing.
+    """Pack tokenised SFT rows, whole, into rows of at most ``max_length`` tokens, best-fit decreasing.
 
-    No example is split across packed rows (each row must already fit, which ``tokenize_sft`` ensures).
-    Each packed row carries ``position_ids`` that restart at 0 for every example: the trainer then passes no
-    attention mask, and transformers builds a block-diagonal causal mask from the position ids, so examples
-    do not attend to each other (sdpa, eager and flash-attention kernels). The first token of every example
-    is not a label (it has nothing of its own before it), so its mask entry is 0.
+    ``position_ids`` restart at 0 for every example: with no attention mask, transformers then builds a
+    block-diagonal causal mask from them, so examples do not attend to each other. Each example's first
+    token is not a label (mask 0).
     """
     import bisect
 
@@ -547,11 +509,8 @@ def pack_examples(rows: list[dict[str, list[int]]], max_length: int) -> list[dic
 
 def collate_sft(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor | None]:
     """Right-pad rows to the batch's longest: ``input_ids``, ``attention_mask``, ``position_ids``, ``mask``
-    (all ``(B, T)``), and ``num_tokens`` (a scalar: the real, unpadded tokens of the batch).
-
-    Packed rows (with ``position_ids``) get ``attention_mask=None`` and position ids that continue through
-    the padding, so transformers sees packed sequences (see :func:`pack_examples`).
-    """
+    (all ``(B, T)``), and ``num_tokens`` (real tokens). Packed rows get ``attention_mask=None`` and
+    position ids that continue through the padding (:func:`pack_examples`)."""
     input_ids, attention = pad_rows([r["input_ids"] for r in rows], pad_token_id)
     mask = pad_rows([r["mask"] for r in rows], 0)[0]
     B, T = input_ids.shape
@@ -577,12 +536,8 @@ def collate_sft(rows: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
 
 
 def extract_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
-    """Split two whole conversations (or strings) that share a beginning into (prompt, chosen, rejected).
-
-    Messages: the prompt is the longest common run of leading messages, cut back so that both remainders
-    start at an assistant message. Strings: the longest common prefix, cut back to the last whitespace so a
-    word (or number) is never split. Raises ``SkipRow("no_shared_prompt")`` when nothing is shared.
-    """
+    """Split two whole conversations (or strings) that share a beginning into (prompt, chosen, rejected):
+    the common leading messages, up to an assistant message; or the common prefix, cut at whitespace."""
     if is_messages(chosen) and is_messages(rejected):
         c, r = normalize_messages(chosen), normalize_messages(rejected)
         n = _common_prefix(c, r)
@@ -621,9 +576,8 @@ def check_preference_columns(columns: Iterable[str], where: str = "preference da
 def normalize_preference(row: dict, *, use_margin: bool = False) -> dict[str, Any]:
     """``{"prompt", "chosen", "rejected"[, "margin"]}`` from any accepted schema, or ``SkipRow``.
 
-    Conversational rows whose ``chosen``/``rejected`` hold whole conversations (they contain non-assistant
-    turns) have their prompt extracted even if a ``prompt`` column exists (HuggingFaceH4's ultrafeedback
-    keeps a string copy there). ``margin``: the row's ``margin``, else ``score_chosen - score_rejected``.
+    Whole conversations in ``chosen``/``rejected`` have their prompt extracted even beside a ``prompt``
+    column (HuggingFaceH4's ultrafeedback keeps a string copy there).
     """
     chosen, rejected = row.get("chosen"), row.get("rejected")
     for side, value in (("chosen", chosen), ("rejected", rejected)):
@@ -691,13 +645,8 @@ def tokenize_preferences(
     name: str = "preference data",
 ) -> tuple[list[dict[str, Any]], DataStats]:
     """Tokenise preference pairs (:data:`PREFERENCE_SCHEMAS`) into rows ``{"prompt_ids", "chosen_ids",
-    "rejected_ids"[, "margin"]}``, the margin with ``use_margin`` (see :func:`normalize_preference`).
-
-    ``max_length`` bounds prompt + completion, for each of chosen and rejected. ``truncation`` of a longer
-    pair: ``skip`` (default: cutting a pair can cut exactly what makes one answer better), ``keep_start``
-    (cut the completions' ends), ``keep_end`` (cut the prompt's start so both completions fit whole; a
-    completion longer than ``max_length`` alone is skipped), ``error``. A pair whose completions become
-    equal after cutting is skipped (``identical_after_truncation``).
+    "rejected_ids"[, "margin"]}``. ``max_length`` bounds prompt + each completion; ``truncation`` defaults
+    to ``skip``, since cutting a pair can cut exactly what makes one answer better.
     """
     _check_truncation(truncation)
     rows = _as_rows(dataset)
@@ -742,17 +691,14 @@ def _truncate_pair(
 
 
 def collate_preferences(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """One batch of 2B rows: the B prompt+chosen sequences, then the B prompt+rejected ones.
+    """One batch of 2B right-padded rows, the B prompt+chosen sequences then the B prompt+rejected ones:
+    ``input_ids``, ``attention_mask``, ``mask`` (1 = completion token), and when the rows have them
+    ``margin``, ``ref_chosen_logps``, ``ref_rejected_logps`` ``(B,)``.
 
-    Right padding to the batch's longest sequence (no sorting, no fixed length). Returns ``input_ids``,
-    ``attention_mask``, ``mask`` (1 = completion token), and when the rows have them ``margin`` ``(B,)``,
-    ``ref_chosen_logps`` and ``ref_rejected_logps`` ``(B,)``.
-
-    Also the same B pairs one row each, for a forward that runs each prompt once
-    (``align.trainers.reward_model.pair_rewards``): ``shared_ids`` ``(B, S)``, the left-padded prompt, then
-    the chosen and the rejected completion back to back, then right padding; ``shared_branch`` ``(B, S)``
-    (0 = prompt, 1 = chosen, 2 = rejected, -1 = padding) and ``shared_positions`` ``(B, S)``, each
-    completion's positions continuing from its prompt's end, as in its own sequence.
+    Also the B pairs one row each, for a forward that runs each prompt once: ``shared_ids`` ``(B, S)``
+    ``[left-padded prompt | chosen | rejected | padding]``, ``shared_branch`` ``(B, S)`` (0 = prompt,
+    1 = chosen, 2 = rejected, -1 = padding) and ``shared_positions`` ``(B, S)``, each completion's
+    continuing from its prompt's end.
     """
     seqs = [r["prompt_ids"] + r["chosen_ids"] for r in rows] + [
         r["prompt_ids"] + r["rejected_ids"] for r in rows
@@ -762,7 +708,6 @@ def collate_preferences(rows: list[dict[str, Any]], pad_token_id: int) -> dict[s
     for b, p in enumerate([len(r["prompt_ids"]) for r in rows] * 2):
         mask[b, :p] = 0  # 1 = completion token
     out = {"input_ids": input_ids, "attention_mask": attention, "mask": mask}
-    # The same pairs, one row each: [left-padded prompt | chosen | rejected | right padding].
     P = max(len(r["prompt_ids"]) for r in rows)
     L = max(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows)
     shared = torch.full((len(rows), P + L), pad_token_id, dtype=torch.long)
@@ -797,12 +742,9 @@ def load_train_and_eval(
     *,
     default: str,
 ) -> tuple[Any, Any]:
-    """The training rows and the held-out rows of a recipe's config (``None`` when there are none).
-
-    The held-out data is ``eval_dataset_name`` (default: ``dataset_name``) at ``eval_split``. ``eval_split``
-    ``""`` or ``"none"`` turns evaluation off; so does a single training file with no separate eval
-    dataset (its "test split" would be the training data itself).
-    """
+    """The training rows and the held-out rows (``eval_dataset_name``, default ``dataset_name``, at
+    ``eval_split``), ``None`` when ``eval_split`` is ``""``/``"none"`` or the data is one file (its "test
+    split" would be the training data itself)."""
     train = load_rows(dataset_name, split, default=default)
     if eval_split.strip().lower() in ("", "none"):
         return train, None

@@ -1,22 +1,15 @@
 r"""Dataset loading and formatting: the one reader of every dataset, and the math prompts for RL.
 
-`read_rows` is the project's only reader. It turns a local `.jsonl` / `.json` / `.parquet` file, a folder
-holding a split (`<split>.jsonl`, `<split>-*.parquet`, the layout `datasets` writes, ...) or a Hugging Face
-hub dataset into a `datasets.Dataset`, with errors that name the file, the line and the field. Everything
-else reads through it: math prompts (`load_math_dataset`), SFT and preference data
-(`align.chat_data.load_rows`) and evaluation tasks (`align.eval.tasks.Task.load`).
-
-Math problems for RL (GRPO) and evaluation: `load_math_dataset` turns MATH-500-style, GSM8K-style or the
-project's own generated data into rows with a chat `prompt` and a gold `answer`, which is what the math
-reward (`align.rewards.math_reward`) reads:
+`read_rows` is the project's only reader (math prompts, SFT and preference data, evaluation tasks), with
+errors that name the file, the line and the field. `load_math_dataset` turns MATH-500-style, GSM8K-style or
+the project's own data into rows with a chat `prompt` and the gold `answer` the math reward reads:
 
     ds = load_math_dataset()                               # the shipped data/math/train.jsonl
     ds = load_math_dataset("data/math", split="test")      # a folder: its test.jsonl / test-*.parquet
     ds = load_math_dataset("HuggingFaceH4/MATH-500", split="test")   # a hub dataset (needs the network)
     ds = load_math_dataset("openai/gsm8k", split="test")   # config "main" is picked for GSM8K
 
-The shipped data lives in `data/` next to the `align` package: the repository checkout for an editable
-install (`pip install -e .`), which is how this project is used; a wheel does not ship it, so pass a path.
+The shipped data lives in `data/` next to the `align` package (an editable install); a wheel lacks it.
 """
 
 from __future__ import annotations
@@ -92,11 +85,6 @@ def build_math_prompt(
     return messages
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------------------
-
-
 def read_rows(
     source: str | Path,
     split: str = "train",
@@ -106,16 +94,10 @@ def read_rows(
     required: Sequence[str] = (),
     name: str = "",
 ) -> Dataset:
-    """A `datasets.Dataset` from a local file or folder or a hub dataset: the project's one reader.
-
-    `source`: a `.jsonl` / `.json` / `.parquet` file; a folder with `<split>.jsonl` (or `.json`, `.parquet`,
-    `<split>-*.parquet`, `data/<split>-*`, `<split>/*`); or a hub name ("name" or "owner/name", loaded with
-    `datasets.load_dataset(name, config, split=split)`, network needed; GSM8K's config defaults to "main").
-    A string that is not an existing path but looks like one ("./x", "/x", "a/b/c", "x.jsonl") is a missing
-    file, never a hub name. `split` is ignored for a single file; `limit` keeps the first rows; `name` (a
-    task) starts this function's own error messages (`align.errors.DataError`, a `ValueError`), which name
-    the file, line and field (text that is not UTF-8, unreadable JSON, a field whose type changes between
-    rows), an empty dataset or the `required` columns missing.
+    """A `datasets.Dataset` from a `.jsonl` / `.json` / `.parquet` file, a folder holding `split`
+    (`_split_files`) or a hub name ("name" or "owner/name"). A missing path that looks like one ("./x",
+    "a/b/c", "x.jsonl") is an error, never a hub name. `limit` keeps the first rows; `name` starts the error
+    messages (`align.errors.DataError`), which also cover an empty dataset or `required` columns missing.
     """
     prefix = f"{name}: " if name else ""
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
@@ -299,10 +281,6 @@ def _from_records(path: Path, records: list[dict], where: list[str]) -> Dataset:
         raise DataError(f"{path}: cannot read the rows as a table: {e}") from e
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Math problems
-# ---------------------------------------------------------------------------------------------------------
-
 _THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
 
@@ -326,13 +304,10 @@ def load_math_dataset(
     instruction: str = MATH_INSTRUCTION,
     system_prompt: str | None = None,
 ) -> Dataset:
-    r"""A math dataset as a `datasets.Dataset` with a chat `prompt` (`build_math_prompt`) and a gold `answer`
-    (other columns kept), read by `read_rows` from `path_or_name` (None: the shipped `data/math/`).
-
-    Schemas: the problem is the `problem` (MATH-500) or `question` (GSM8K) column. The gold answer is the
-    `answer` column (GSM8K's "... #### 42" becomes "42", and its reasoning is kept as `solution` when there
-    is none), else the boxed answer parsed from `solution`. Rows whose gold cannot be found are dropped
-    with a warning; if none is left, that is an error, as are missing columns (named with those found).
+    r"""A math dataset with a chat `prompt` (`build_math_prompt`) and a gold `answer` (`math_gold`), other
+    columns kept, read by `read_rows` from `path_or_name` (None: the shipped `data/math/`). The problem is
+    the `problem` (MATH-500) or `question` (GSM8K) column; GSM8K's reasoning is kept as `solution`. Rows
+    without a gold answer are dropped with a warning.
     """
     source = path_or_name or shipped_data("math")
     ds = read_rows(source, split, config=config, limit=limit)

@@ -7,14 +7,10 @@
 - preference pairs as one row ``[prompt | chosen | rejected]``: ``pair_attention_mask`` (also the reward
   model's) and ``pair_logprob_sums`` (DPO).
 
-The shared prompt. In GRPO (and PPO with several samples per prompt) consecutive rows share their prompt: G
-completions of one question. A plain forward runs each prompt G times. Here the distinct prompts run once,
-their key/value cache is gathered for every row (``index_select`` on the batch dimension, which autograd
-differentiates: the gradients of the G rows add up in the shared prompt), and only the completion tokens run
-per row (with 65-token chat prompts, 48-token completions and G = 4, about 40% fewer tokens in every policy
-and reference pass). The logits equal a plain forward's to float rounding (tested), so the update does not
-change. No library does this for training (TRL and OpenRLHF re-run
-the prompt per completion); it is written here by hand on top of transformers' ``DynamicCache``.
+The shared prompt. In GRPO consecutive rows share their prompt (G completions of one question). Here the
+distinct prompts run once, their key/value cache is gathered for every row (a differentiable gather: the G
+rows' gradients add up in the shared prompt), and only the completion tokens run per row. The logits equal
+a plain forward's to float rounding (tested). TRL and OpenRLHF re-run the prompt per completion.
 """
 
 import functools
@@ -26,10 +22,6 @@ import torch
 from torch import nn
 
 from align.losses import selective_log_softmax
-
-# --------------------------------------------------------------------------------------------------
-# Unwrapping and positions.
-# --------------------------------------------------------------------------------------------------
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -69,17 +61,9 @@ def pad_rows(
     return (out, mask) if device is None else (out.to(device), mask.to(device))
 
 
-# --------------------------------------------------------------------------------------------------
-# Completions given prompts.
-# --------------------------------------------------------------------------------------------------
-
-
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs of identical consecutive prompts.
-
-    Returns ``(starts, row_to_prompt)``: ``starts`` (N,) bool marks the first row of each run;
-    ``row_to_prompt`` (N,) long maps each row to the index of its distinct prompt.
-    """
+    """Runs of identical consecutive prompts: ``starts`` (N,) bool marks the first row of each run,
+    ``row_to_prompt`` (N,) long maps each row to the index of its distinct prompt."""
     same = (prompt_ids[1:] == prompt_ids[:-1]).all(-1) & (prompt_mask[1:] == prompt_mask[:-1]).all(-1)
     starts = torch.cat([torch.ones(1, dtype=torch.bool, device=prompt_ids.device), ~same])
     return starts, starts.long().cumsum(0) - 1
@@ -109,12 +93,9 @@ def whole_forward(
     with_logits: bool = True,
     hidden: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """One forward over whole rows ``[prompt | completion]`` ``(N, P + C)``, ``C = num_completion``.
-
-    Returns the logits ``(N, C, V)`` at the positions that predict the completion tokens (position ``t``
-    predicts token ``t``; ``None`` without ``with_logits``) and, with ``hidden``, the last hidden states at
-    those positions ``(N, C, H)``: ``hidden[:, t]`` is the state in which completion token ``t`` is chosen.
-    """
+    """One forward over whole rows ``[prompt | completion]`` ``(N, P + C)``, ``C = num_completion``: the
+    logits ``(N, C, V)`` that predict the completion tokens (with ``with_logits``) and, with ``hidden``, the
+    last hidden states ``(N, C, H)`` in which they are chosen."""
     C = num_completion
     out = model(
         input_ids=input_ids,
@@ -140,13 +121,9 @@ def completion_logits(
 ) -> torch.Tensor:
     """Logits that predict each completion token: ``(N, C, V)``, aligned with ``completion_ids``.
 
-    Args:
-        model: a transformers causal LM (possibly wrapped by DDP or peft).
-        prompt_ids: ``(N, P)`` left-padded prompts; prompt_mask ``(N, P)``, 1 = real token.
-        completion_ids: ``(N, C)`` right-padded completions; completion_mask ``(N, C)``, 1 = attended.
-        share_prompt: run each run of identical consecutive prompts once and reuse its KV cache.
-        prompt_model: module for the prompt pass (default ``model``). Under DDP, pass the unwrapped module
-            so the wrapper sees one forward per backward; gradients still reach the same parameters.
+    Prompts ``(N, P)`` are left-padded, completions ``(N, C)`` right-padded; masks 1 = attended.
+    ``share_prompt``: run each run of identical consecutive prompts once. ``prompt_model``: the module for the
+    prompt pass; under DDP the unwrapped one, so the wrapper sees one forward per backward.
     """
     N, C = completion_ids.shape
     attn = torch.cat([prompt_mask, completion_mask], 1)
@@ -175,12 +152,8 @@ def completion_logits(
 def rollout_logprobs(
     model: nn.Module, rollout: Any, batch_size: int = 16, *, temperature: float = 1.0
 ) -> torch.Tensor:
-    """``(N, C)`` log-probs of a rollout's completion tokens under ``model`` at ``temperature`` (0 on
-    padding), ``batch_size`` rows per forward, no gradient: PPO's reference pass and reward-KL evaluation.
-
-    ``rollout`` has ``prompt_ids`` / ``prompt_mask`` ``(N, P)`` and ``completion_ids`` / ``completion_mask``
-    ``(N, C)`` (``align.generation.Rollout``). Log-probs are float32 (``logits.float() / temperature``).
-    """
+    """``(N, C)`` float32 log-probs of a ``Rollout``'s completion tokens under ``model`` at ``temperature``
+    (0 on padding), ``batch_size`` rows per forward, no gradient: PPO's reference pass and reward-KL eval."""
     out = []
     for s in range(0, len(rollout), batch_size):
         sl = slice(s, s + batch_size)
@@ -190,11 +163,6 @@ def rollout_logprobs(
         )
         out.append(selective_log_softmax(logits.float() / temperature, ids) * mask)
     return torch.cat(out)
-
-
-# --------------------------------------------------------------------------------------------------
-# Whole sequences, logits only where a label counts.
-# --------------------------------------------------------------------------------------------------
 
 
 def label_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -220,12 +188,9 @@ def selected_logits(
     keep: torch.Tensor,
     positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Logits ``(N, V)`` at the ``N`` positions where ``keep`` ``(B, T)`` is True, in row-major order.
-
-    The lm_head projects only those hidden states (boolean ``logits_to_keep``) when the model supports it;
-    otherwise the logits from the first kept column on are computed and indexed. ``positions`` ``(B, T)``
-    default to ``position_ids(attention_mask)``, right for left and right padding alike.
-    """
+    """Logits ``(N, V)`` at the ``N`` positions where ``keep`` ``(B, T)`` is True, in row-major order. The
+    lm_head projects only those (boolean ``logits_to_keep``) where the model supports it, else the columns
+    from the first kept one on. ``positions`` default to ``position_ids(attention_mask)``."""
     if positions is None and attention_mask is not None:
         positions = position_ids(attention_mask)
     kwargs: dict[str, Any] = {"input_ids": input_ids, "position_ids": positions, "use_cache": False}
@@ -266,9 +231,8 @@ def logprob_sums(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of the log-probs of the tokens where ``mask`` is 1, per row: ``(B,)``, and their counts ``(B,)``.
 
-    ``log pi(y | x) = sum_t log softmax(logits_{t-1})[y_t]`` over completion tokens ``t``; padding on either
-    side is fine (positions come from the attention mask unless ``positions`` are given, as for packed
-    rows). Log-probs are float32 even for bf16 logits (``selective_log_softmax``).
+    ``log pi(y | x) = sum_t log softmax(logits_{t-1})[y_t]`` over counted tokens ``t``, in float32; padding
+    on either side is fine (``positions`` are given for packed rows).
     """
     keep = label_positions(mask)
     logits = selected_logits(model, input_ids, attention_mask, keep, positions)
@@ -280,21 +244,14 @@ def logprob_sums(
     return _sums_by_row(token_logps, rows, B)
 
 
-# --------------------------------------------------------------------------------------------------
-# Preference pairs: one row per pair, [prompt | chosen | rejected], the prompt run once.
-# --------------------------------------------------------------------------------------------------
-
-
 def pair_attention_mask(model: nn.Module, branch: torch.Tensor) -> torch.Tensor | None:
     """The 4D mask under which one row ``[prompt | chosen | rejected]`` computes what two sequences do.
 
     ``branch`` ``(B, S)``: 0 = prompt, 1 = chosen, 2 = rejected, -1 = padding (``collate_preferences``'s
     ``shared_branch``; each completion's ``shared_positions`` continue from its prompt). Query ``q`` sees key
-    ``k <= q`` in the prompt or in its own completion, so the rejected completion never sees the chosen one
-    and each token's output equals its output in its own sequence; each token also sees itself, so that
-    padding rows are never empty (their outputs are never read). Returns ``(B, 1, S, S)``, boolean for sdpa,
-    additive for eager attention, or ``None`` where a custom mask does not apply (other attention
-    implementations; sliding-window layers, whose own mask it would replace): run the sequences whole then.
+    ``k <= q`` in the prompt or in its own completion, so each token's output equals its output in its own
+    sequence; each token also sees itself, so padding rows are never empty. Returns ``(B, 1, S, S)``,
+    boolean for sdpa, additive for eager, or ``None`` (other attention implementations, sliding windows).
     """
     config = getattr(base_model(model), "config", None)
     impl = getattr(config, "_attn_implementation", None)
@@ -320,13 +277,10 @@ def pair_attention_mask(model: nn.Module, branch: torch.Tensor) -> torch.Tensor 
 def pair_logprob_sums(
     model: nn.Module, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``logprob_sums`` of a preference batch's 2B sequences (chosen, then rejected), computed from one row
-    per pair with the prompt run once (``collate_preferences``'s ``shared_ids``, under
-    :func:`pair_attention_mask`): summed log-probs ``(2B,)`` and token counts ``(2B,)``.
-
-    A completion's first token is predicted by the prompt's last position (shared by both completions), each
-    later token by the position before it. ``None`` (run the sequences whole) where the mask does not apply
-    or a prompt is empty (the whole sequence's first token is then predicted by nothing).
+    """``logprob_sums`` of a preference batch's 2B sequences (chosen, then rejected) from one row per pair
+    (``shared_ids`` under :func:`pair_attention_mask`): ``(2B,)`` sums and counts. A completion's first
+    token is predicted by the prompt's last position. ``None`` (run the sequences whole) where the mask
+    does not apply or a prompt is empty.
     """
     ids, branch, positions = batch["shared_ids"], batch["shared_branch"], batch["shared_positions"]  # (B, S)
     B, S = ids.shape
