@@ -42,14 +42,8 @@ def _default_device() -> torch.device:
 
 
 class RewardModelReward:
-    """A Bradley-Terry sequence classifier as a callable ``(prompts, completions, **columns) -> list[float]``.
-
-    ``path`` is a directory saved by the reward-model recipe (full weights or a LoRA adapter and its score
-    head), loaded on the first call (``device`` default: the current CUDA device, else CPU). A sequence over
-    ``max_length`` tokens loses its completion's end. ``chat_template``: ``None`` follows the prompt's form
-    (messages: chat template; string: plain text); ``True`` wraps string prompts as a user message (the
-    reward model saw the template in training, so messages are never rendered as plain text).
-    """
+    """A Bradley-Terry sequence classifier as a callable ``(prompts, completions, **columns) -> list[float]``
+    (see the module docstring); ``device`` defaults to the current CUDA device, else CPU."""
 
     def __init__(
         self,
@@ -134,9 +128,8 @@ class RewardModelReward:
 
 
 def make_reward_model_reward(path: str | os.PathLike, **options: Any) -> RewardModelReward:
-    """A reward function backed by the reward model saved at ``path``; ``options`` are those of
-    :class:`RewardModelReward` (``batch_size``, ``name``, ``dtype``, ``device``, ``max_length``,
-    ``chat_template``)."""
+    """A reward function backed by the reward model saved at ``path``; ``options`` go to
+    :class:`RewardModelReward`."""
     return RewardModelReward(path, **options)
 
 
