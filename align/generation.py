@@ -6,11 +6,9 @@ A trainer that needs rollouts (GRPO, PPO-RLHF, REINFORCE) holds a `Generator` an
     ...                                # rewards, advantages, policy update
     generator.sync_weights(policy)     # after the optimizer step: no-op for HF, pushes weights to vLLM
 
-and never needs to know which backend sampled. Both backends tokenize the prompts the same way (the
-chat template for message lists, the text as is for strings; or take the ids as given, `prompt_ids=`, as
-the RL trainers pass them after cutting prompts to `max_prompt_length`), then hand ragged token lists to one
-assembler (`build_rollout`), so padding, masks, EOS flags and decoded texts mean the same thing
-whichever backend produced them.
+and never needs to know which backend sampled. Both tokenize prompts alike (`tokenize_prompts`, unless
+given `prompt_ids=`) and hand ragged token lists to one assembler (`build_rollout`), so padding, masks,
+EOS flags and decoded texts mean the same thing whichever backend produced them.
 
 Layout of a `Rollout` with N = num_prompts * G rows (G = `num_generations`):
 
@@ -64,11 +62,6 @@ Prompt = str | list[dict]
 """A raw text prompt (used as is) or a chat conversation (a list of {"role", "content"} messages)."""
 
 GENERATOR_BACKENDS = ("hf", "vllm", "vllm-server")
-
-
-# --------------------------------------------------------------------------------------------------
-# Parameters and the rollout
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -900,11 +893,6 @@ class VLLMGenerator:
                 for name, tensor in weights:
                     self.client.update_named_param(name, tensor)
         self.client.reset_prefix_cache()
-
-
-# --------------------------------------------------------------------------------------------------
-# Factory
-# --------------------------------------------------------------------------------------------------
 
 
 def make_generator(backend: str, model: nn.Module, tokenizer: Any, **kwargs: Any) -> Generator:

@@ -19,9 +19,8 @@ drops by the reward received (``R_{t+1} = R_t - r_t``), and only the last K step
 paper's Figure 4. The baseline on the same data is behaviour cloning with an MLP (``BCTrainer``), and the
 dataset's mean and best episode return.
 
-Training is the shared ``Trainer`` loop: ``next_batch`` samples K-step windows of length-weighted episodes
-(``sample_subsequences``), ``compute_loss`` is the loss above; AdamW with linear warm-up, gradient clipping,
-checkpoints with exact resume (the window sampler's generator is checkpointed) come from the base.
+Training is the shared ``Trainer`` loop over K-step windows of length-weighted episodes
+(``sample_subsequences``); the window sampler's generator is checkpointed, so resume is exact.
 """
 
 from __future__ import annotations
@@ -61,10 +60,6 @@ from align.trainer import METRICS_FILE, Callback, Trainer, read_metrics
 META_FILE = "dt_meta.json"
 TARGET_FIGURE = "return_vs_target.png"
 CURVE_FILE = "learning_curve.png"
-
-# --------------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
