@@ -193,14 +193,15 @@ class TabularMDP:
         return [r * cols + c for r, row in enumerate(self.layout) for c, ch in enumerate(row) if ch == char]
 
 
-def _absorb(P: Tensor, R: Tensor, terminal: Tensor, R3: Tensor | None = None) -> None:
-    """Make terminal states zero-reward self-loops in place (the convention's belt and braces)."""
+def _absorb(P: Tensor, R3: Tensor, terminal: Tensor) -> Tensor:
+    """R = sum_s' P R3, with terminal states zero-reward self-loops in P, R and R3 (belt and braces)."""
+    R = (P * R3).sum(-1)
     idx = torch.nonzero(terminal).flatten()
     P[idx] = 0.0
     P[idx, :, idx] = 1.0
     R[idx] = 0.0
-    if R3 is not None:
-        R3[idx] = 0.0
+    R3[idx] = 0.0
+    return R
 
 
 def from_toy_text(env: gym.Env, gamma: float = 0.99) -> TabularMDP:
@@ -231,8 +232,7 @@ def from_toy_text(env: gym.Env, gamma: float = 0.99) -> TabularMDP:
     terminal = done.any(dim=(0, 1))
     initial = torch.as_tensor(np.asarray(base.initial_state_distrib), dtype=DTYPE)
     _check_termination_flags(P, done, terminal, initial)
-    R = (P * R3).sum(-1)
-    _absorb(P, R, terminal, R3)
+    R = _absorb(P, R3, terminal)
     reward_depends_on_next = ((R3 - R.unsqueeze(-1)).abs() * (P > 0)).amax() > 1e-12
     kind = type(base).__name__
     shape, layout = _toy_text_grid(base)
@@ -367,8 +367,7 @@ def _grid_mdp(layout, outcomes, rewards, gamma, name) -> TabularMDP:
                     nr, nc = _grid_step(layout, r, c, taken)
                     P[s, a, nr * cols + nc] += prob
                     R3[s, a, nr * cols + nc] = rewards(layout[nr][nc])
-    R = (P * R3).sum(-1)
-    _absorb(P, R, terminal, R3)
+    R = _absorb(P, R3, terminal)
     initial /= initial.sum()
     return TabularMDP(
         P=P,
@@ -466,8 +465,7 @@ def random_walk(n_states: int = 5, *, gamma: float = 1.0) -> TabularMDP:
     R3[S - 2, 1, S - 1] = 1.0
     terminal = torch.zeros(S, dtype=torch.bool)
     terminal[0] = terminal[S - 1] = True
-    R = (P * R3).sum(-1)
-    _absorb(P, R, terminal, R3)
+    R = _absorb(P, R3, terminal)
     initial = torch.zeros(S, dtype=DTYPE)
     initial[(S - 1) // 2] = 1.0
     # Left end: 'H' (terminal, reward 0); right end: 'G' (+1).

@@ -214,12 +214,9 @@ def _controller_episodes(
     def part(eps: Callable[[int], float], s: int) -> tuple[list, list]:
         return collect_episodes(env, expert, eps, steps=steps, seed=s, rng=rng)
 
-    if kind == "random":
-        return part(lambda i: 1.0, env_seed)
-    if kind == "medium":
-        return part(lambda i: med, env_seed)
-    if kind == "expert":
-        return part(lambda i: 0.0, env_seed)
+    rate = {"random": 1.0, "medium": med, "expert": 0.0}.get(kind)
+    if rate is not None:
+        return part(lambda i: rate, env_seed)
     if kind == "medium-expert":
         e1, p1 = part(lambda i: med, env_seed)
         e2, p2 = part(lambda i: 0.0, env_seed + 500)

@@ -22,6 +22,7 @@ anything wrong.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,9 +98,7 @@ class OfflineDataset:
     def stats(self) -> dict[str, Any]:
         """Return statistics: the dataset's mean and best trajectory returns are the baselines of Chen et al."""
         ret, n = self.returns, self.lengths
-        by_policy: dict[str, int] = {}
-        for p in self.policies:
-            by_policy[p] = by_policy.get(p, 0) + 1
+        by_policy = Counter(self.policies)
         return {
             **{k: v for k, v in self.meta.items() if k in STATS_META_KEYS},
             "episodes": len(self.episodes),
@@ -143,19 +142,18 @@ def save_offline_dataset(dataset: OfflineDataset, path: str | Path) -> Path:
     """Write ``dataset`` to ``path`` (``.parquet`` or ``.jsonl``) and its statistics to ``<name>.stats.json``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, ep in enumerate(dataset.episodes):
-        rows.append(
-            {
-                "observations": ep["observations"].tolist(),
-                "actions": ep["actions"].tolist(),
-                "rewards": ep["rewards"].astype(np.float64).tolist(),
-                "terminals": ep["terminals"].astype(bool).tolist(),
-                "timeouts": ep["timeouts"].astype(bool).tolist(),
-                "timesteps": ep["timesteps"].astype(np.int64).tolist(),
-                "policy": dataset.policies[i] if dataset.policies else "",
-            }
-        )
+    rows = [
+        {
+            "observations": ep["observations"].tolist(),
+            "actions": ep["actions"].tolist(),
+            "rewards": ep["rewards"].astype(np.float64).tolist(),
+            "terminals": ep["terminals"].astype(bool).tolist(),
+            "timeouts": ep["timeouts"].astype(bool).tolist(),
+            "timesteps": ep["timesteps"].astype(np.int64).tolist(),
+            "policy": dataset.policies[i] if dataset.policies else "",
+        }
+        for i, ep in enumerate(dataset.episodes)
+    ]
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".parquet":
         import pyarrow as pa

@@ -293,6 +293,13 @@ def _check_alpha(alpha: float) -> float:
     return alpha
 
 
+def _correct(table: Tensor, key: Any, target: float, alpha: float) -> float:
+    """table[key] += alpha * delta with delta = target - table[key]; returns delta."""
+    delta = target - float(table[key])
+    table[key] += alpha * delta
+    return delta
+
+
 def q_learning_update(
     q: Tensor, s: int, a: int, r: float, s_next: int, terminated: bool, *, alpha: float, gamma: float
 ) -> float:
@@ -303,10 +310,7 @@ def q_learning_update(
     Returns the TD error delta.
     """
     alpha, gamma = _check_alpha(alpha), check_gamma(gamma)
-    target = r if terminated else r + gamma * float(q[s_next].max())
-    delta = target - float(q[s, a])
-    q[s, a] += alpha * delta
-    return delta
+    return _correct(q, (s, a), r if terminated else r + gamma * float(q[s_next].max()), alpha)
 
 
 def sarsa_update(
@@ -327,10 +331,7 @@ def sarsa_update(
     (GLIE) it converges to q* (section 6.4). Returns the TD error delta.
     """
     alpha, gamma = _check_alpha(alpha), check_gamma(gamma)
-    target = r if terminated else r + gamma * float(q[s_next, a_next])
-    delta = target - float(q[s, a])
-    q[s, a] += alpha * delta
-    return delta
+    return _correct(q, (s, a), r if terminated else r + gamma * float(q[s_next, a_next]), alpha)
 
 
 def expected_sarsa_update(
@@ -352,9 +353,7 @@ def expected_sarsa_update(
     """
     alpha, gamma = _check_alpha(alpha), check_gamma(gamma)
     target = r if terminated else r + gamma * float(probs_next.to(DTYPE) @ q[s_next])
-    delta = target - float(q[s, a])
-    q[s, a] += alpha * delta
-    return delta
+    return _correct(q, (s, a), target, alpha)
 
 
 def td0_update(
@@ -362,10 +361,7 @@ def td0_update(
 ) -> float:
     """TD(0) prediction (eq. 6.2): V(S) <- V(S) + alpha [R + gamma V(S') - V(S)]. Returns delta (eq. 6.5)."""
     alpha, gamma = _check_alpha(alpha), check_gamma(gamma)
-    target = r if terminated else r + gamma * float(v[s_next])
-    delta = target - float(v[s])
-    v[s] += alpha * delta
-    return delta
+    return _correct(v, s, r if terminated else r + gamma * float(v[s_next]), alpha)
 
 
 def monte_carlo_update(
@@ -689,11 +685,8 @@ class TabularAgent:
         if state["method"] != self.method:
             raise ValueError(f"checkpoint is for method {state['method']!r}, this agent runs {self.method!r}")
         self.generator.set_state(state["generator"])
-        self.episodes, self.env_steps, self.seed = (
-            int(state["episodes"]),
-            int(state["env_steps"]),
-            int(state["seed"]),
-        )
+        self.episodes, self.env_steps = int(state["episodes"]), int(state["env_steps"])
+        self.seed = int(state["seed"])
 
     # -- one episode --------------------------------------------------------------------------------
     def _value(self, sched: float | Schedule | None, step_index: int) -> float | None:

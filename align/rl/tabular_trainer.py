@@ -92,12 +92,8 @@ class TabularConfig(RLConfig):
     discrete_actions_only: ClassVar[bool] = True
 
     def env_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {}
-        if self.map_name is not None:
-            kw["map_name"] = self.map_name
-        if self.is_slippery is not None:
-            kw["is_slippery"] = self.is_slippery
-        return kw
+        options = {"map_name": self.map_name, "is_slippery": self.is_slippery}
+        return {k: v for k, v in options.items() if v is not None}
 
     def validate(self) -> None:
         for name in ("epsilon_start", "epsilon_end", "epsilon_decay_fraction", "alpha_end"):
@@ -272,18 +268,12 @@ class TabularTrainer(RLTrainer):
 
     # -- checkpoint ------------------------------------------------------------------------------------
     def extra_state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {}
         if self.dp:
-            state.update({"policy": self.policy.clone(), "converged": self.converged})
-        else:
-            state["agent"] = self.agent.state_dict()
-        return state
+            return {"policy": self.policy.clone(), "converged": self.converged}
+        return {"agent": self.agent.state_dict()}
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
         if self.dp:
             self.policy, self.converged = state["policy"].clone(), bool(state["converged"])
         else:
             self.agent.load_state_dict(state["agent"])
-
-
-__all__ = ["DP_METHODS", "MODEL_FREE_METHODS", "TabularConfig", "TabularTrainer", "success_probability"]
