@@ -16,10 +16,6 @@ Stable-Baselines3's semantics, so rl-baselines3-zoo hyperparameters carry over u
 ``target <- tau * online + (1 - tau) * target`` (``tau = 1``: hard copy, Mnih et al.; ``tau < 1``: Polyak
 averaging, Lillicrap et al. 2016), and epsilon falls linearly from ``exploration_initial_eps`` to
 ``exploration_final_eps`` over the first ``exploration_fraction`` of ``total_timesteps``.
-
-The gradient steps are an update plan (``plan_updates``) taken by the base loop one optimizer step at a
-time, so ``max_steps`` counts gradient updates. The replay buffer, environment, random generator and target network are checkpointed (``extra_state_dict``),
-so a resumed run is the uninterrupted one.
 """
 
 import copy
@@ -129,18 +125,11 @@ def dqn_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The one-step TD loss of DQN, or of double DQN when ``next_q_online`` is given.
 
-    Args:
-        q_values: ``(B, A)`` Q(s, .) of the online network (with grad).
-        actions: ``(B,)`` actions taken.
-        rewards: ``(B,)``.
-        terminated: ``(B,)``, 1 where s' is terminal (its value is 0); a truncated s' counts 0 here.
-        next_q_target: ``(B, A)`` Q_target(s', .).
-        gamma: discount factor.
-        next_q_online: ``(B, A)`` Q(s', .) of the online network: double DQN's action choice. ``None``: DQN's max.
-        loss: ``"huber"`` (smooth L1 with delta 1) or ``"mse"``.
-
-    Targets are constants (computed without grad). Metrics: ``loss/td``, ``q/mean`` (of the taken
-    actions), ``td/error_abs_mean``.
+    ``q_values`` ``(B, A)``: Q(s, .) of the online network (with grad); ``actions``, ``rewards``,
+    ``terminated`` ``(B,)``, terminated 1 where s' is terminal (its value is 0; a truncated s' counts 0);
+    ``next_q_target`` ``(B, A)``: Q_target(s', .); ``next_q_online`` ``(B, A)``: the online Q(s', .) that
+    picks double DQN's action (None: DQN's max); ``loss``: "huber" (smooth L1, delta 1) or "mse". Targets
+    are constants (no grad). Metrics: ``loss/td``, ``q/mean`` (taken actions), ``td/error_abs_mean``.
     """
     q = q_values.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():

@@ -114,23 +114,20 @@ def make_vec_env(
     num_envs: int,
     *,
     seed: int | None,
-    vectorization_mode: str = "sync",
     vector_kwargs: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> gym.vector.VectorEnv:
-    """`gym.make_vec` for a supported id: `num_envs` copies, "sync" (one process) or "async" (one process
-    each). With `seed`, copy i is reset with seed + i (gymnasium's convention) and the action space is
-    seeded. `vector_kwargs` go to the vector env (e.g. {"autoreset_mode": AutoresetMode.SAME_STEP}).
+    """`gym.make_vec` for a supported id: `num_envs` copies in one process. With `seed`, copy i is reset
+    with seed + i (gymnasium's convention) and the action space is seeded. `vector_kwargs` go to the vector
+    env (e.g. {"autoreset_mode": AutoresetMode.SAME_STEP}).
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    if vectorization_mode not in ("sync", "async"):
-        raise ValueError(f"vectorization_mode must be 'sync' or 'async', got {vectorization_mode!r}")
     check_env_kwargs(env_id, kwargs)
     envs = gym.make_vec(
         resolve_env_id(env_id),
         num_envs=num_envs,
-        vectorization_mode=vectorization_mode,
+        vectorization_mode="sync",
         vector_kwargs=vector_kwargs,
         **kwargs,
     )

@@ -207,13 +207,9 @@ def _absorb(P: Tensor, R3: Tensor, terminal: Tensor) -> Tensor:
 def from_toy_text(env: gym.Env, gamma: float = 0.99) -> TabularMDP:
     """Extract (P, R) from a gymnasium toy-text environment's `env.unwrapped.P` model.
 
-    Works for FrozenLake, CliffWalking and Taxi (and a `TabularEnv`, which returns its own MDP).
-    `P[s][a]` is a list of `(prob, s_next, reward, terminated)`; repeated outcomes are summed. A state is
-    terminal when a transition flagged `terminated` leads into it; the flag must be consistent on the
-    transitions that can happen (out of non-terminal states reachable from the start): a state entered
-    once with terminated=True and once with False is an error, as that model would need values per
-    transition. Unreachable states (Taxi has some) keep their listed dynamics and get the convention.
-    Following the module's convention, the value after a terminated transition is 0.
+    Works for FrozenLake, CliffWalking and Taxi (and a `TabularEnv`, which returns its own MDP). A state is
+    terminal when a transition flagged `terminated` leads into it; a state entered both with and without
+    the flag is an error (`_check_termination_flags`), as that model would need values per transition.
     R3 is kept only when the reward depends on s' (FrozenLake's +1 for reaching the goal).
     """
     base = env.unwrapped

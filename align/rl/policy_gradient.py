@@ -18,10 +18,6 @@ This file only arranges the data. Rollouts come from a synchronous vector enviro
 auto-reset: when an episode ends, the step returns the next episode's first observation and the real
 final one in ``info["final_obs"]``. A time-limit truncation is not a terminal state (Pardo et al. 2018):
 returns and advantages bootstrap from V(final observation) there, and stop at true terminations.
-
-Update plans (``plan_updates``): REINFORCE and A2C take one optimizer step per batch of episodes or
-rollout; PPO plans ``num_epochs`` x minibatches optimizer steps on each rollout, and the base loop takes
-them one at a time, so ``max_steps`` counts optimizer steps in all three.
 """
 
 import math
