@@ -107,12 +107,10 @@ def _action_names(
     mdp: TabularMDP | None, action_names: Sequence[str] | None, policy: Tensor
 ) -> Sequence[str]:
     """The names to draw: those given, else the MDP's, else FrozenLake's (only for four actions)."""
+    if action_names is None and mdp is not None:
+        action_names = mdp.action_names
     if action_names is None:
-        action_names = mdp.action_names if mdp is not None and mdp.action_names is not None else None
-    num_actions = (
-        len(action_names) if action_names is not None else (mdp.num_actions if mdp is not None else 4)
-    )
-    if action_names is None:
+        num_actions = mdp.num_actions if mdp is not None else 4
         if num_actions != len(GRID_ACTIONS):
             raise ValueError(f"give action_names for {num_actions} actions")
         action_names = GRID_ACTIONS
@@ -129,12 +127,8 @@ def _marks(mdp: TabularMDP | None, extra: dict[str, Iterable[int]]) -> dict[int,
     marks: dict[int, str] = {}
     if mdp is not None:
         marks.update({int(s): "*" for s in torch.nonzero(mdp.terminal).flatten().tolist()})
-        if mdp.layout is not None:
-            cols = mdp.shape[1]
-            for r, row in enumerate(mdp.layout):
-                for c, ch in enumerate(row):
-                    if ch in MARKED:
-                        marks[r * cols + c] = ch
+        for ch in MARKED:
+            marks.update(dict.fromkeys(mdp.cells(ch), ch))
     for ch, states in extra.items():
         marks.update({int(s): ch for s in states})
     return marks
