@@ -41,7 +41,6 @@ SUMMARY_FILE = "summary.json"
 CURVE_FILE = "learning_curve.png"
 ARCH_FILE = "architecture.json"
 
-# --------------------------------------------------------------------------------------------------
 # Config
 
 
@@ -185,7 +184,6 @@ def parse_rl_config(
     return parse_config(cls, argv)
 
 
-# --------------------------------------------------------------------------------------------------
 # Networks
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -400,7 +398,6 @@ def load_model(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-# --------------------------------------------------------------------------------------------------
 # Episode bookkeeping and environment checkpoints
 
 
@@ -517,7 +514,6 @@ def load_env_state_dict(env: gym.Env | gym.vector.SyncVectorEnv, state: dict[str
         _restore(layer, s)
 
 
-# --------------------------------------------------------------------------------------------------
 # The shared trainer
 
 
@@ -639,7 +635,6 @@ class RLTrainer(Trainer):
     episodes = _counter("env/episodes", "Episodes finished so far.")
 
 
-# --------------------------------------------------------------------------------------------------
 # Run outputs
 
 

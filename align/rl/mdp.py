@@ -305,7 +305,6 @@ def _toy_text_grid(base: gym.Env) -> tuple[tuple[int, int] | None, tuple[str, ..
     return None, None
 
 
-# --------------------------------------------------------------------------------------------------
 # The project's own MDPs
 
 
@@ -481,7 +480,6 @@ def random_walk(n_states: int = 5, *, gamma: float = 1.0) -> TabularMDP:
     )
 
 
-# --------------------------------------------------------------------------------------------------
 # Sampling from a model
 
 

@@ -105,7 +105,6 @@ def policy_update(label: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-# --------------------------------------------------------------------------------------------------
 # Playing episodes
 
 Actor = Callable[[np.ndarray], np.ndarray]
@@ -177,7 +176,6 @@ def play_episodes(
     return out
 
 
-# --------------------------------------------------------------------------------------------------
 # Training with snapshots and the replay
 
 
@@ -440,7 +438,6 @@ def _derive_seed(seed: int, *parts: Any) -> int:
     return int(np.random.SeedSequence(words).generate_state(1)[0] >> 1)
 
 
-# --------------------------------------------------------------------------------------------------
 # The datasets
 
 

@@ -60,7 +60,6 @@ MEDIUM_EPS = {"CartPole-v1": 0.5, "FrozenLake-v1": 0.15}
 medium return is a third to a half of the expert's (README.md lists the returns it gives)."""
 
 
-# --------------------------------------------------------------------------------------------------
 # Returns-to-go
 
 
@@ -79,7 +78,6 @@ def returns_to_go(rewards: torch.Tensor | np.ndarray, gamma: float = 1.0) -> tor
     return discounted_returns(r, gamma=gamma)
 
 
-# --------------------------------------------------------------------------------------------------
 # Behaviour policies and generation
 
 Policy = Callable[[Any], Any]
@@ -276,7 +274,6 @@ def ensure_offline_dataset(
     return path
 
 
-# --------------------------------------------------------------------------------------------------
 # Training windows for the Decision Transformer
 
 

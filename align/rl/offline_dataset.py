@@ -64,7 +64,6 @@ class OfflineDataError(ValueError):
     """A dataset file is malformed; the message names the file, the row (episode) and the field."""
 
 
-# --------------------------------------------------------------------------------------------------
 # The dataset in memory
 
 
@@ -130,7 +129,6 @@ def episode_from_steps(steps: Sequence[tuple]) -> dict[str, np.ndarray]:
     }
 
 
-# --------------------------------------------------------------------------------------------------
 # Reading and writing
 
 

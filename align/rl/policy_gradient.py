@@ -45,7 +45,6 @@ from align.rl.common import (
 from align.rl.envs import make_vec_env
 from align.trainer import UpdateStep
 
-# --------------------------------------------------------------------------------------------------
 # Configs
 
 
@@ -177,7 +176,6 @@ class PPOConfig(PolicyGradientConfig):
         super().validate()
 
 
-# --------------------------------------------------------------------------------------------------
 # Rollouts
 
 
@@ -408,7 +406,6 @@ class PolicyGradientTrainer(RLTrainer):
         self.generator.set_state(state["generator"])
 
 
-# --------------------------------------------------------------------------------------------------
 # REINFORCE
 
 
@@ -522,7 +519,6 @@ class ReinforceTrainer(PolicyGradientTrainer):
         return self.entropy_bonus(loss, params, metrics)
 
 
-# --------------------------------------------------------------------------------------------------
 # A2C
 
 
@@ -542,7 +538,6 @@ class A2CTrainer(PolicyGradientTrainer):
         return self.actor_critic_loss(batch)
 
 
-# --------------------------------------------------------------------------------------------------
 # PPO
 
 

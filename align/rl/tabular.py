@@ -36,7 +36,6 @@ from torch import Tensor, nn
 
 from align.rl.mdp import DTYPE, TabularMDP, check_gamma
 
-# --------------------------------------------------------------------------------------------------
 # Policies as matrices
 
 
@@ -73,7 +72,6 @@ def uniform_policy(num_states: int, num_actions: int) -> Tensor:
     return torch.full((num_states, num_actions), 1.0 / num_actions, dtype=DTYPE)
 
 
-# --------------------------------------------------------------------------------------------------
 # Dynamic programming (chapter 4)
 
 
@@ -234,7 +232,6 @@ def policy_iteration(
     return v, pi, {"iterations": max_iters, "policy_changes": changes}
 
 
-# --------------------------------------------------------------------------------------------------
 # Tables
 
 
@@ -282,7 +279,6 @@ class VTable(nn.Module):
         return self.v[s]
 
 
-# --------------------------------------------------------------------------------------------------
 # Update rules: change the table in place, return the error they corrected (target - old estimate)
 
 
@@ -414,7 +410,6 @@ def monte_carlo_update(
     return errors
 
 
-# --------------------------------------------------------------------------------------------------
 # Behaviour policies and schedules
 
 
@@ -503,7 +498,6 @@ def harmonic_schedule(start: float = 1.0, scale: float = 1.0) -> HarmonicSchedul
 
 Schedule = Callable[[int], float]
 
-# --------------------------------------------------------------------------------------------------
 # Interaction
 
 
@@ -593,7 +587,6 @@ def evaluate_policy(
     return float(ret.mean()), std, successes / episodes
 
 
-# --------------------------------------------------------------------------------------------------
 # One trainer step = one episode
 
 
