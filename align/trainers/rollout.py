@@ -176,7 +176,7 @@ class RolloutMixin:
         elif cfg.generation_backend == "vllm":
             kwargs["gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
         else:
-            kwargs.update(host=cfg.vllm_server_host, port=cfg.vllm_server_port)
+            kwargs.update(server_host=cfg.vllm_server_host, server_port=cfg.vllm_server_port)
         self.generator = make_generator(cfg.generation_backend, policy, tokenizer, **kwargs)
         self._prompt_tokenizer = tokenizer
         self._warned_long_prompt = False

@@ -215,3 +215,27 @@ def test_dataset_without_prompt_column(tmp_path):
     tok = tiny_tokenizer()
     with pytest.raises(ValueError, match="needs a 'prompt' column"):
         GRPOTrainer(cfg, tiny_causal_lm(tok), tok, [length_reward], Dataset.from_list([{"question": "1+1"}]))
+
+
+def test_vllm_server_settings_reach_the_sampler_by_its_parameter_names(tmp_path, monkeypatch):
+    """generation_backend vllm-server hands vllm_server_host / _port to VLLMGenerator under the names its
+    constructor takes (they were passed as host= / port=, a TypeError at start)."""
+    import inspect
+
+    from align.generation import VLLMGenerator
+    from align.trainers import rollout
+
+    seen = {}
+
+    def record(backend, model, tokenizer, **kwargs):
+        seen.update(kwargs, backend=backend)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(rollout, "make_generator", record)
+    with pytest.raises(RuntimeError, match="recorded"):
+        _trainer(
+            tmp_path, generation_backend="vllm-server", vllm_server_host="10.0.0.2", vllm_server_port=8123
+        )
+    assert seen == {"backend": "vllm-server", "server_host": "10.0.0.2", "server_port": 8123}
+    params = inspect.signature(VLLMGenerator.__init__).parameters
+    assert {"server_host", "server_port"} <= set(params)
