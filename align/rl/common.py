@@ -101,11 +101,8 @@ class RLConfig(TrainConfig):
 
     def _resolve_budget(self) -> None:
         """Translate total_timesteps (environment steps, as SB3) into max_steps (optimizer steps) or back."""
-        per, updates, warm = (
-            self.env_steps_per_iteration(),
-            self.updates_per_iteration(),
-            self.warmup_iterations(),
-        )
+        per = self.env_steps_per_iteration()
+        updates, warm = self.updates_per_iteration(), self.warmup_iterations()
         if self.max_steps == 0 and self.total_timesteps == 0:
             raise ConfigError(
                 "set max_steps (optimizer steps) or total_timesteps (environment steps); both are 0"
@@ -215,12 +212,9 @@ class ObsEncoder(nn.Module):
 
     def __init__(self, space: gym.Space) -> None:
         super().__init__()
-        if isinstance(space, gym.spaces.Discrete):
-            self.num_states: int | None = int(space.n)
-            self.dim = self.num_states
-        else:
-            self.num_states = None
-            self.dim = int(np.prod(space.shape))
+        discrete = isinstance(space, gym.spaces.Discrete)
+        self.num_states: int | None = int(space.n) if discrete else None
+        self.dim = int(space.n) if discrete else int(np.prod(space.shape))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """(B,) states -> (B, S) one-hot; (B, *shape) boxes -> (B, prod(shape)) float."""
