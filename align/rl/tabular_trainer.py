@@ -12,10 +12,6 @@ Taxi and the project's MDPs, via ``align.rl.mdp.from_toy_text``): one trainer st
 iteration (``v <- max_a [r + gamma P v]``) or one evaluation-plus-improvement of policy iteration. The run
 stops when the values have converged (residual below ``dp_tol``) or the policy is stable, and every step
 logs the exact value of the current greedy policy, computed by solving its Bellman equation.
-
-``evaluate`` plays ``eval_episodes`` greedy episodes (mean and std return, success rate) and, with a model,
-adds the exact start value of the greedy policy, the optimal one, and the exact probability of reaching a
-goal within the environment's time limit.
 """
 
 from dataclasses import dataclass
