@@ -132,9 +132,7 @@ def load_torch_file(path: Path) -> Any:
         raise CheckpointError(f"{path}: not loadable as plain tensors ({type(e).__name__}: {e})") from None
 
 
-# --------------------------------------------------------------------------------------------------
-# Random generators
-# --------------------------------------------------------------------------------------------------
+# --- Random generators
 
 
 def rng_state() -> dict[str, Any]:
@@ -160,9 +158,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# --------------------------------------------------------------------------------------------------
-# Directories
-# --------------------------------------------------------------------------------------------------
+# --- Directories
 
 
 def step_of(path: Path) -> int:
@@ -195,20 +191,3 @@ def commit_dir(tmp: Path, final: Path, marker: dict[str, Any]) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-
-
-__all__ = [
-    "COMPLETE",
-    "CheckpointError",
-    "commit_dir",
-    "list_checkpoints",
-    "load_state",
-    "load_torch_file",
-    "pack",
-    "rng_state",
-    "save_state",
-    "set_rng_state",
-    "step_of",
-    "temporary_dir",
-    "unpack",
-]

@@ -72,15 +72,10 @@ class Callback:
     """Hooks into the loop. Override any subset; every hook receives the trainer."""
 
     def on_train_begin(self, trainer: Trainer) -> None: ...
-
     def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
-
     def on_log(self, trainer: Trainer, logs: dict[str, float]) -> None: ...
-
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
-
     def on_save(self, trainer: Trainer, path: Path) -> None: ...
-
     def on_train_end(self, trainer: Trainer) -> None: ...
 
 
@@ -122,17 +117,10 @@ def _to_float(v: Any) -> float:
 
 
 class Trainer:
-    """Base class of every align trainer. See the module docstring for what a subclass supplies.
-
-    Args:
-        config: a ``TrainConfig`` (or a pipeline config that extends it).
-        model: the trainable module (a policy, a Q-network, a table module). ``None`` for a trainer with
-            nothing to optimise by gradient (it must then override ``training_step``).
-        tokenizer: saved next to the model when given.
-        callbacks: ``Callback`` objects.
-        evaluator: ``evaluator(trainer) -> metrics``, the in-training evaluation (``align.eval`` builds
-            them: held-out accuracy, held-out reward and KL), so trainers never import the evaluations.
-    """
+    """Base class of every align trainer; the module docstring says what a subclass supplies. ``model``
+    is ``None`` for a trainer with nothing to optimise by gradient (it overrides ``training_step``);
+    ``evaluator(trainer) -> metrics`` is the in-training evaluation, built by ``align.eval``, so trainers
+    never import the evaluations."""
 
     #: Metric keys shown on the progress bar when present.
     progress_keys: tuple[str, ...] = ("loss", "reward/mean", "episode/return")
@@ -210,9 +198,7 @@ class Trainer:
             project_dir=str(self.output_dir),
         )
 
-    # ----------------------------------------------------------------------------------------------
-    # Hooks for subclasses.
-    # ----------------------------------------------------------------------------------------------
+    # --- Hooks for subclasses.
 
     def train_dataloader(self) -> torch.utils.data.DataLoader | None:
         """The training data, or ``None`` when experience comes from rollouts or environments."""
@@ -348,9 +334,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return path
 
-    # ----------------------------------------------------------------------------------------------
-    # One optimizer step.
-    # ----------------------------------------------------------------------------------------------
+    # --- One optimizer step.
 
     def training_step(self) -> dict[str, float]:
         """Take the next planned optimizer step, planning more when none is left."""
@@ -447,9 +431,7 @@ class Trainer:
             return opt.optimizer
         return opt
 
-    # ----------------------------------------------------------------------------------------------
-    # The loop.
-    # ----------------------------------------------------------------------------------------------
+    # --- The loop.
 
     def train(self) -> dict[str, float]:
         """Run until ``max_steps``; return the last logged metrics."""
@@ -536,9 +518,7 @@ class Trainer:
         self.accelerator.unwrap_model(self.model).load_state_dict(self._best_state)
         return True
 
-    # ----------------------------------------------------------------------------------------------
-    # Logging.
-    # ----------------------------------------------------------------------------------------------
+    # --- Logging.
 
     def _accumulate_log(self, metrics: dict[str, Any]) -> None:
         # A loss metric counts with its micro-batches' weight on this process (set by optimizer_step), so
@@ -606,9 +586,7 @@ class Trainer:
             total=self.config.max_steps, initial=self.state.step, desc=type(self).__name__, dynamic_ncols=True
         )
 
-    # ----------------------------------------------------------------------------------------------
-    # Checkpoints and resume.
-    # ----------------------------------------------------------------------------------------------
+    # --- Checkpoints and resume.
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.output_dir / CHECKPOINT_DIR / f"step-{step}"
@@ -735,9 +713,7 @@ class Trainer:
         self._data_iter = iter(dl)
 
 
-# --------------------------------------------------------------------------------------------------
-# The run directory.
-# --------------------------------------------------------------------------------------------------
+# --- The run directory.
 
 
 def check_output_dir(
