@@ -685,7 +685,11 @@ def test_seeded_completions_do_not_depend_on_batch_or_offset(tiny_model, tiny_to
     whole = gen.generate(prompts, params).completion_texts
     chunked = HFGenerator(tiny_model, tiny_tokenizer, batch_size=1).generate(prompts, params).completion_texts
     assert chunked == whole
-    tail = gen.generate(prompts[1:], SamplingParams(max_new_tokens=6, num_generations=2, seed=7, seed_offset=2))
+    tail = gen.generate(
+        prompts[1:], SamplingParams(max_new_tokens=6, num_generations=2, seed=7, seed_offset=2)
+    )
     assert tail.completion_texts == whole[2:]
-    other = gen.generate(prompts, SamplingParams(max_new_tokens=6, num_generations=2, seed=8)).completion_texts
+    other = gen.generate(
+        prompts, SamplingParams(max_new_tokens=6, num_generations=2, seed=8)
+    ).completion_texts
     assert other != whole  # the seed matters

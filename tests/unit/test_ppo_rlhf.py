@@ -177,9 +177,7 @@ def test_first_epoch_ratio_is_one_and_loss_matches_hand_computation(tmp_path):
     advantages = torch.tensor([[1.0, -1.0, 0.5, 2.0], [-0.5, 1.5, 0.0, 0.0]])
     old_values = values + 0.3
     returns = torch.tensor([[1.0, 0.0, 2.0, -1.0], [0.5, 0.5, 0.0, 0.0]])
-    mb = PPOMicroBatch(
-        input_ids, attn, completion, mask, old, old_values, advantages, returns
-    )
+    mb = PPOMicroBatch(input_ids, attn, completion, mask, old, old_values, advantages, returns)
     loss, metrics = trainer.compute_loss(mb)
     pg, _ = ppo_clip_loss(logprobs, old, advantages, mask, clip_eps=0.2)
     vl, _ = value_loss(values, old_values, returns, mask, clip_eps=0.1)
