@@ -213,10 +213,18 @@ class ObedientJudge:
         return replies
 
 
+# The quoting layer alone: datamarking, averaging and the detector are tested in test_rubric_injection.py.
 JUDGED = {
     "name": "judged",
     "judge_mode": "generate",
-    "criteria": [{"name": "clear", "weight": 1, "judge": {"question": "Is it clear?", "scale": [1, 10]}}],
+    "detect_injection": False,
+    "criteria": [
+        {
+            "name": "clear",
+            "weight": 1,
+            "judge": {"question": "Is it clear?", "scale": [1, 10], "datamark": False, "phrasings": 1},
+        }
+    ],
 }
 HONEST = (3 - 1) / 9
 
