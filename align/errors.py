@@ -66,6 +66,8 @@ _LAZY_USER_ERRORS = (
     ("align.checkpoint", "CheckpointError"),
     ("align.rl.offline_dataset", "OfflineDataError"),
     ("align.rewards.rubric", "RubricError"),
+    ("align.rewards.combine", "NonFiniteRewardError"),
+    ("align.rewards.combine", "MissingRewardError"),
     ("align.models", "EmbeddedModelNotInstalledError"),
 )
 # What the output-directory guard and the loaders raise for a path the user gave.
@@ -76,7 +78,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception types :func:`run_main` reports on one line: :class:`UserError`, the path errors
     (``FileExistsError``, ``FileNotFoundError``, ``IsADirectoryError``, ``NotADirectoryError``,
     ``PermissionError``), ``align.config.ConfigError``, ``align.checkpoint.CheckpointError``,
-    ``align.rl.offline_dataset.OfflineDataError``, ``align.rewards.rubric.RubricError`` and
+    ``align.rl.offline_dataset.OfflineDataError``, ``align.rewards.rubric.RubricError``,
+    ``align.rewards.combine.NonFiniteRewardError`` and ``MissingRewardError``, and
     ``align.models.EmbeddedModelNotInstalledError``."""
     types: list[type[BaseException]] = [UserError, *_PATH_ERRORS]
     for module, name in _LAZY_USER_ERRORS:

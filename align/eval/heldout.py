@@ -4,12 +4,23 @@ A task's verifier is its reward: the same reward function that trains the policy
 here (a score of 1 is correct). The full evaluation harness (MATH500, ARC, pass@k) builds on this.
 """
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from align.generation import Generator, SamplingParams
+from align.rewards.combine import NonFiniteRewardError, reward_name
+
+
+def _check_finite(reward_fn: Callable, scores: list) -> None:
+    bad = next((s for s in scores if s is not None and not math.isfinite(s)), None)
+    if bad is not None:
+        raise NonFiniteRewardError(
+            f"reward function {reward_name(reward_fn)!r} returned {bad} in evaluation; a reward returns a "
+            "finite number, or None for 'not applicable'"
+        )
 
 
 def heldout_accuracy(
@@ -44,6 +55,7 @@ def heldout_accuracy(
             completions = [[{"role": "assistant", "content": c}] for c in completions]
         columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
         scores = reward_fn(prompts=prompts, completions=completions, **columns)
+        _check_finite(reward_fn, scores)
         correct += sum(1.0 for s in scores if s is not None and s >= 1.0)
         unscorable += sum(1.0 for s in scores if s is None)
         tokens += float(rollout.completion_lengths.sum())

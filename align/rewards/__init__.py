@@ -11,6 +11,9 @@ A reward function is a plain callable::
 - Extra dataset columns arrive by name as lists of the same length (`answer=[...]`, `solution=[...]`,
   `answerKey=[...]`). Unknown keyword arguments are ignored (TRL also passes e.g. `completion_ids`).
 - `None` for a sample means "not applicable" (e.g. its gold answer cannot be parsed), not "wrong".
+  NaN or inf is a bug in the reward: `CombinedReward` stops naming the function, or (`nonfinite="skip"`,
+  `reward_nonfinite: skip`) counts it and drops the sample. A sample no function scored has no reward:
+  trainers leave it out of its group's baseline and the loss, and stop when a whole rollout has none.
 - `__name__` is the metric name: the trainer logs `reward/<name>/mean` and `reward/<name>/std`.
 - Parametrised rewards come from factories (`make_math_reward(timeout_s=...)`), which return objects.
 
@@ -30,7 +33,8 @@ counted failure. Plain functions without `pop_stats` are fine.
 
 What is here
 ------------
-- `math_reward` / `make_math_reward`: final answer (`\boxed{}` first) checked with math-verify, timeout.
+- `math_reward` / `make_math_reward`: final answer (`\boxed{}` first) checked with math-verify, with a
+  timeout per check that holds in any thread (`align.rewards.isolation`).
 - `choice_reward` / `make_choice_reward`: multiple-choice label against `answerKey`.
 - `boxed_format_reward`, `make_tags_format_reward`, `make_length_reward`: format and length.
 - `make_rubric_reward`: a rubric file (rules + a judge model), see `align.rewards.rubric`.

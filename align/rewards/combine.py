@@ -7,10 +7,13 @@ total and the per-function lists:
     total, per_func = combined(prompts, completions, answer=answers)
     trainer.log(combined.metrics())     # reward/math/mean, reward/math/std, reward/math/timeouts, ...
 
-None (a function saying "not applicable") is handled as TRL does: it becomes NaN and the total is a
-NaN-ignoring weighted sum (`nansum`), so a sample is scored by the functions that apply to it. A sample
-for which every function returned None gets a total of 0.0 (nansum of nothing, as in TRL); such samples
-are counted as `reward/all_none` so that this is visible in the logs.
+A sample's reward is missing, and its total NaN, when every function returned None ("not applicable"),
+when a function gave NaN or inf under `nonfinite="skip"`, or when a function's call overran `timeout_s`.
+Trainers drop a missing sample from its group's baseline and from the loss, count it (`reward/missing`)
+and stop when a whole rollout is missing (`MissingRewardError`); a missing reward never becomes 0. NaN or
+inf is an error naming the function under `nonfinite="error"` (the default): a reward that cannot say
+"not applicable" with None has a bug. TRL instead reads NaN as "not applicable" and gives an all-None
+sample 0.0, which biases the group's baseline without a trace.
 """
 
 from __future__ import annotations
@@ -18,9 +21,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-__all__ = ["KNOWN_REWARDS", "CombinedReward", "RewardOutput", "get_reward_funcs", "reward_name"]
+from align.rewards.isolation import RewardTimeout, run_with_timeout
+
+__all__ = [
+    "KNOWN_REWARDS",
+    "CombinedReward",
+    "MissingRewardError",
+    "NonFiniteRewardError",
+    "RewardOutput",
+    "get_reward_funcs",
+    "reward_name",
+]
+
+
+class NonFiniteRewardError(ValueError):
+    """A reward function returned NaN or inf under `nonfinite="error"`."""
+
+
+class MissingRewardError(RuntimeError):
+    """No sample of a whole rollout got a reward."""
 
 
 def reward_name(func: Callable) -> str:
@@ -33,7 +54,7 @@ def reward_name(func: Callable) -> str:
 
 class RewardOutput(NamedTuple):
     total: list[float]
-    """Weighted NaN-ignoring sum per sample."""
+    """Weighted sum per sample over the functions that scored it; NaN where the reward is missing."""
     per_func: dict[str, list[float | None]]
     """Each function's raw scores, keyed by its name, in the order of `funcs`."""
 
@@ -44,17 +65,27 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _as_score(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)  # raises for non-numbers; the caller names the function
-    return None if math.isnan(value) else value
+    return (
+        None if value is None else float(value)
+    )  # float() raises for non-numbers; the caller names the function
 
 
 class CombinedReward:
     """Several reward functions used as one (see the module docstring): `funcs` need distinct `__name__`s
-    (metric keys `reward/<name>/...`); `weights` are finite, one per function (default 1.0), as TRL's."""
+    (metric keys `reward/<name>/...`); `weights` are finite, one per function (default 1.0), as TRL's.
+    `nonfinite`: "error" (NaN or inf from a function stops, naming it) or "skip" (the sample's reward is
+    missing, counted in `reward/<name>/nonfinite`). `timeout_s`: a bound on each function's call for a
+    batch, in this process (Python code only; `math` bounds each check in a worker process of its own);
+    an overrun makes the batch's rewards missing and is counted in `reward/<name>/timeouts`."""
 
-    def __init__(self, funcs: Sequence[Callable], weights: Sequence[float] | None = None):
+    def __init__(
+        self,
+        funcs: Sequence[Callable],
+        weights: Sequence[float] | None = None,
+        *,
+        nonfinite: Literal["error", "skip"] = "error",
+        timeout_s: float | None = None,
+    ):
         funcs = list(funcs)
         if not funcs:
             raise ValueError("CombinedReward needs at least one reward function")
@@ -75,49 +106,74 @@ class CombinedReward:
             )
         if not all(math.isfinite(w) for w in weights):
             raise ValueError(f"reward weights must be finite, got {weights}")
+        if nonfinite not in ("error", "skip"):
+            raise ValueError(f"nonfinite must be 'error' or 'skip', got {nonfinite!r}")
         self.weights = weights
+        self.nonfinite = nonfinite
+        self.timeout_s = timeout_s
         self.__name__ = "+".join(self.names)
         self._reset()
 
     def _reset(self) -> None:
         self._values: dict[str, list[float]] = {n: [] for n in self.names}
         self._nones: dict[str, int] = {n: 0 for n in self.names}
+        self._failed: dict[str, dict[str, int]] = {n: {"nonfinite": 0, "timeouts": 0} for n in self.names}
         self._totals: list[float] = []
-        self._all_none = 0
+        self._missing = 0
+
+    def _call(self, name: str, func: Callable, prompts: list, completions: list, columns: dict) -> list:
+        """One function's scores, None where not applicable and NaN where failed (timeout, skipped NaN)."""
+        n = len(completions)
+        try:
+            raw = run_with_timeout(
+                lambda: func(prompts=prompts, completions=completions, **columns), self.timeout_s
+            )
+            if raw is None or len(raw) != n:
+                got = "None" if raw is None else f"{len(raw)} values"
+                raise ValueError(f"returned {got} for {n} completions")
+            scores = [_as_score(v) for v in raw]
+        except RewardTimeout:
+            self._failed[name]["timeouts"] += 1
+            return [math.nan] * n
+        except Exception as e:
+            raise RuntimeError(f"reward function {name!r} failed: {type(e).__name__}: {e}") from e
+        bad = [i for i, v in enumerate(scores) if v is not None and not math.isfinite(v)]
+        if bad and self.nonfinite == "error":
+            raise NonFiniteRewardError(
+                f"reward function {name!r} returned {scores[bad[0]]} for completion {bad[0]} of {n} "
+                f"({len(bad)} non-finite in this batch); return None for 'not applicable', or set "
+                "reward_nonfinite: skip to drop such completions from the baseline and the loss"
+            )
+        self._failed[name]["nonfinite"] += len(bad)
+        for i in bad:
+            scores[i] = math.nan
+        return scores
 
     def __call__(self, prompts: list, completions: list, **columns) -> RewardOutput:
         n = len(completions)
         per_func: dict[str, list[float | None]] = {}
         for name, func in zip(self.names, self.funcs):
-            try:
-                raw = func(prompts=prompts, completions=completions, **columns)
-                if raw is None or len(raw) != n:
-                    got = "None" if raw is None else f"{len(raw)} values"
-                    raise ValueError(f"returned {got} for {n} completions")
-                scores = [_as_score(v) for v in raw]
-            except Exception as e:
-                raise RuntimeError(f"reward function {name!r} failed: {type(e).__name__}: {e}") from e
-            per_func[name] = scores
+            per_func[name] = self._call(name, func, prompts, completions, columns)
         total: list[float] = []
         for i in range(n):
-            parts = [
-                w * per_func[name][i]
-                for name, w in zip(self.names, self.weights)
-                if per_func[name][i] is not None
-            ]
-            if not parts:
-                self._all_none += 1
-            total.append(float(sum(parts)))
+            scores = [(w, per_func[name][i]) for name, w in zip(self.names, self.weights)]
+            failed = any(s is not None and math.isnan(s) for _, s in scores)
+            parts = [w * s for w, s in scores if s is not None]
+            missing = failed or not parts
+            self._missing += missing
+            total.append(math.nan if missing else float(sum(parts)))
         for name, scores in per_func.items():
-            self._values[name] += [s for s in scores if s is not None]
+            self._values[name] += [s for s in scores if s is not None and not math.isnan(s)]
             self._nones[name] += sum(s is None for s in scores)
-        self._totals += total
+            per_func[name] = [None if s is not None and math.isnan(s) else s for s in scores]
+        self._totals += [t for t in total if not math.isnan(t)]
         return RewardOutput(total, per_func)
 
     def metrics(self) -> dict[str, float]:
         """Metrics since the previous call, then reset: per function `reward/<name>/mean`, `.../std`
-        (population std over the non-None scores; left out when there were none) and `.../none_frac`;
-        `reward/mean`, `reward/std` of the weighted total; `reward/all_none`; and every function's
+        (population std over its scores; left out when there were none), `.../none_frac`, and
+        `.../nonfinite`, `.../timeouts` when nonzero; `reward/mean`, `reward/std` of the weighted total over
+        the samples that have one; `reward/missing` (samples without a reward); and every function's
         `pop_stats()` (see `align.rewards`)."""
         out: dict[str, float] = {}
         for name in self.names:
@@ -126,13 +182,16 @@ class CombinedReward:
                 out[f"reward/{name}/mean"], out[f"reward/{name}/std"] = _mean_std(values)
             if values or nones:
                 out[f"reward/{name}/none_frac"] = nones / (len(values) + nones)
+            out.update({f"reward/{name}/{k}": float(v) for k, v in self._failed[name].items() if v})
         if self._totals:
             out["reward/mean"], out["reward/std"] = _mean_std(self._totals)
-            out["reward/all_none"] = float(self._all_none)
+        if self._totals or self._missing:
+            out["reward/missing"] = float(self._missing)
         for func in self.funcs:
             pop = getattr(func, "pop_stats", None)
             if callable(pop):
-                out.update(pop())
+                for key, value in pop().items():
+                    out[key] = out.get(key, 0.0) + value
         self._reset()
         return out
 

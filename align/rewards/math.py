@@ -16,31 +16,26 @@ Scores: 1.0 correct, 0.0 wrong / no answer found / timed out, None when the gold
 parsed (the sample is "not applicable", not wrong). `pop_stats()` counts `timeouts`, `gold_unparsable`,
 `gold_missing`, `no_answer` and `errors` under `reward/<name>/...`.
 
-Timeouts. math-verify's own timeout uses `signal.alarm`, which works only in the main thread (elsewhere
-it raises ValueError), and it swallows the timeout into a plain False, so it could not be counted. So we
-switch math-verify's timeouts off (`parsing_timeout=None`, `timeout_seconds=None`) and put our own around
-the whole check of one sample (gold parse, answer parse, comparison):
-- in the main thread: `signal.setitimer` + SIGALRM, which interrupts the computation itself;
-- in any other thread (signals are not available there): the check runs in a daemon worker thread and
-  the caller waits at most `timeout_s`. A check that overruns is scored 0.0 and counted as a timeout, but
-  its thread cannot be killed: it finishes in the background (sharing the GIL). This keeps a threaded
-  caller from crashing or hanging; pathological answers are rare enough that the waste is acceptable.
-`timeout_s=None` (or <= 0) turns timeouts off altogether.
+Timeouts. math-verify's own timeout uses `signal.alarm` (main thread only) and swallows the timeout into a
+plain False, so we switch it off (`parsing_timeout=None`, `timeout_seconds=None`) and bound the whole check
+of one sample (gold parse, answer parse, comparison) ourselves. By default (`isolation="process"`) the check
+runs in a worker process (`align.rewards.isolation.IsolatedCaller`) that is killed when it overruns
+`timeout_s`: a power tower such as `9^{9^{9^9}}` makes sympy compute a huge integer in one C call that
+holds the GIL, which no signal or thread in this process can interrupt. `isolation="inline"` checks in the
+caller's process (signal or watchdog thread: Python code only). An overrun scores 0.0 and is counted as
+`timeouts`; `timeout_s=None` (or <= 0) turns timeouts off.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import signal
-import threading
-import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from align.rewards.base import RewardFunction, column, message_text
+from align.rewards.isolation import IsolatedCaller, RewardTimeout, run_with_timeout
 
 __all__ = ["MathReward", "extract_answer", "extract_boxed", "extract_gold", "make_math_reward", "math_reward"]
 
@@ -164,90 +159,27 @@ def extract_gold(answer: Any = None, solution: Any = None) -> str | None:
     return None
 
 
-class _VerifierTimeout(BaseException):
-    """Raised inside a timed check. A BaseException so that math-verify's `except Exception` cannot eat it."""
-
-
-def _can_use_signals() -> bool:
-    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-
-
-def _with_signal_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
-    def on_alarm(signum, frame):
-        raise _VerifierTimeout()
-
-    start = time.monotonic()
-    old_handler = signal.signal(signal.SIGALRM, on_alarm)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, timeout_s)
-    try:
-        return fn()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
-        if old_delay > 0:  # someone else's timer was running: give it back what is left of it
-            left = max(old_delay - (time.monotonic() - start), 1e-3)
-            signal.setitimer(signal.ITIMER_REAL, left, old_interval)
-
-
-def _with_thread_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
-    box: dict[str, Any] = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # handed to the caller below
-            box["error"] = e
-
-    worker = threading.Thread(target=target, name="align-math-verify", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise _VerifierTimeout()  # the worker finishes in the background; see the module docstring
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def run_with_timeout(fn: Callable[[], Any], timeout_s: float | None) -> Any:
-    """Call `fn()`; raise `_VerifierTimeout` after `timeout_s` seconds (signals in the main thread, else a
-    watchdog thread). `timeout_s` None or <= 0 calls `fn()` directly."""
-    if timeout_s is None or timeout_s <= 0:
-        return fn()
-    if _can_use_signals():
-        try:
-            return _with_signal_timeout(fn, timeout_s)
-        except ValueError as e:  # e.g. a non-main interpreter: fall through to the thread watchdog
-            if "signal" not in str(e):
-                raise
-    return _with_thread_timeout(fn, timeout_s)
-
-
 _EXTRACTION_CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
 _UNPARSABLE = object()
 
 
-class MathReward(RewardFunction):
-    """Final-answer correctness against the `answer` (or `solution`) column. Make it with `make_math_reward`."""
+class _Checker:
+    """One sample's check (gold parse, answer extraction and parse, comparison), picklable so that it can run
+    in the reward worker process; parsed golds are cached where it runs (GRPO scores G completions per gold).
+    Returns the score and the count to add (None, "no_answer" or "gold_unparsable")."""
 
-    def __init__(
-        self,
-        *,
-        timeout_s: float | None = 5.0,
-        name: str = "math",
-        fallbacks: bool = True,
-        float_rounding: int = 6,
-        numeric_precision: int = 15,
-        strict: bool = True,
-    ):
-        super().__init__(name)
-        self.timeout_s = timeout_s
+    def __init__(self, fallbacks: bool, float_rounding: int, numeric_precision: int, strict: bool):
         self.fallbacks = fallbacks
         self.float_rounding = float_rounding
         self.numeric_precision = numeric_precision
         self.strict = strict
-        self._gold_cache: dict[str, Any] = {}  # GRPO scores G completions per gold: parse each gold once
+        self._gold_cache: dict[str, Any] = {}
 
-    def _parse(self, answer: str) -> list:
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_gold_cache": {}}
+
+    @staticmethod
+    def _parse(answer: str) -> list:
         return parse(
             answer if "\\boxed" in answer else f"\\boxed{{{answer}}}",
             extraction_config=_EXTRACTION_CONFIG,
@@ -267,17 +199,16 @@ class MathReward(RewardFunction):
         self._gold_cache[gold] = result
         return result
 
-    def _check(self, text: str, gold: str) -> float | None:
+    def __call__(self, text: str, gold: str) -> tuple[float | None, str | None]:
         gold_parsed = self._parse_gold(gold)
         if gold_parsed is _UNPARSABLE:
-            return None
+            return None, "gold_unparsable"
         predicted = extract_answer(text, fallbacks=self.fallbacks)
         if predicted is None:
-            self._count("no_answer")
-            return 0.0
+            return 0.0, "no_answer"
         pred_parsed = self._parse(predicted)
         if not pred_parsed:
-            return 0.0
+            return 0.0, None
         ok = verify(
             gold_parsed,
             pred_parsed,
@@ -286,7 +217,46 @@ class MathReward(RewardFunction):
             strict=self.strict,
             timeout_seconds=None,
         )
-        return 1.0 if ok else 0.0
+        return (1.0 if ok else 0.0), None
+
+
+_WORKERS: dict[tuple, IsolatedCaller] = {}
+
+
+class MathReward(RewardFunction):
+    """Final-answer correctness against the `answer` (or `solution`) column. Make it with `make_math_reward`."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float | None = 5.0,
+        name: str = "math",
+        fallbacks: bool = True,
+        float_rounding: int = 6,
+        numeric_precision: int = 15,
+        strict: bool = True,
+        isolation: Literal["process", "inline"] = "process",
+    ):
+        super().__init__(name)
+        if isolation not in ("process", "inline"):
+            raise ValueError(f"isolation must be 'process' or 'inline', got {isolation!r}")
+        self.timeout_s = timeout_s
+        self.isolation = isolation
+        options = (fallbacks, float_rounding, numeric_precision, strict)
+        self._checker = _Checker(*options)
+        self._worker = None
+        if isolation == "process":  # one worker process per set of options, shared by the rewards using it
+            self._worker = _WORKERS.get(options) or _WORKERS.setdefault(options, IsolatedCaller(self._checker))
+
+    @property
+    def fallbacks(self) -> bool:
+        """Whether an unboxed answer is looked for ("answer is X", "#### X", the last number)."""
+        return self._checker.fallbacks
+
+    def _run(self, text: str, gold: str) -> tuple[float | None, str | None]:
+        if self._worker is not None:
+            return self._worker(text, gold, timeout_s=self.timeout_s)
+        return run_with_timeout(lambda: self._checker(text, gold), self.timeout_s)
 
     def score(self, completion: Any, answer: Any = None, solution: Any = None) -> float | None:
         """Score one completion (string or messages) against one gold answer or solution."""
@@ -294,18 +264,17 @@ class MathReward(RewardFunction):
         if gold is None:
             self._count("gold_missing" if answer is None and solution is None else "gold_unparsable")
             return None
-        text = message_text(completion)
         try:
-            result = run_with_timeout(lambda: self._check(text, gold), self.timeout_s)
-        except _VerifierTimeout:
+            result, stat = self._run(message_text(completion), gold)
+        except RewardTimeout:
             self._count("timeouts")
             return 0.0
         except Exception:
             logging.getLogger(__name__).debug("math check failed", exc_info=True)
             self._count("errors")
             return 0.0
-        if result is None:
-            self._count("gold_unparsable")
+        if stat is not None:
+            self._count(stat)
         return result
 
     def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:

@@ -46,7 +46,7 @@ from align.losses import (
 from align.models import make_reference, reference_model
 from align.rewards import CombinedReward
 from align.trainer import Trainer, UpdateStep
-from align.trainers.rollout import RolloutConfig, RolloutMixin, resolve_max_prompt_length
+from align.trainers.rollout import RolloutConfig, RolloutMixin, combined_reward, resolve_max_prompt_length
 
 
 @dataclass
@@ -157,9 +157,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
             raise ValueError(f"train_dataset needs a 'prompt' column; it has {train_dataset.column_names}")
         self.max_prompt_length = resolve_max_prompt_length(config, model, tokenizer)
         self.train_dataset = train_dataset
-        self.reward = reward_funcs if isinstance(reward_funcs, CombinedReward) else CombinedReward(
-            list(reward_funcs), config.reward_weights
-        )  # fmt: skip
+        self.reward = combined_reward(reward_funcs, config)
         super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks, evaluator=evaluator)
         self.config: GRPOConfig = config
         self.ref_model = None
@@ -191,16 +189,19 @@ class GRPOTrainer(RolloutMixin, Trainer):
         advantages = group_advantages(rewards, G, scale=scale)
         zero_std = group_std(rewards, G) < 1e-6  # (num_prompts,)
 
-        mask = rollout.completion_mask.clone()
+        # A completion without a reward (NaN: see align.rewards.combine) is out of its group's baseline
+        # (group_advantages skips NaN), out of the loss and out of its normaliser.
+        scored = ~torch.isnan(rewards)
+        mask = rollout.completion_mask * scored[:, None].to(rollout.completion_mask.dtype)
         if cfg.mask_truncated_completions:
             mask = mask * rollout.is_eos[:, None].to(mask.dtype)
-        keep = torch.ones(len(rollout), dtype=torch.bool, device=mask.device)
+        keep = scored.clone()
         if cfg.kl_coef == 0 and cfg.skip_zero_std_groups:
-            keep = ~zero_std.repeat_interleave(G)
-        # Dropped rows (zero advantage, no KL term) still count in the mean's normaliser: the update is
-        # exactly the one computed with them.
+            keep &= ~zero_std.repeat_interleave(G)
+        # Rows dropped for a zero advantage (no KL term) still count in the mean's normaliser: the update
+        # is exactly the one computed with them.
         token_mean = cfg.loss_type == "token"
-        total = self._global_sum(float(mask.sum()) if token_mean else float(len(rollout)))
+        total = self._global_sum(float(mask.sum()) if token_mean else float(scored.sum()))
 
         metrics = {**self._rollout_metrics(rollout, zero_std, keep), **timing}
         idx = keep.nonzero().squeeze(-1)

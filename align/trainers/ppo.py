@@ -61,7 +61,7 @@ from align.models import eval_mode, make_reference, reference_model, unwrap_mode
 from align.rewards import CombinedReward
 from align.trainer import NonFiniteError, Trainer, UpdateStep
 from align.trainers.common import disable_dropout
-from align.trainers.rollout import RolloutConfig, RolloutMixin, resolve_max_prompt_length
+from align.trainers.rollout import RolloutConfig, RolloutMixin, combined_reward, resolve_max_prompt_length
 
 __all__ = [
     "AdaptiveKLController",
@@ -400,11 +400,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         _check_inputs(config, train_dataset, value_model, ptx_dataset)
         self.max_prompt_length = resolve_max_prompt_length(config, model, tokenizer)
         self.train_dataset = train_dataset
-        self.reward = (
-            reward_funcs
-            if isinstance(reward_funcs, CombinedReward)
-            else CombinedReward(list(reward_funcs), config.reward_weights)
-        )
+        self.reward = combined_reward(reward_funcs, config)
         # The reference is taken before training (and before wrapping): under LoRA it is None.
         ref = ref_model if ref_model is not None else make_reference(model)
         self.ptx_dataset = ptx_dataset
@@ -487,10 +483,14 @@ class PPOTrainer(RolloutMixin, Trainer):
         rollout, out, timing = self.sample_and_score(rows, prompt_ids, self.policy, return_logprobs=False)
         device = rollout.completion_ids.device
         scores = torch.tensor(out.total, dtype=torch.float32, device=device)
+        # A completion without a reward (NaN: see align.rewards.combine) is masked out of the loss, its
+        # normaliser, the whitening and GAE; its score is set to 0 only so that the arithmetic stays finite.
+        scored = ~torch.isnan(scores)
+        scores = torch.where(scored, scores, torch.zeros_like(scores))
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~rollout.is_eos).float()
 
-        mask = rollout.completion_mask
+        mask = rollout.completion_mask * scored[:, None].to(rollout.completion_mask.dtype)
         logprobs, values, ref_logprobs = self._rollout_forward(rollout)
         self._check_values(values, mask, "at rollout time")
         beta = self.kl_ctl.value
@@ -505,7 +505,7 @@ class PPOTrainer(RolloutMixin, Trainer):
 
         seq_kl = kl.sum(-1)
         # The controller sees the KL of every process's completions.
-        stats = torch.tensor([float(seq_kl.sum()), float(len(rollout))], device=acc.device)
+        stats = torch.tensor([float(seq_kl.sum()), float(scored.sum())], device=acc.device)
         stats = acc.reduce(stats, "sum") if acc.num_processes > 1 else stats
         mean_seq_kl = float(stats[0] / stats[1])
         self.kl_ctl.update(mean_seq_kl, int(stats[1]))
@@ -514,11 +514,13 @@ class PPOTrainer(RolloutMixin, Trainer):
         now = time.perf_counter()
         metrics = {
             **self.reward.metrics(),
-            "score/mean": float(scores.mean()),
-            "score/std": float(scores.std()) if len(scores) > 1 else 0.0,
+            "score/mean": float(scores[scored].mean()) if scored.any() else float("nan"),
+            "score/std": float(scores[scored].std()) if int(scored.sum()) > 1 else 0.0,
             "reward/non_score": float(non_score.sum(-1).mean()),
-            "reward/rlhf": float((scores + non_score.sum(-1)).mean()),
-            "kl": float(seq_kl.mean()),
+            "reward/rlhf": float((scores + non_score.sum(-1))[scored].mean())
+            if scored.any()
+            else float("nan"),
+            "kl": mean_seq_kl,
             "beta": beta,
             "value/mean": float(masked_mean(values, mask)),
             "value/explained_variance": explained_variance(values, returns, mask),
@@ -531,15 +533,20 @@ class PPOTrainer(RolloutMixin, Trainer):
         }
         self._iteration_start = now
 
-        return self._minibatch_plan(rollout, (logprobs, values, advantages, returns), metrics, timing)
+        return self._minibatch_plan(rollout, mask, (logprobs, values, advantages, returns), metrics, timing)
 
     def _minibatch_plan(
-        self, rollout: Rollout, tensors: tuple[torch.Tensor, ...], metrics: dict[str, float], timing: dict
+        self,
+        rollout: Rollout,
+        mask: torch.Tensor,
+        tensors: tuple[torch.Tensor, ...],
+        metrics: dict[str, float],
+        timing: dict,
     ) -> list[UpdateStep]:
         """``num_epochs`` x ``num_mini_batches`` optimizer steps over shuffled minibatches of the rollout,
-        each split into ``gradient_accumulation_steps`` micro-batches weighted by their counted tokens."""
+        each split into ``gradient_accumulation_steps`` micro-batches weighted by their counted tokens
+        (``mask`` ``(B, C)``: the completion tokens that count, none for a completion without a reward)."""
         cfg, acc = self.config, self.accelerator
-        mask = rollout.completion_mask
         ids, attn = rollout.input_ids(), rollout.attention_mask()
         N = len(rollout)
         per_minibatch = N // cfg.num_mini_batches

@@ -28,12 +28,15 @@ from torch.utils.data import DataLoader, Dataset
 from align.config import ConfigError, check_range
 from align.forward import base_model
 from align.generation import Rollout, SamplingParams, make_generator, stream_seed, tokenize_prompts
+from align.rewards import CombinedReward
+from align.rewards.combine import MissingRewardError
 from align.trainer import COMPLETIONS_FILE
 
 __all__ = [
     "RolloutConfig",
     "RolloutMixin",
     "check_prompt_room",
+    "combined_reward",
     "model_context_length",
     "resolve_max_prompt_length",
     "rollout_seed",
@@ -81,6 +84,13 @@ class RolloutConfig:
     reward_model:PATH (a trained Bradley-Terry model)."""
     reward_weights: list[float] | None = None
     """One weight per reward function (default all 1)."""
+    reward_nonfinite: Literal["error", "skip"] = "error"
+    """A reward function returning NaN or inf: error = stop, naming the function; skip = drop the
+    completion from its group's baseline and the loss, counted in reward/<name>/nonfinite."""
+    reward_timeout_s: float | None = None
+    """Most seconds for one reward function's call on a batch (empty = no bound); an overrun drops the
+    batch's completions from the loss, counted in reward/<name>/timeouts. math bounds each check itself
+    (math:<timeout_s>, default 5 s, in a worker process)."""
     num_generations: int = 8
     """Completions sampled per prompt (rows of one prompt are consecutive)."""
     max_new_tokens: int = 64
@@ -138,6 +148,7 @@ class RolloutConfig:
         check_range("generation_batch_size", self.generation_batch_size, 1, allow_none=True)
         check_range("log_completions", self.log_completions, 0)
         check_range("max_prompt_length", self.max_prompt_length, 1, allow_none=True)
+        check_range("reward_timeout_s", self.reward_timeout_s, 0.0, low_inclusive=False, allow_none=True)
         # The model's context, when a local config.json gives it before the model loads (checked again on
         # the loaded model and tokenizer when the trainer is built).
         check_prompt_room(
@@ -151,6 +162,19 @@ class RolloutConfig:
             raise ConfigError(
                 f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} reward_funcs"
             )
+
+
+def combined_reward(reward_funcs: Any, config: RolloutConfig) -> CombinedReward:
+    """``reward_funcs`` (callables, or a ``CombinedReward`` used as given) combined with the config's
+    weights, non-finite policy and timeout."""
+    if isinstance(reward_funcs, CombinedReward):
+        return reward_funcs
+    return CombinedReward(
+        list(reward_funcs),
+        config.reward_weights,
+        nonfinite=config.reward_nonfinite,
+        timeout_s=config.reward_timeout_s,
+    )
 
 
 class RolloutMixin:
@@ -325,8 +349,24 @@ class RolloutMixin:
         t1 = time.perf_counter()
         out = self.reward(rollout.prompts, completions, **columns)
         timing = {"time/generation_seconds": t_gen, "time/reward_seconds": time.perf_counter() - t1}
+        self._check_some_reward(out)
         self._log_samples(rows, rollout, out.total)
         return rollout, out, timing
+
+    def _check_some_reward(self, out: Any) -> None:
+        """Stop when no completion of the whole rollout (all processes) got a reward: training on it would
+        take zero-gradient steps to the end and exit 0."""
+        scored = sum(t == t for t in out.total)  # NaN != NaN: a missing reward
+        if self._global_sum(float(scored)) > 0:
+            return
+        nones = ", ".join(
+            f"{name}: {sum(s is None for s in v)} of {len(v)} None" for name, v in out.per_func.items()
+        )
+        raise MissingRewardError(
+            f"rollout {int(self.state.counters.get('rollout/count', 0)) + 1}: no completion got a reward "
+            f"({nones}; the rest failed, see reward/<name>/nonfinite and /timeouts). Check that the "
+            "dataset has the columns the rewards read (answer, solution, answerKey) and that they parse"
+        )
 
     def _log_samples(self, rows: list[dict], rollout: Rollout, totals: list[float]) -> None:
         n = self.config.log_completions
@@ -340,7 +380,7 @@ class RolloutMixin:
                     "step": self.state.step + 1,
                     "prompt": rows[i // G]["prompt"],
                     "completion": rollout.completion_texts[i],
-                    "reward": totals[i],
+                    "reward": totals[i] if totals[i] == totals[i] else None,  # NaN = missing
                     **{k: v for k, v in rows[i // G].items() if k in ("answer", "answerKey")},
                 }
                 for i in range(min(n, len(rollout)))

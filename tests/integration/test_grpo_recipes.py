@@ -264,3 +264,21 @@ def test_overwrite_removes_every_file_of_the_previous_run(tmp_path, tiny_dir):
     manifest = json.loads((out / "run_files.json").read_text())
     assert {"completions.jsonl", "model", "summary.json", "checkpoints"} <= set(manifest)
     assert "notes.txt" not in manifest
+
+
+def test_grpo_math_recipe_stops_when_no_completion_gets_a_reward(tmp_path, tiny_dir, capsys, monkeypatch):
+    """Every gold answer unparsable: before, each completion was rewarded 0 and the run trained to the end
+    with zero gradient and exit 0."""
+    from align.errors import DEBUG_ENV, call_main
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    data = tmp_path / "bad.jsonl"
+    data.write_text(
+        "".join(f'{{"question": "What is {i} + {i}?", "answer": "\\\\frac{{"}}\n' for i in range(8))
+    )
+    recipe = _load("grpo_math")
+    args = ["--model_name_or_path", tiny_dir, "--output_dir", str(tmp_path / "out"), "--dataset_name", str(data),
+            "--eval_steps", "0", "--max_steps", "3", *SMALL]  # fmt: skip
+    assert call_main(lambda: recipe.main(args), "grpo_math") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("grpo_math: rollout 1: no completion got a reward (math: 8 of 8 None")

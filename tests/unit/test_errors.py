@@ -29,7 +29,9 @@ RECIPES = ROOT / "recipes"
 
 @pytest.fixture(autouse=True)
 def _no_debug(monkeypatch):
-    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    # setenv first so that teardown restores the variable's absence, also when a test (--debug) set it
+    monkeypatch.setenv(DEBUG_ENV, "0")
+    monkeypatch.delenv(DEBUG_ENV)
 
 
 def _load_recipe(name: str):

@@ -3,7 +3,6 @@ harness on canned completions, the report files, log-likelihood scoring against 
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -408,9 +407,10 @@ def test_samples_jsonl_writes_json_types(tiny_tokenizer, tmp_path):
 
 def test_generate_harness_counts_timeouts(tiny_tokenizer, monkeypatch):
     task, rows = _rows("math500", limit=2)
-    task.reward.timeout_s = 0.05
-    monkeypatch.setattr(task.reward, "_check", lambda text, gold: time.sleep(1.0) or 1.0)
-    by_prompt = {task.build_prompt(r)[-1]["content"]: [r"\boxed{4}"] for r in rows}
+    rows = [rows[1]] * 2  # gold 4: sympy compares the tower with it (row 0's tuple gold is told apart at once)
+    task.reward.timeout_s = 0.5
+    # A power tower: sympy computes it in one C call, which only killing the worker process stops.
+    by_prompt = {task.build_prompt(r)[-1]["content"]: [r"\boxed{9^{9^{9^{9}}}}"] for r in rows}
     result = evaluate_generate(task, rows, CannedGenerator(tiny_tokenizer, by_prompt), progress=False)
     assert result.summary["timeouts"] == 2 and result.summary["accuracy"] == 0.0
     assert all(rec["correct"] is False and rec["score"] == 0.0 for rec in result.samples)

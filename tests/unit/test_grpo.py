@@ -239,3 +239,41 @@ def test_vllm_server_settings_reach_the_sampler_by_its_parameter_names(tmp_path,
     assert seen == {"backend": "vllm-server", "server_host": "10.0.0.2", "server_port": 8123}
     params = inspect.signature(VLLMGenerator.__init__).parameters
     assert {"server_host", "server_port"} <= set(params)
+
+
+def _nan_for_row_1(prompts, completions, **kw):
+    """Row 1 of every batch is a reward function bug (NaN); the others vary within their group."""
+    return [float("nan") if i == 1 else float(i % 3) for i in range(len(completions))]
+
+
+def test_nan_reward_stops_naming_the_function(tmp_path):
+    trainer = _trainer(tmp_path, reward=_nan_for_row_1, max_steps=1)
+    with pytest.raises(
+        ValueError, match=r"reward function '_nan_for_row_1' returned nan for completion 1 of 8"
+    ):
+        trainer.train()
+
+
+def test_skipped_nan_reward_leaves_the_baseline_and_the_loss(tmp_path):
+    trainer = _trainer(tmp_path, reward=_nan_for_row_1, reward_nonfinite="skip", max_steps=1)
+    (step,) = trainer.plan_updates()
+    # Group 0 is rows 0..3 with row 1 missing: its baseline is the mean (and std) of rows 0, 2, 3 alone.
+    scored = torch.tensor([0.0, 2.0, 0.0])
+    by_hand = (scored - scored.mean()) / (scored.std() + 1e-4)
+    rows_seen = torch.cat([mb.advantages for mb, _ in step.micro_batches])
+    assert len(rows_seen) == 7  # the missing completion is in no micro-batch
+    assert torch.allclose(rows_seen[:3], by_hand, atol=1e-5)
+    lengths = [3, 5, 1, 4, 2, 3, 5, 1]  # the fake sampler's completion lengths (EOS counted), rows 0..7
+    assert step.total == sum(n for i, n in enumerate(lengths) if i != 1)  # nor in the token normaliser
+    assert step.metrics["reward/_nan_for_row_1/nonfinite"] == 1.0 and step.metrics["reward/missing"] == 1.0
+
+
+def test_rollout_without_any_reward_stops(tmp_path):
+    def never_applies(prompts, completions, **kw):
+        return [None] * len(completions)
+
+    trainer = _trainer(tmp_path, reward=never_applies, max_steps=1)
+    with pytest.raises(
+        RuntimeError, match=r"rollout 1: no completion got a reward \(never_applies: 8 of 8 None"
+    ):
+        trainer.train()

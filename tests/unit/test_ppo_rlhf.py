@@ -297,3 +297,24 @@ def test_config_errors_name_the_fields(tmp_path):
         _config(tmp_path, "--ptx_coef", "0.1")
     with pytest.raises(ConfigError, match="value_model_name_or_path"):
         _config(tmp_path, "--value_model", "shared", "--value_model_name_or_path", "x")
+
+
+def test_skipped_nan_reward_is_out_of_the_loss_and_the_kl_controller(tmp_path):
+    def nan_for_first(prompts, completions, **kw):
+        return [float("nan")] + [len(c[0]["content"]) / 20 for c in completions[1:]]
+
+    tok = tiny_tokenizer()
+    cfg = _config(tmp_path, "--value_model", "shared", "--reward_nonfinite", "skip", "--num_ppo_epochs", "1")
+    trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [nan_for_first], _dataset())
+    steps = trainer.plan_updates()
+    counted = sum(float(mb.mask.sum()) for step in steps for mb, _ in step.micro_batches)
+    assert sum(step.total for step in steps) == counted > 0
+    masks = [mb.mask for step in steps for mb, _ in step.micro_batches]
+    assert sum(int((m.sum(-1) == 0).sum()) for m in masks) == 1  # the missing row counts no token
+    assert all(torch.isfinite(mb.advantages).all() for step in steps for mb, _ in step.micro_batches)
+    assert steps[0].metrics["reward/missing"] == 1.0 and math.isfinite(steps[0].metrics["score/mean"])
+
+    cfg = _config(tmp_path / "error", "--value_model", "shared")
+    trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [nan_for_first], _dataset())
+    with pytest.raises(ValueError, match="reward function 'nan_for_first' returned nan for completion 0"):
+        trainer.plan_updates()

@@ -22,6 +22,7 @@ from align.rewards import (
     math_reward,
     message_text,
 )
+from align.rewards.combine import NonFiniteRewardError
 
 
 def score(completion, **columns):
@@ -117,7 +118,7 @@ def _slow_verify(*args, **kwargs):
 
 def test_timeout_in_main_thread_is_zero_and_counted(monkeypatch):
     monkeypatch.setattr(math_module, "verify", _slow_verify)
-    reward = make_math_reward(timeout_s=0.2)
+    reward = make_math_reward(timeout_s=0.2, isolation="inline")
     start = time.monotonic()
     assert reward([""], [r"\boxed{1}"], answer=["1"]) == [0.0]
     assert time.monotonic() - start < 1.5
@@ -126,7 +127,7 @@ def test_timeout_in_main_thread_is_zero_and_counted(monkeypatch):
 
 def test_timeout_in_worker_thread_does_not_crash(monkeypatch):
     monkeypatch.setattr(math_module, "verify", _slow_verify)
-    reward = make_math_reward(timeout_s=0.2)
+    reward = make_math_reward(timeout_s=0.2, isolation="inline")
     result = {}
 
     def run():
@@ -143,6 +144,35 @@ def test_timeout_in_worker_thread_does_not_crash(monkeypatch):
     assert result["value"] == [0.0]
     assert time.monotonic() - start < 1.5
     assert reward.pop_stats() == {"reward/math/timeouts": 1.0}
+
+
+def test_power_tower_times_out_in_a_thread_and_in_the_main_thread():
+    """sympy evaluates 9^(9^(9^9)) in one C call that holds the GIL: no signal and no thread in this
+    process can stop it, so math checks run in a worker process that is killed. Fails (hangs) inline."""
+    reward = make_math_reward(timeout_s=1.0)
+    tower = r"\boxed{9^{9^{9^{9}}}}"
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(v=reward([""] * 2, [tower, r"\boxed{3}"], answer=["3", "3"]))
+    )
+    start = time.monotonic()
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive() and result["v"] == [0.0, 1.0]
+    assert reward([""], [tower], answer=["3"]) == [0.0]  # main thread
+    assert time.monotonic() - start < 15
+    assert reward.pop_stats() == {"reward/math/timeouts": 2.0}
+
+
+def test_inline_math_matches_the_worker_process():
+    texts = [r"\boxed{0.25}", r"\boxed{1/3}", "the answer is 4", "no answer"]
+    golds = ["1/4", "0.3333", "4", "4"]
+    inline = make_math_reward(isolation="inline")
+    worker = make_math_reward()
+    assert (
+        inline([""] * 4, texts, answer=golds) == worker([""] * 4, texts, answer=golds) == [1.0, 0.0, 1.0, 0.0]
+    )
+    assert inline.pop_stats() == worker.pop_stats()
 
 
 def test_real_check_in_worker_thread():
@@ -238,21 +268,63 @@ def test_combined_reward_nansum_and_metrics():
     combined = CombinedReward([math, boxed_format_reward, _none_for_second], weights=[1.0, 0.5, 2.0])
     total, per_func = combined([""] * 2, [r"\boxed{3}", "3"], answer=["3", r"\frac{"])
     assert per_func == {"math": [1.0, None], "boxed_format": [1.0, 0.0], "_none_for_second": [1.0, None]}
-    assert total == [1.0 + 0.5 + 2.0, 0.0]
+    assert total[0] == 1.0 + 0.5 + 2.0
+    assert total[1] == 0.0  # boxed_format scored it; math and _none_for_second do not apply
     metrics = combined.metrics()
     assert metrics["reward/math/mean"] == 1.0
     assert metrics["reward/boxed_format/mean"] == 0.5
     assert metrics["reward/boxed_format/std"] == 0.5
     assert metrics["reward/math/none_frac"] == 0.5
     assert metrics["reward/math/gold_unparsable"] == 1.0  # collected from pop_stats
-    assert metrics["reward/all_none"] == 0.0
+    assert metrics["reward/missing"] == 0.0
     assert combined.metrics() == {}  # popped
 
 
-def test_combined_reward_all_none_is_zero_and_counted():
-    combined = CombinedReward([lambda prompts, completions, **kw: [None]])
-    assert combined([""], ["x"]).total == [0.0]
-    assert combined.metrics()["reward/all_none"] == 1.0
+def test_combined_reward_all_none_is_missing_not_zero():
+    combined = CombinedReward([lambda prompts, completions, **kw: [None, 0.5]])
+    total = combined(["", ""], ["x", "y"]).total
+    assert math.isnan(total[0]) and total[1] == 0.5
+    metrics = combined.metrics()
+    assert metrics["reward/missing"] == 1.0
+    assert metrics["reward/mean"] == 0.5  # over the samples that have a reward
+
+
+def _half_nan(prompts, completions, **kw):
+    return [1.0, float("nan"), float("inf"), 0.0]
+
+
+def test_nonfinite_reward_is_an_error_naming_the_function():
+    with pytest.raises(
+        NonFiniteRewardError,
+        match=r"reward function '_half_nan' returned nan for completion 1 of 4 \(2 non-finite",
+    ):
+        CombinedReward([_half_nan])([""] * 4, ["a"] * 4)
+
+
+def test_nonfinite_reward_skip_drops_the_sample_and_counts_it():
+    combined = CombinedReward([_half_nan, boxed_format_reward], nonfinite="skip")
+    total, per_func = combined([""] * 4, [r"\boxed{1}"] * 4)
+    assert total[0] == 2.0 and total[3] == 1.0
+    assert math.isnan(total[1]) and math.isnan(total[2])  # boxed_format scored them, but _half_nan failed
+    assert per_func["_half_nan"] == [1.0, None, None, 0.0]
+    metrics = combined.metrics()
+    assert metrics["reward/_half_nan/nonfinite"] == 2.0
+    assert metrics["reward/missing"] == 2.0
+    assert metrics["reward/mean"] == 1.5
+
+
+def test_reward_call_timeout_is_counted_and_missing():
+    def slow(prompts, completions, **kw):
+        time.sleep(3)
+        return [1.0] * len(completions)
+
+    combined = CombinedReward([slow, boxed_format_reward], timeout_s=0.2)
+    start = time.monotonic()
+    total = combined([""], ["x"]).total
+    assert time.monotonic() - start < 2.0
+    assert math.isnan(total[0])
+    metrics = combined.metrics()
+    assert metrics["reward/slow/timeouts"] == 1.0 and metrics["reward/missing"] == 1.0
 
 
 def test_combined_reward_names_the_failing_function():
