@@ -94,6 +94,7 @@ def main() -> None:
                 summary(config, result, tables[f"{config}-final" if config == "on" else config], QUALITIES)
                 + f"; unparsable {unparsable:.0f}; {time.perf_counter() - start:.0f}s"
             )
+            print(f"[{mode}] {lines[-1]}", flush=True)
         print_table(f"judge_mode {mode}", tables, QUALITIES)
         print("\n".join(lines), flush=True)
 
