@@ -146,9 +146,18 @@ class Rollout:
     """Decoded completions (counted tokens only, special tokens skipped)."""
     num_generations: int
     """G: completions per prompt."""
+    loss_mask: torch.Tensor | None = None
+    """(N, C) 1 on the completion tokens the policy sampled, where they differ from `completion_mask`: a
+    multi-turn episode's completion also holds observation tokens, attended to but not trained on
+    (`align.multiturn`). None: every counted completion token was sampled."""
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
+
+    @property
+    def train_mask(self) -> torch.Tensor:
+        """(N, C) the tokens a policy-gradient loss counts: `loss_mask`, or `completion_mask` without one."""
+        return self.completion_mask if self.loss_mask is None else self.loss_mask
 
     @property
     def num_prompts(self) -> int:

@@ -192,7 +192,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
         # A completion without a reward (NaN: see align.rewards.combine) is out of its group's baseline
         # (group_advantages skips NaN), out of the loss and out of its normaliser.
         scored = ~torch.isnan(rewards)
-        mask = rollout.completion_mask * scored[:, None].to(rollout.completion_mask.dtype)
+        mask = rollout.train_mask * scored[:, None].to(rollout.completion_mask.dtype)
         if cfg.mask_truncated_completions:
             mask = mask * rollout.is_eos[:, None].to(mask.dtype)
         keep = scored.clone()
