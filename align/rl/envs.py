@@ -12,6 +12,10 @@ and fickle options). Importing this module registers the project's MDPs as gymna
 
 Keyword arguments of `make_env` go to the constructor (`layout=[...]` for the maze, `map_name="8x8"`,
 `is_slippery=False` for FrozenLake).
+
+The text ids of `align.envs.text` (`align/FrozenLakeText-v0`, ...: environments a language model plays
+through text) are accepted too: `make_env` of one gives the discrete env it wraps, with the same options
+and its `max_turns` as the time limit, so one id serves value iteration, Q-learning, DQN and the model.
 """
 
 from __future__ import annotations
@@ -69,8 +73,20 @@ def register_envs() -> None:
 register_envs()
 
 
+def _text_env_spec(env_id: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(discrete id, options) behind a text id (`align/<Name>Text-v0`), None for other ids."""
+    if not (env_id.startswith("align/") and "Text-v" in env_id):
+        return None
+    from align.envs.text import discrete_spec  # lazy: align.envs is built on this module
+
+    return discrete_spec(env_id, **kwargs)
+
+
 def resolve_env_id(env_id: str) -> str:
-    """The gymnasium id for `env_id` (aliases applied); a ValueError for ids not in `SUPPORTED_ENVS`."""
+    """The gymnasium id for `env_id` (aliases applied); a ValueError for ids not in `SUPPORTED_ENVS` (or,
+    for a text id, not in `align.envs.text.TEXT_ENVS`)."""
+    if _text_env_spec(env_id, {}) is not None:
+        return env_id
     if env_id in ALIASES:
         return ALIASES[env_id]
     if env_id in SUPPORTED_ENVS:
@@ -100,7 +116,8 @@ def check_env_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
 def make_env(env_id: str, *, seed: int | None = None, **kwargs: Any) -> gym.Env:
     """`gym.make` for a supported id (its options checked by `check_env_kwargs`). With `seed`, the env is
     reset once with it (and its action space seeded), so the following `reset()` calls continue a
-    reproducible stream."""
+    reproducible stream. A text id gives the discrete env it wraps (`_text_env_spec`)."""
+    env_id, kwargs = _text_env_spec(env_id, kwargs) or (env_id, kwargs)
     check_env_kwargs(env_id, kwargs)
     env = gym.make(resolve_env_id(env_id), **kwargs)
     if seed is not None:
@@ -123,6 +140,7 @@ def make_vec_env(
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    env_id, kwargs = _text_env_spec(env_id, kwargs) or (env_id, kwargs)
     check_env_kwargs(env_id, kwargs)
     envs = gym.make_vec(
         resolve_env_id(env_id),
