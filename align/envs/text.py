@@ -150,6 +150,8 @@ def _task_line(base: gym.Env, mdp: TabularMDP | None) -> str:
         )
     if kind == "CliffWalkingEnv":
         return "Cliff walk: go from S to the goal G. Each step costs 1; the cliff C costs 100 and sends you to S."
+    if mdp is None:  # a tabular MDP without a map: states are numbers
+        return "Reach a goal state by choosing actions."
     cells = "".join(mdp.layout)
     rules = ["Grid world: go from S to the goal G."]
     if kind == "FrozenLakeEnv":

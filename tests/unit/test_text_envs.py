@@ -1,15 +1,24 @@
 """Text environments (align.envs.text): toy-text MDPs a language model plays through text, and the same
 ids for classic agents."""
 
+import dataclasses
 import warnings
 
 import gymnasium as gym
 import pytest
 import torch
 
-from align.envs import TEXT_ENVS, discrete_env, make_text_env, parse_action, reference_scores, text_env_of
+from align.envs import (
+    TEXT_ENVS,
+    TextEnv,
+    discrete_env,
+    make_text_env,
+    parse_action,
+    reference_scores,
+    text_env_of,
+)
 from align.rl.envs import make_env, make_vec_env, resolve_env_id
-from align.rl.mdp import from_toy_text
+from align.rl.mdp import TabularEnv, from_toy_text, random_walk
 from align.rl.tabular import QTable, TabularAgent, evaluate_policy, value_iteration
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -161,6 +170,13 @@ def test_every_registered_id_makes_resets_and_steps(env_id):
     assert isinstance(reward, float) and info2["action"] == len(names) - 1 and info2["role"] == "user"
     assert isinstance(discrete_env(env).action_space, gym.spaces.Discrete)
     assert env.unwrapped is discrete_env(env).unwrapped
+
+
+def test_wraps_a_tabular_mdp_without_a_map():
+    env = TextEnv(TabularEnv(dataclasses.replace(random_walk(), layout=None, shape=None)), max_turns=5)
+    obs, info = env.reset(seed=0)
+    assert "You are in state 3." in obs and "Actions: left, right." in obs
+    assert env.step("right")[4]["state"] == 4
 
 
 def test_unknown_id_names_the_registered_ids():
