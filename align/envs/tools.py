@@ -280,7 +280,7 @@ def run_tool_call(
         return f"Error: {call.name} timed out after {timeout_s:g} s"
     except IsolatedCallError as e:  # the tool raised in the worker (message "Type: text") or the worker died
         stats.errors += 1
-        return f"Error: {call.name}: {_one_line(e)}"
+        return f"Error: {call.name}: {_one_line(str(e).removeprefix(ToolError.__name__ + ': '))}"
     except Exception as e:  # a tool's failure is the model's observation, never the trainer's crash
         stats.errors += 1
         return f"Error: {call.name}: {_one_line(e)}"
