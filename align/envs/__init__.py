@@ -5,6 +5,7 @@ played through text. Importing this package registers their ids (`align/FrozenLa
 gymnasium, so `gymnasium.make("align/FrozenLakeText-v0")` works.
 """
 
+from align.envs.math_tools import register_math_tools
 from align.envs.text import (
     TEXT_ENVS,
     TextEnv,
@@ -17,6 +18,7 @@ from align.envs.text import (
 )
 
 register_text_envs()
+register_math_tools()
 
 __all__ = [
     "TEXT_ENVS",
