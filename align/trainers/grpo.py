@@ -153,11 +153,11 @@ class GRPOTrainer(RolloutMixin, Trainer):
         evaluator: Callable | None = None,
         callbacks: list | None = None,
     ) -> None:
-        if "prompt" not in train_dataset.column_names:
+        if config.env_id is None and "prompt" not in train_dataset.column_names:
             raise ValueError(f"train_dataset needs a 'prompt' column; it has {train_dataset.column_names}")
         self.max_prompt_length = resolve_max_prompt_length(config, model, tokenizer)
         self.train_dataset = train_dataset
-        self.reward = combined_reward(reward_funcs, config)
+        self.reward = combined_reward(reward_funcs, config) if config.env_id is None else None
         super().__init__(config, model, tokenizer=tokenizer, callbacks=callbacks, evaluator=evaluator)
         self.config: GRPOConfig = config
         self.ref_model = None
@@ -178,13 +178,29 @@ class GRPOTrainer(RolloutMixin, Trainer):
         and plan ``num_epochs`` (mu) optimizer steps on them, each over ``gradient_accumulation_steps``
         micro-batches weighted by their counted tokens (``loss_type: token``) or completions, normalised
         over the whole generation batch."""
+        rollout, out, timing = self.sample_and_score(
+            rows, prompt_ids, self.model, return_logprobs=self._sampler_logprobs
+        )
+        return self._plan_rollout(rollout, out.total, {**self.reward.metrics(), **timing})
+
+    @property
+    def _sampled_policy(self) -> torch.nn.Module:
+        return self.model
+
+    @property
+    def _sampler_logprobs(self) -> bool:
+        # Old log-probs come from the sampler only when a second pass needs them.
+        return self.config.num_epochs > 1
+
+    @torch.no_grad()
+    def _plan_rollout(
+        self, rollout: Rollout, scores: list[float], metrics: dict[str, float]
+    ) -> list[UpdateStep]:
+        """Group advantages of ``scores`` ``(N,)`` (NaN = no reward) and the update steps on ``rollout``
+        (G completions or episodes per group); ``metrics`` (rewards, timings) go on the first step."""
         cfg = self.config
         G = cfg.num_generations
-        # Old log-probs come from the sampler only when a second pass needs them.
-        rollout, out, timing = self.sample_and_score(
-            rows, prompt_ids, self.model, return_logprobs=cfg.num_epochs > 1
-        )
-        rewards = torch.tensor(out.total, dtype=torch.float32, device=rollout.completion_ids.device)
+        rewards = torch.tensor(scores, dtype=torch.float32, device=rollout.completion_ids.device)
         scale = "std" if cfg.scale_rewards == "group" else "none"
         advantages = group_advantages(rewards, G, scale=scale)
         zero_std = group_std(rewards, G) < 1e-6  # (num_prompts,)
@@ -203,7 +219,7 @@ class GRPOTrainer(RolloutMixin, Trainer):
         token_mean = cfg.loss_type == "token"
         total = self._global_sum(float(mask.sum()) if token_mean else float(scored.sum()))
 
-        metrics = {**self._rollout_metrics(rollout, zero_std, keep), **timing}
+        metrics = {**metrics, **self._rollout_metrics(rollout, zero_std, keep)}
         idx = keep.nonzero().squeeze(-1)
         chunks = [c for c in torch.tensor_split(idx, cfg.gradient_accumulation_steps) if c.numel()]
         batches = [self._slice(rollout, c, mask, advantages) for c in chunks]
@@ -235,7 +251,6 @@ class GRPOTrainer(RolloutMixin, Trainer):
         """Rewards per function, zero-variance groups, completion lengths and the rows left out."""
         lengths = rollout.completion_lengths.float()
         return {
-            **self.reward.metrics(),
             "reward/zero_std_group_fraction": float(zero_std.float().mean()),
             "completions/mean_length": float(lengths.mean()),
             "completions/max_length": float(lengths.max()),

@@ -357,11 +357,12 @@ class PPOMicroBatch:
 
 def _check_inputs(config: PPOConfig, train_dataset: Any, value_model: Any, ptx_dataset: Any) -> None:
     """Refuse what PPOTrainer cannot train on, before any model is wrapped."""
-    if len(train_dataset) == 0:
-        raise ValueError("PPOTrainer: train_dataset is empty; it needs rows with a 'prompt' column")
-    columns = getattr(train_dataset, "column_names", None) or list(train_dataset[0])
-    if "prompt" not in columns:
-        raise ValueError(f"PPOTrainer: train_dataset needs a 'prompt' column; it has {columns}")
+    if config.env_id is None:
+        if train_dataset is None or len(train_dataset) == 0:
+            raise ValueError("PPOTrainer: train_dataset is empty; it needs rows with a 'prompt' column")
+        columns = getattr(train_dataset, "column_names", None) or list(train_dataset[0])
+        if "prompt" not in columns:
+            raise ValueError(f"PPOTrainer: train_dataset needs a 'prompt' column; it has {columns}")
     if config.value_model == "separate" and value_model is None:
         raise ValueError(
             "value_model='separate' needs a value model (align.models.load_sequence_classifier(path, "
@@ -400,7 +401,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         _check_inputs(config, train_dataset, value_model, ptx_dataset)
         self.max_prompt_length = resolve_max_prompt_length(config, model, tokenizer)
         self.train_dataset = train_dataset
-        self.reward = combined_reward(reward_funcs, config)
+        self.reward = combined_reward(reward_funcs, config) if config.env_id is None else None
         # The reference is taken before training (and before wrapping): under LoRA it is None.
         ref = ref_model if ref_model is not None else make_reference(model)
         self.ptx_dataset = ptx_dataset
@@ -475,14 +476,36 @@ class PPOTrainer(RolloutMixin, Trainer):
 
     @torch.no_grad()
     def _make_plan(self, rows: list[dict[str, Any]], prompt_ids: list[list[int]]) -> list[UpdateStep]:
-        cfg, acc = self.config, self.accelerator
+        self._start_clock()
+        rollout, out, timing = self.sample_and_score(rows, prompt_ids, self.policy, return_logprobs=False)
+        return self._plan_rollout(rollout, out.total, {**self.reward.metrics(), **timing})
+
+    def _start_clock(self) -> None:
         if self._iteration_start is None:
             # The first iteration's clock starts here, so evaluations before training do not count as its time.
             self._iteration_start = time.perf_counter()
-        # Log-probs are recomputed below, in the same forward as the values.
-        rollout, out, timing = self.sample_and_score(rows, prompt_ids, self.policy, return_logprobs=False)
+
+    @property
+    def _sampled_policy(self) -> nn.Module:
+        return self.policy
+
+    @property
+    def _sampler_logprobs(self) -> bool:
+        return False  # recomputed in the same forward as the values
+
+    @torch.no_grad()
+    def _plan_rollout(
+        self, rollout: Rollout, score_list: list[float], given: dict[str, float]
+    ) -> list[UpdateStep]:
+        """KL-shaped per-token rewards from the scores ``(N,)`` (NaN = no reward; placed on each row's last
+        trained token, so an episode's return comes after its last turn), values, GAE over the trained tokens
+        (an episode's observation tokens are skipped, so GAE runs across turns over the policy's own tokens),
+        and the minibatch steps. ``given`` (rewards, timings) joins the first step's metrics."""
+        cfg, acc = self.config, self.accelerator
+        self._start_clock()
+        timing = {k: v for k, v in given.items() if k.startswith("time/")}
         device = rollout.completion_ids.device
-        scores = torch.tensor(out.total, dtype=torch.float32, device=device)
+        scores = torch.tensor(score_list, dtype=torch.float32, device=device)
         # A completion without a reward (NaN: see align.rewards.combine) is masked out of the loss, its
         # normaliser, the whitening and GAE; its score is set to 0 only so that the arithmetic stays finite.
         scored = ~torch.isnan(scores)
@@ -490,7 +513,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~rollout.is_eos).float()
 
-        mask = rollout.completion_mask * scored[:, None].to(rollout.completion_mask.dtype)
+        mask = rollout.train_mask * scored[:, None].to(rollout.completion_mask.dtype)
         logprobs, values, ref_logprobs = self._rollout_forward(rollout)
         self._check_values(values, mask, "at rollout time")
         beta = self.kl_ctl.value
@@ -513,7 +536,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         lengths = rollout.completion_lengths.float()
         now = time.perf_counter()
         metrics = {
-            **self.reward.metrics(),
+            **given,
             "score/mean": float(scores[scored].mean()) if scored.any() else float("nan"),
             "score/std": float(scores[scored].std()) if int(scored.sum()) > 1 else 0.0,
             "reward/non_score": float(non_score.sum(-1).mean()),
@@ -527,7 +550,6 @@ class PPOTrainer(RolloutMixin, Trainer):
             "completions/mean_length": float(lengths.mean()),
             "completions/eos_fraction": float(rollout.is_eos.float().mean()),
             "completions/tokens": float(lengths.sum()),
-            **timing,
             "throughput/completion_tokens_per_second": float(lengths.sum())
             / max(now - self._iteration_start, 1e-9),
         }
@@ -590,7 +612,8 @@ class PPOTrainer(RolloutMixin, Trainer):
     ) -> PPOMicroBatch:
         """Rows of the rollout, trimmed to their own longest completion and prompt (less padding to run)."""
         P = rollout.prompt_ids.shape[1]
-        c_len = max(int(mask[rows].sum(1).max()), 1)
+        # The attended span, not the trained tokens' count: an episode's trained tokens have gaps.
+        c_len = max(int(rollout.completion_mask[rows].sum(1).max()), 1)
         p_mask = rollout.prompt_mask[rows]
         p_start = int((p_mask.sum(0) > 0).nonzero().min()) if p_mask.any() else 0
         keep = torch.cat([torch.arange(p_start, P), torch.arange(P, P + c_len)]).to(ids.device)

@@ -31,6 +31,7 @@ from align.generation import Rollout, SamplingParams, make_generator, stream_see
 from align.rewards import CombinedReward
 from align.rewards.combine import MissingRewardError
 from align.trainer import COMPLETIONS_FILE
+from align.trainers.env_rollout import EnvRollouts
 
 __all__ = [
     "RolloutConfig",
@@ -131,6 +132,19 @@ class RolloutConfig:
     template's generation prompt (TRL truncates from the left too); skip = leave the row out and draw
     another; error = stop, naming the row. Counted in prompts/truncated and prompts/skipped."""
 
+    env_id: str | None = None
+    """Train in a registered text environment (align.envs, e.g. align/FrozenLakeText-v0) instead of on
+    prompts: a group is num_generations episodes from one reset seed, scored by the environment's rewards
+    (reward_funcs is not used); max_new_tokens bounds each turn."""
+    max_turns: int = 4
+    """Environment runs: most policy turns per episode (more is truncated, flagged)."""
+    max_episode_tokens: int = 512
+    """Environment runs: most tokens after the first prompt (turns and observations together)."""
+    episode_return: Literal["sum", "final"] = "sum"
+    """Environment runs: an episode's score is the sum of its turns' rewards, or the last one."""
+    eval_episodes: int = 32
+    """Environment runs: greedy episodes per evaluation (reset seeds 100000 on)."""
+
     def validate(self) -> None:
         """Check the shared fields, naming the field, after the checks later in the config's MRO."""
         parent = getattr(super(), "validate", None)
@@ -156,6 +170,15 @@ class RolloutConfig:
             self.max_new_tokens,
             _local_context_length(getattr(self, "model_name_or_path", None)),
         )
+        check_range("max_turns", self.max_turns, 1)
+        check_range("max_episode_tokens", self.max_episode_tokens, 1)
+        check_range("eval_episodes", self.eval_episodes, 0)
+        default_rewards = type(self).__dataclass_fields__["reward_funcs"].default_factory()
+        if self.env_id is not None and list(self.reward_funcs) != default_rewards:
+            raise ConfigError(
+                f"reward_funcs {list(self.reward_funcs)}: a run in env_id {self.env_id!r} is rewarded by the "
+                "environment; leave reward_funcs out"
+            )
         if not self.reward_funcs:
             raise ConfigError("reward_funcs must name at least one reward function")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
@@ -205,10 +228,13 @@ class RolloutMixin:
         self._prompt_tokenizer = tokenizer
         self._warned_long_prompt = False
         self._weights_version = -1
+        self.env_rollouts = EnvRollouts(self) if cfg.env_id else None
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled batches of ``prompts_per_rollout`` untokenised ``(index, row)`` pairs; a short last batch is
-        dropped so that every rollout has the same size."""
+        dropped so that every rollout has the same size. None for a run in an environment."""
+        if self.config.env_id:
+            return None
         return DataLoader(
             _NumberedRows(self.train_dataset),
             batch_size=self.prompts_per_rollout,
@@ -220,11 +246,19 @@ class RolloutMixin:
     def plan_updates(self) -> list[Any]:
         """Draw the next prompt rows (:meth:`next_prompts`), roll out and score them, and return the
         trainer's update steps on them (``_make_plan``), the first carrying ``prompts/truncated`` and
-        ``prompts/skipped``; the rollout counter ``rollout/count`` goes up by one."""
-        rows, prompt_ids, counts = self.next_prompts()
-        plan = self._make_plan(rows, prompt_ids)
-        if plan:
-            plan[0].metrics.update(counts)
+        ``prompts/skipped``; the rollout counter ``rollout/count`` goes up by one. In an environment
+        (``env_id``) the rollout is episodes (:class:`EnvRollouts`), planned by ``_plan_rollout``."""
+        if self.env_rollouts is not None:
+            self._sync_sampler()
+            t0 = time.perf_counter()
+            rollout, scores, metrics = self.env_rollouts.play(return_logprobs=self._sampler_logprobs)
+            metrics["time/generation_seconds"] = time.perf_counter() - t0
+            plan = self._plan_rollout(rollout, scores, metrics)
+        else:
+            rows, prompt_ids, counts = self.next_prompts()
+            plan = self._make_plan(rows, prompt_ids)
+            if plan:
+                plan[0].metrics.update(counts)
         self.state.counters["rollout/count"] = self.state.counters.get("rollout/count", 0.0) + 1
         return plan
 
@@ -336,9 +370,7 @@ class RolloutMixin:
         Returns the rollout, the ``RewardOutput`` and timing metrics."""
         G = self.config.num_generations
         t0 = time.perf_counter()
-        if self._weights_version != self.state.step:
-            self.generator.sync_weights(policy)
-            self._weights_version = self.state.step
+        self._sync_sampler(policy)
         params = self.sampling_params(return_logprobs=return_logprobs)
         rollout: Rollout = self.generator.generate([r["prompt"] for r in rows], params, prompt_ids=prompt_ids)
         t_gen = time.perf_counter() - t0
@@ -352,6 +384,12 @@ class RolloutMixin:
         self._check_some_reward(out)
         self._log_samples(rows, rollout, out.total)
         return rollout, out, timing
+
+    def _sync_sampler(self, policy: Any = None) -> None:
+        """Hand the sampler the policy's weights once per optimizer step."""
+        if self._weights_version != self.state.step:
+            self.generator.sync_weights(policy if policy is not None else self._sampled_policy)
+            self._weights_version = self.state.step
 
     def _check_some_reward(self, out: Any) -> None:
         """Stop when no completion of the whole rollout (all processes) got a reward: training on it would

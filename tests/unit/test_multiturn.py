@@ -16,7 +16,11 @@ class ScriptedSampler:
     def __init__(self, tokenizer, ids, close=True):
         self.tokenizer, self.ids, self.close = tokenizer, list(ids), close
         self.eos = eos_token_ids(tokenizer)
+        self.pad_id = tokenizer.pad_token_id
         self.calls = []
+
+    def sync_weights(self, model):
+        pass
 
     def generate(self, prompts, params, *, prompt_ids=None):
         self.calls.append((params, [list(p) for p in prompt_ids]))
