@@ -66,8 +66,15 @@ class ChatDelta:
     _PAD_USER, _PAD_REPLY = "x", "y"
     _PAD = ({"role": "user", "content": _PAD_USER}, {"role": "assistant", "content": _PAD_REPLY})
 
-    def __init__(self, tokenizer: Any, system_prompt: str | None = None, eos_ids: Sequence[int] = ()):
+    def __init__(
+        self,
+        tokenizer: Any,
+        system_prompt: str | None = None,
+        eos_ids: Sequence[int] = (),
+        tools: Sequence[Any] = (),
+    ):
         self.tokenizer = tokenizer
+        self.tools = list(tools)
         self.head = [{"role": "system", "content": system_prompt}] if system_prompt else []
         self.eos_ids = {int(i) for i in eos_ids}
         asked = self._render(list(self._PAD[:1]), generation_prompt=True)
@@ -80,8 +87,15 @@ class ChatDelta:
         self.close = tail[len(self._PAD_REPLY) :]
 
     def _render(self, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            self.head + messages, tokenize=False, add_generation_prompt=generation_prompt
+        # Tools through the template's own `tools=` where it has them, else in the Hermes format.
+        from align.envs.tools import apply_chat_template_with_tools
+
+        return apply_chat_template_with_tools(
+            self.tokenizer,
+            self.head + messages,
+            self.tools,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
         )
 
     @staticmethod
@@ -140,6 +154,16 @@ class Episode:
     @property
     def episode_return(self) -> float:
         return float(sum(self.rewards))
+
+
+def _env_attr(env: Any, name: str, default: Any) -> Any:
+    """An attribute of the environment or of any wrapper around it (gymnasium's wrappers do not forward
+    attributes)."""
+    get = getattr(env, "get_wrapper_attr", None)
+    try:
+        return get(name) if get is not None else getattr(env, name, default)
+    except AttributeError:
+        return default
 
 
 def _reset(env: Any, seed: int, delta: ChatDelta) -> Episode:
@@ -226,12 +250,15 @@ def run_episodes(
     """Play one episode in each of `envs` (gymnasium text environments: `reset(seed) -> (text, info)`,
     `step(text) -> (text, reward, terminated, truncated, info)`, `info["role"]` the observation's chat role),
     batched across episodes turn by turn. `seeds[i]` resets `envs[i]`; `system_prompt` defaults to the first
-    environment's `system_prompt` attribute. `params.max_new_tokens` is ignored for `limits`."""
+    environment's `system_prompt` attribute, and its `tools` (typed functions, `align.envs.tools`) are shown
+    to the model through the chat template. `params.max_new_tokens` is ignored for `limits`."""
     if len(envs) != len(seeds):
         raise ValueError(f"got {len(seeds)} seeds for {len(envs)} environments")
+    if not envs:
+        return []
     if system_prompt is None:
-        system_prompt = getattr(envs[0], "system_prompt", None)
-    delta = ChatDelta(tokenizer, system_prompt, eos_ids)
+        system_prompt = _env_attr(envs[0], "system_prompt", None)
+    delta = ChatDelta(tokenizer, system_prompt, eos_ids, tools=_env_attr(envs[0], "tools", None) or ())
     episodes = [_reset(env, seed, delta) for env, seed in zip(envs, seeds)]
     for turn in range(limits.max_turns):
         active = [i for i, ep in enumerate(episodes) if not ep.done]

@@ -207,7 +207,14 @@ class MathToolEnv(gym.Env):
         return "", reward, True, False, info
 
 
+TEST_ENV_ID = "align/MathToolsTest-v0"
+"""The same environment on the held-out split (`split="test"`): what a run in `ENV_ID` is evaluated on."""
+
+
 def register_math_tools() -> None:
-    """Register `align/MathTools-v0` with gymnasium (idempotent); `gym.make` kwargs go to `MathToolEnv`."""
+    """Register `align/MathTools-v0` (training problems) and `align/MathToolsTest-v0` (the held-out split)
+    with gymnasium (idempotent); `gym.make` kwargs go to `MathToolEnv`."""
     if ENV_ID not in gym.registry:
         gym.register(id=ENV_ID, entry_point="align.envs.math_tools:MathToolEnv")
+    if TEST_ENV_ID not in gym.registry:
+        gym.register(id=TEST_ENV_ID, entry_point="align.envs.math_tools:MathToolEnv", kwargs={"split": "test"})

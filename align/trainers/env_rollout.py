@@ -51,8 +51,8 @@ def _info_total(ep: Episode, key: str) -> float:
 def episode_metrics(
     episodes: Sequence[Episode], scores: Sequence[float], prefix: str = "env"
 ) -> dict[str, float]:
-    """Means over episodes: ``<prefix>/return``, ``/success_rate`` (the last step's ``info["success"]``, where
-    the environment reports it), ``/turns``, ``/invalid_action_rate`` (per turn), ``/truncated_fraction``,
+    """Means over episodes: ``<prefix>/return``, ``/success_rate`` (the last step's ``info["success"]``; an
+    episode without one, e.g. cut by a limit, is not a success), ``/turns``, ``/invalid_action_rate`` (per turn), ``/truncated_fraction``,
     and tool counts per episode (``/tool_calls``, ``/tool_errors``) where the environment reports them."""
     n = max(len(episodes), 1)
     turns = sum(ep.turns for ep in episodes)
@@ -63,9 +63,8 @@ def episode_metrics(
         / max(turns, 1),
         f"{prefix}/truncated_fraction": sum(ep.truncated for ep in episodes) / n,
     }
-    reported = [ep.infos[-1]["success"] for ep in episodes if "success" in ep.infos[-1]]
-    if reported:
-        out[f"{prefix}/success_rate"] = sum(map(bool, reported)) / len(reported)
+    # An episode cut by our limits (turns, tokens) ends without the environment's verdict: not a success.
+    out[f"{prefix}/success_rate"] = sum(bool(ep.infos[-1].get("success", False)) for ep in episodes) / n
     for key in ("tool_calls", "tool_errors"):
         if any(key in info for ep in episodes for info in ep.infos):
             out[f"{prefix}/{key}"] = sum(_info_total(ep, key) for ep in episodes) / n

@@ -144,6 +144,9 @@ class RolloutConfig:
     """Environment runs: an episode's score is the sum of its turns' rewards, or the last one."""
     eval_episodes: int = 32
     """Environment runs: greedy episodes per evaluation (reset seeds 100000 on)."""
+    eval_env_id: str | None = None
+    """Environment runs: the environment evaluated on (default env_id), e.g. align/MathToolsTest-v0 for
+    held-out problems."""
 
     def validate(self) -> None:
         """Check the shared fields, naming the field, after the checks later in the config's MRO."""
