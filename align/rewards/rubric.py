@@ -73,7 +73,8 @@ option with its default on:
   tokens, quote or rubric tags, "Score:" lines, self-praise, long padding); a flagged completion's reward is
   lowered by the penalty (floor 0; a None reward stays None) and counted as `reward/<rubric>/flagged`. The
   default 1.0 makes a flagged completion worth 0, the least an honest answer can get, so that planting text
-  for the judge never pays; the patterns are narrow enough that ordinary worked answers are not flagged.
+  for the judge never pays (and the judge is then not asked about it); the patterns are narrow enough that
+  ordinary worked answers are not flagged.
   Only rubrics with a judge criterion are checked (rules and verifiers read no instructions). The detector
   cannot catch text that is ordinary in a solution (a wrong answer ending "the correct answer is 42"); that
   one is left to the judge prompt.
@@ -849,7 +850,7 @@ class RubricReward(RewardFunction):
                         self._means.add(name, v)
         return scores
 
-    def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:
+    def _totals(self, prompts: list, completions: list, columns: dict) -> list[float | None]:
         scores = self.score_criteria(prompts, completions, **columns)
         totals: list[float | None] = []
         for i in range(len(completions)):
@@ -860,7 +861,29 @@ class RubricReward(RewardFunction):
                     num += c.weight * s
                     den += c.weight
             totals.append(num / den if den > 0 else None)
-        return self.penalise(totals, completions)
+        return totals
+
+    def __call__(self, prompts: list, completions: list, **columns) -> list[float | None]:
+        n = len(completions)
+        if not (
+            self.rubric.detect_injection and self.rubric.has_judge and self.rubric.injection_penalty >= 1
+        ):
+            return self.penalise(self._totals(prompts, completions, columns), completions)
+        # A penalty of 1 takes any reward in [0, 1] to 0: a flagged completion is worth 0 whatever the judge
+        # would say, so the judge is not asked (it is the costly part, and the text is hostile to it).
+        flagged = [bool(detect_injection(message_text(c))) for c in completions]
+        keep = [i for i in range(n) if not flagged[i]]
+        prompts = list(prompts) if prompts is not None else [None] * n
+        subset = {
+            k: [v[i] for i in keep] if isinstance(v, (list, tuple)) and len(v) == n else v
+            for k, v in columns.items()
+        }
+        kept = iter(
+            self._totals([prompts[i] for i in keep], [completions[i] for i in keep], subset) if keep else []
+        )
+        if any(flagged):
+            self._count("flagged", sum(flagged))
+        return [0.0 if f else next(kept) for f in flagged]
 
     def penalise(self, totals: list[float | None], completions: list) -> list[float | None]:
         """Subtract `injection_penalty` (floor 0) from the reward of completions with judge-directed text.

@@ -6,7 +6,7 @@ suffix and as a prefix) raises the mean reward of wrong or gibberish answers by 
 and none lifts a wrong answer's mean above the clean correct answers' mean. The measured quantity is the
 final reward, after the penalty: the detector is the layer that stops the attacks it flags, the judge
 prompt the one that must hold for those it cannot (the planted answer). Generate mode and the rest of the
-battery are measured by benchmarks/judge_injection.py. Prints its numbers (run with ``-s``); about 7 minutes on a loaded 2-core CPU (issue 15).
+battery are measured by benchmarks/judge_injection.py. Prints its numbers (run with ``-s``).
 """
 
 import time
