@@ -19,12 +19,12 @@ Layout of a `Rollout` with N = num_prompts * G rows (G = `num_generations`):
     completion_mask                      1 1 1  1   0   0      (N, C)  right-padded, EOS counts
     logprobs                             l l l  l   0   0      (N, C)  log pi_T(c_t | prefix), 0 where masked
 
-`logprobs` are the log-probabilities of the chosen tokens under the temperature-scaled policy,
-log_softmax(logits / T), over the whole vocabulary: exactly what a trainer recomputes with a forward
-pass at the same temperature, so they can serve as `old_logprobs` for the first PPO epoch. They are
-*not* renormalised over the top-k / top-p set that the sampler drew from (HF backend). vLLM returns
-`processed_logprobs`, which are renormalised over that set, so the two backends agree exactly when
-top_k = 0 and top_p = 1 (the RL defaults) and differ otherwise.
+`logprobs` are the log-probabilities of the chosen tokens under the distribution they were drawn from:
+the temperature-scaled policy log_softmax(logits / T), truncated to the top-k / top-p set and renormalised
+over it when top_k > 0 or top_p < 1 (`sampling_logprobs`; vLLM's `processed_logprobs` are the same). A
+trainer recomputes exactly these with a forward pass and `sampling_logprobs` (the same kept set, found by
+the same rule, `kept_tokens`), so on the first pass the policy ratio is 1 whatever the truncation; a
+full-vocabulary log-softmax would be off by the log of the kept mass (TRL issue 6789).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from torch import nn
 from transformers import LogitsProcessor
 
 from align.forward import base_model, pad_rows, position_ids
+from align.losses import selective_log_softmax
 from align.models import eval_mode, unwrap_model
 
 __all__ = [
@@ -56,6 +57,9 @@ __all__ = [
     "eos_token_ids",
     "tokenize_prompts",
     "GENERATOR_BACKENDS",
+    "kept_tokens",
+    "sampling_logprobs",
+    "truncates",
 ]
 
 Prompt = str | list[dict]
@@ -134,7 +138,8 @@ class Rollout:
     """(N, C) int64, 1 up to and including the first EOS, 0 after. A truncated completion is all ones
     up to its length."""
     logprobs: torch.Tensor | None
-    """(N, C) float32 sampling log-probs of the chosen tokens, log_softmax(logits / T), 0 where masked.
+    """(N, C) float32 sampling log-probs of the chosen tokens, log_softmax(logits / T) over the top-k / top-p
+    set when truncated (`sampling_logprobs`), 0 where masked.
     None for greedy decoding or when `SamplingParams.return_logprobs` is off."""
     is_eos: torch.Tensor
     """(N,) bool: the completion ended with EOS (True) or was cut at max_new_tokens (False)."""
@@ -366,10 +371,12 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Zero all but the smallest set of most likely tokens whose mass reaches `top_p` (rows sum to 1).
+    """(n, V) bool: the smallest set of most likely tokens whose mass reaches `top_p` (`probs` rows sum to 1).
 
-    A full sort per step is the slow part of top-p and a nucleus is usually small: try the top 256, then
-    4096, then everything (README, "Sampler design"). Same set as a full sort, up to ties.
+    A token is kept when the mass of the tokens before it (most likely first) is short of top_p, so the
+    most likely token always is. A full sort per step is the slow part of top-p and a nucleus is usually
+    small: try the top 256, then 4096, then everything (README, "Sampler design"). Same set as a full sort,
+    up to ties (vLLM's ascending-sort rule keeps the same set).
     """
     vocab = probs.shape[-1]
     for k in (256, 4096, vocab):
@@ -380,7 +387,73 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
             break
     keep = (cumulative - values) < top_p  # the mass before a token is short of top_p: it is in the nucleus
     keep[:, 0] = True
-    return torch.zeros_like(probs).scatter_(1, indices, values * keep)
+    return torch.zeros_like(probs, dtype=torch.bool).scatter_(1, indices, keep)
+
+
+def truncates(top_k: int, top_p: float) -> bool:
+    """Whether top-k / top-p sampling draws from a truncated distribution (top_k > 0 or top_p < 1)."""
+    return top_k > 0 or top_p < 1.0
+
+
+def _truncate(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sampler's truncation of temperature-scaled `logits` (n, V): top-k, then top-p on the top-k
+    softmax. Returns the probabilities, zero outside the kept set and not renormalised after top-p, and the
+    kept set (n, V) bool (None when nothing is truncated).
+
+    Ties: top-k keeps every token whose logit equals the k-th largest (so possibly more than k, as
+    transformers' and vLLM's top-k do); top-p keeps a token when the mass strictly before it, most likely
+    first, is below top_p (ties in probability are ordered by `sort`, as in transformers).
+    """
+    keep = None
+    if 0 < top_k < logits.shape[-1]:
+        keep = logits >= logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(~keep, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        nucleus = _nucleus(probs, top_p)
+        probs = probs * nucleus
+        keep = nucleus if keep is None else keep & nucleus
+    return probs, keep
+
+
+def kept_tokens(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor | None:
+    """(..., V) bool: the tokens that top-k / top-p sampling keeps from temperature-scaled `logits` (..., V),
+    by the sampler's own rule (`_truncate`); None when top_k = 0 and top_p = 1 (nothing truncated)."""
+    if not truncates(top_k, top_p):
+        return None
+    flat = logits.detach().float().reshape(-1, logits.shape[-1])
+    keep = _truncate(flat, top_k, top_p)[1]
+    return None if keep is None else keep.view(logits.shape)
+
+
+def sampling_logprobs(
+    logits: torch.Tensor, index: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """Log-probs (B, T) of tokens `index` (B, T) under the distribution top-k / top-p sampling draws from:
+    temperature-scaled `logits` (B, T, V) truncated to the kept set K and renormalised over it,
+
+        log mu(y) = z_y - log sum_{v in K} exp(z_v),    K = kept_tokens(z)  (plus y itself, see below)
+
+    which is log_softmax(z)[y] - log(kept mass); without truncation it is log_softmax(z)[y]. The trainer's
+    forward goes through this, so its log-probs (the ratio's numerator and pi_old) are those of the
+    sampled distribution and the first pass's ratio is 1. K is recomputed from these logits by the
+    sampler's rule; a chosen token outside it (the boundary moved with numerics: another engine, another
+    batch) is added to it, so its log-prob stays finite (the importance-sampling correction then sees the
+    mismatch). Differentiable through the logits of K; K itself is a constant. One row of the batch at a
+    time (the kept set is a (T, V) mask), float32.
+    """
+    if not truncates(top_k, top_p):
+        return selective_log_softmax(logits, index)
+    rows = []
+    for row_logits, row_index in zip(logits, index):
+        z = row_logits.float()  # (T, V)
+        keep = kept_tokens(z, top_k, top_p)
+        keep = keep.scatter(-1, row_index.unsqueeze(-1), True)
+        chosen = z.gather(-1, row_index.unsqueeze(-1)).squeeze(-1)
+        rows.append(chosen - torch.logsumexp(z.masked_fill(~keep, float("-inf")), dim=-1))
+    if not rows:
+        return logits.new_zeros(index.shape, dtype=torch.float32)
+    return torch.stack(rows)
 
 
 class _Sampler(LogitsProcessor):
@@ -389,9 +462,10 @@ class _Sampler(LogitsProcessor):
     `generate` runs greedy with this processor last, which returns 0 at the drawn token and -inf elsewhere.
     Inverse-CDF sampling (one uniform per row, from its own stream with a seed: `row_uniforms`) is much
     faster on CPU than `do_sample=True`'s `torch.multinomial` (README). The distribution: scores (after
-    transformers' own processors, e.g. the repetition penalty) / temperature, then top-k, then top-p. The
-    recorded log-prob is log_softmax(raw / temperature)[token] of the *raw* logits, which a forward hook
-    puts in `raw` each step; only the (n,) chosen values are kept, not an N x C x vocab tensor.
+    transformers' own processors, e.g. the repetition penalty) / temperature, then top-k, then top-p
+    (`_truncate`, which trainers share through `sampling_logprobs`). The recorded log-prob is that of the
+    *raw* logits (a forward hook puts them in `raw` each step) / temperature, renormalised over the kept
+    set when truncating; only the (n,) chosen values are kept, not an N x C x vocab tensor.
     """
 
     def __init__(self, params: SamplingParams, draws: torch.Tensor | None, raw: dict | None) -> None:
@@ -403,13 +477,7 @@ class _Sampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         params = self.params
-        logits = scores.float() / params.temperature
-        if params.top_k > 0 and params.top_k < logits.shape[-1]:
-            kth = logits.topk(params.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if params.top_p < 1.0:
-            probs = _nucleus(probs, params.top_p)
+        probs, keep = _truncate(scores.float() / params.temperature, params.top_k, params.top_p)
         cdf = probs.cumsum(-1)  # unnormalised after top-p: scale the uniform draw by the row's total
         if self.draws is not None:
             draw = self.draws[:, self.t : self.t + 1].to(device=cdf.device, dtype=cdf.dtype)
@@ -426,8 +494,10 @@ class _Sampler(LogitsProcessor):
                 raise RuntimeError(
                     "the forward hook saw no logits this step: cannot compute sampling log-probs"
                 )
-            logprobs = torch.log_softmax(raw.float() / params.temperature, dim=-1)
-            self.logprobs.append(logprobs.gather(1, tokens).squeeze(1))
+            raw = raw.float() / params.temperature
+            if keep is not None:  # renormalised over the set drawn from (`sampling_logprobs`)
+                raw = raw.masked_fill(~keep, float("-inf"))
+            self.logprobs.append(torch.log_softmax(raw, dim=-1).gather(1, tokens).squeeze(1))
         return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
 
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -21,16 +22,21 @@ from align.generation import (
     VLLMGenerator,
     build_rollout,
     eos_token_ids,
+    kept_tokens,
     make_generator,
     rollout_from_vllm_outputs,
+    sampling_logprobs,
     tokenize_prompts,
 )
 
 EOS = 2  # <|im_end|> in SmolLM2's tokenizer: its eos and pad
 
 
-def _policy_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """Recompute the sampling log-probs with one forward pass over prompt + completion, as a trainer does."""
+def _policy_logprobs(
+    model, rollout: Rollout, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """Recompute the sampling log-probs with one forward pass over prompt + completion, as a trainer does
+    (over the top-k / top-p set, renormalised, when truncating: `sampling_logprobs`)."""
     with torch.no_grad():
         logits = model(
             input_ids=rollout.input_ids(),
@@ -38,8 +44,7 @@ def _policy_logprobs(model, rollout: Rollout, temperature: float) -> torch.Tenso
             position_ids=rollout.position_ids(),
             logits_to_keep=rollout.logits_to_keep,
         ).logits[:, :-1]
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logprobs.gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
+    return sampling_logprobs(logits.float() / temperature, rollout.completion_ids, top_k=top_k, top_p=top_p)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,10 +178,58 @@ def test_logprobs_match_a_forward_pass(tiny_model, tiny_tokenizer, temperature, 
         max_new_tokens=8, num_generations=2, temperature=temperature, top_k=top_k, top_p=top_p, seed=3
     )
     rollout = HFGenerator(tiny_model, tiny_tokenizer, batch_size=batch_size).generate(prompts, params)
-    expected = _policy_logprobs(tiny_model, rollout, temperature)
+    expected = _policy_logprobs(tiny_model, rollout, temperature, top_k, top_p)
     mask = rollout.completion_mask.bool()
     torch.testing.assert_close(rollout.logprobs[mask], expected[mask], atol=1e-4, rtol=0)
     assert (rollout.logprobs[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("top_k, top_p", [(5, 1.0), (0, 0.8), (5, 0.8)])
+def test_truncated_sampling_first_pass_ratio_is_one(tiny_model, tiny_tokenizer, top_k, top_p):
+    """With top-k / top-p the sampler draws from the truncated, renormalised distribution, and the trainer's
+    log-probs (`sampling_logprobs` on its own forward) are taken under that same distribution: the first
+    pass's ratio is 1 to float precision. A full-vocabulary log-softmax (TRL issue 6789) is off by exactly
+    the log of the kept mass, log sum_{v in K} softmax(z)_v < 0."""
+    prompts = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "Hi"}]]
+    params = SamplingParams(
+        max_new_tokens=8, num_generations=3, temperature=1.0, top_k=top_k, top_p=top_p, seed=1
+    )
+    rollout = HFGenerator(tiny_model, tiny_tokenizer).generate(prompts, params)
+    mask = rollout.completion_mask.bool()
+    trainer = _policy_logprobs(tiny_model, rollout, 1.0, top_k, top_p)
+    ratio = torch.exp(trainer - rollout.logprobs)[mask]
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=0)
+
+    with torch.no_grad():
+        logits = tiny_model(
+            input_ids=rollout.input_ids(), attention_mask=rollout.attention_mask(),
+            position_ids=rollout.position_ids(), logits_to_keep=rollout.logits_to_keep,
+        ).logits[:, :-1].float()  # fmt: skip
+    full = torch.log_softmax(logits, -1).gather(-1, rollout.completion_ids.unsqueeze(-1)).squeeze(-1)
+    kept_mass = (torch.softmax(logits, -1) * kept_tokens(logits, top_k, top_p)).sum(-1)
+    unfixed_ratio = torch.exp(full - rollout.logprobs)[mask]
+    torch.testing.assert_close(unfixed_ratio, kept_mass[mask], atol=1e-5, rtol=1e-4)
+    assert float(unfixed_ratio.max()) < 0.999  # the tiny model is flat: a real gap, not rounding
+
+
+def test_sampling_logprobs_by_hand():
+    """Logits (1, 1, 5) = [2, 1, 0.5, 0, -1]: top_k 2 keeps {0, 1}, so log mu(1) = 1 - log(e^2 + e^1); top_p
+    0.7 keeps {0, 1} too (softmax 0.56, 0.21, ...: 0.56 < 0.7, 0.77 >= 0.7), and a token outside the set
+    (id 3, a sampler/trainer boundary disagreement) is added to it: log mu(3) = 0 - log(e^2 + e^1 + e^0)."""
+    z = torch.tensor([[[2.0, 1.0, 0.5, 0.0, -1.0]]])
+    pair = math.log(math.exp(2) + math.exp(1))
+    assert float(sampling_logprobs(z, torch.tensor([[1]]), top_k=2)) == pytest.approx(1 - pair)
+    assert float(sampling_logprobs(z, torch.tensor([[1]]), top_p=0.7)) == pytest.approx(1 - pair)
+    outside = math.log(math.exp(2) + math.exp(1) + 1)
+    assert float(sampling_logprobs(z, torch.tensor([[3]]), top_k=2)) == pytest.approx(-outside)
+    full = float(torch.log_softmax(z, -1)[0, 0, 1])
+    assert float(sampling_logprobs(z, torch.tensor([[1]]))) == pytest.approx(full)  # nothing truncated
+    # ties at the k-th logit are all kept: top_k 1 over [1, 1, 0] keeps two tokens
+    assert kept_tokens(torch.tensor([[1.0, 1.0, 0.0]]), 1, 1.0).tolist() == [[True, True, False]]
+    # differentiable through the kept logits only
+    z = z.clone().requires_grad_(True)
+    sampling_logprobs(z, torch.tensor([[0]]), top_k=2).sum().backward()
+    assert z.grad[0, 0, 2:].abs().sum() == 0 and z.grad[0, 0, :2].abs().sum() > 0
 
 
 def test_logprobs_ignore_repetition_penalty(tiny_model, tiny_tokenizer):
