@@ -28,6 +28,7 @@ __all__ = [
     "dpo_loss",
     "dr_grpo_aggregate",
     "entropy_from_logits",
+    "is_correction",
     "ipo_loss",
     "kl_estimate",
     "kl_k1",
@@ -50,6 +51,8 @@ Metrics = dict[str, torch.Tensor]
 
 AGGREGATIONS = ("token", "sequence", "dr_grpo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+IS_LEVELS = ("token", "sequence")
+IS_MODES = ("truncate", "mask")
 
 
 def _bool_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -163,11 +166,16 @@ def ppo_clip_loss(
     clip_eps_high: float | None = None,
     aggregation: str = "token",
     max_len: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """PPO's clipped surrogate objective, negated (Schulman et al. 2017, "Proximal Policy...", eq. 7).
 
         r = exp(logprobs - old_logprobs)
-        L = -min(r * A, clip(r, 1 - clip_eps, 1 + clip_eps_high) * A)
+        L = -w * min(r * A, clip(r, 1 - clip_eps, 1 + clip_eps_high) * A)
+
+    ``weights`` ``w`` (shape of ``logprobs``, or ``(B, 1)``; default 1) are constants that scale each
+    element's loss before aggregation, the normaliser unchanged: the importance-sampling correction of
+    :func:`is_correction` for samples drawn by another engine.
 
     One function for classic PPO, RLHF-PPO and GRPO:
 
@@ -193,6 +201,8 @@ def ppo_clip_loss(
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
     per_token_loss = -torch.min(unclipped, clipped)
+    if weights is not None:
+        per_token_loss = per_token_loss * weights.detach()
     loss = aggregate(per_token_loss, mask, aggregation, max_len)
 
     with torch.no_grad():
@@ -276,6 +286,67 @@ def value_loss(
         "clip/value_fraction": masked_mean(is_clipped.to(values.dtype), mask).detach(),
     }
     return loss, metrics
+
+
+def is_correction(
+    trainer_logprobs: torch.Tensor,
+    sampler_logprobs: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    level: str = "sequence",
+    mode: str = "mask",
+    cap: float = 3.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """Importance weights that correct for sampling with another engine than the trainer's forward.
+
+    Yao et al. (2025), "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training": a fast
+    sampler (vLLM) draws from mu, not from the trainer's pi_old on the same weights, so the policy
+    gradient E_mu[...] is reweighted by rho = pi_old / mu, capped against its variance:
+
+        rho_t = exp(log pi_old(y_t) - log mu(y_t))                          level "token"
+        rho   = prod_t rho_t = exp(sum_t (log pi_old(y_t) - log mu(y_t)))   level "sequence": the product
+                over the sequence's counted tokens (not the geometric mean: it is the sequence's true
+                likelihood ratio, as TRL's sequence modes), shared by all of its tokens
+        w     = min(rho, C)                    mode "truncate" (TIS)
+        w     = rho * [rho <= C]               mode "mask" (MIS: rejected tokens or sequences weigh 0)
+
+    ``w`` multiplies the per-token policy-gradient loss; a token weighted 0 still counts in the loss's
+    normaliser (as in TRL). ``trainer_logprobs`` (pi_old) and ``sampler_logprobs`` (mu) ``(B, T)``; ``mask``
+    ``(B, T)``, 1 = trained token. A NaN sampler log-prob (the engine could not score the token) counts as
+    no mismatch. Log-ratios are clamped at 50 before ``exp`` so an extreme ratio stays finite (it is capped
+    or masked anyway). Returns ``weights`` ``(B, T)`` (0 where ``mask`` is 0) and metrics:
+
+    - ``rollout/mismatch_kl``: k3 estimate of KL(mu || pi_old) per trained token, ``(rho_t - 1) - log rho_t``
+      averaged over trained tokens (unbiased under samples from mu, and >= 0 token by token);
+    - ``rollout/is_ratio_mean``, ``rollout/is_ratio_max``: of the uncapped ratio rho, over trained tokens
+      (token level) or over sequences with a trained token (sequence level);
+    - ``rollout/is_masked_frac``: share of trained tokens whose ratio exceeded C, i.e. weight 0 (mask) or
+      clipped to C (truncate); at sequence level every token of such a sequence.
+    """
+    if level not in IS_LEVELS or mode not in IS_MODES:
+        raise ValueError(
+            f"level must be one of {IS_LEVELS} and mode one of {IS_MODES}, got {level!r}, {mode!r}"
+        )
+    m = _bool_mask(trainer_logprobs, mask)
+    log_rho_t = (trainer_logprobs.detach().float() - sampler_logprobs.detach().float()).nan_to_num(0.0)
+    log_rho_t = torch.where(m, log_rho_t, torch.zeros_like(log_rho_t))
+    rho_t = torch.exp(log_rho_t.clamp(max=50.0))
+    if level == "sequence":
+        rho = torch.exp(log_rho_t.sum(-1, keepdim=True).clamp(max=50.0))  # (B, 1)
+        counted = m.any(-1, keepdim=True)
+    else:
+        rho, counted = rho_t, m
+    over = rho > cap
+    weights = rho.clamp(max=cap) if mode == "truncate" else rho.masked_fill(over, 0.0)
+    weights = torch.where(m, weights.expand_as(m), torch.zeros_like(rho_t))
+    ratios = rho[counted]
+    metrics = {
+        "rollout/mismatch_kl": masked_mean((rho_t - 1.0) - log_rho_t, m),
+        "rollout/is_ratio_mean": ratios.mean() if ratios.numel() else rho.new_zeros(()),
+        "rollout/is_ratio_max": ratios.max() if ratios.numel() else rho.new_zeros(()),
+        "rollout/is_masked_frac": masked_mean(over.expand_as(m).float(), m),
+    }
+    return weights, metrics
 
 
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

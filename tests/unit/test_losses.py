@@ -13,6 +13,7 @@ from align.losses import (
     dr_grpo_aggregate,
     entropy_from_logits,
     ipo_loss,
+    is_correction,
     kl_estimate,
     kl_k1,
     kl_k2,
@@ -225,6 +226,60 @@ def test_value_loss_mask():
 
 
 # --- KL -----------------------------------------------------------------------------------------------------
+
+
+# Importance-sampling correction (Yao et al. 2025). Row 0: ratios pi_old / mu = 1, 2, 4; row 1: 0.5, 0.5 and a
+# masked token whose log-ratio (10) must be ignored. Cap C = 3.
+_LN2 = math.log(2.0)
+_IS_MU = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+_IS_OLD = _IS_MU + torch.tensor([[0.0, _LN2, 2 * _LN2], [-_LN2, -_LN2, 10.0]])
+_IS_MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+# k3 = (r - 1) - log r per trained token: 0, 1 - ln 2, 3 - ln 4, and -0.5 + ln 2 twice, over 5 tokens
+_IS_K3 = (0 + (1 - _LN2) + (3 - 2 * _LN2) + 2 * (-0.5 + _LN2)) / 5
+
+
+@pytest.mark.parametrize(
+    "level, mode, expected, ratio_mean, ratio_max, masked",
+    [
+        ("token", "truncate", [[1, 2, 3], [0.5, 0.5, 0]], 8 / 5, 4.0, 1 / 5),  # TIS: min(rho_t, 3)
+        ("token", "mask", [[1, 2, 0], [0.5, 0.5, 0]], 8 / 5, 4.0, 1 / 5),  # MIS: rho_t = 4 > 3 weighs 0
+        # sequence ratios: 1 * 2 * 4 = 8 (over the cap) and 0.5 * 0.5 = 0.25 (the masked token left out)
+        ("sequence", "truncate", [[3, 3, 3], [0.25, 0.25, 0]], (8 + 0.25) / 2, 8.0, 3 / 5),
+        ("sequence", "mask", [[0, 0, 0], [0.25, 0.25, 0]], (8 + 0.25) / 2, 8.0, 3 / 5),
+    ],
+)
+def test_is_correction_hand_computed(level, mode, expected, ratio_mean, ratio_max, masked):
+    weights, m = is_correction(_IS_OLD, _IS_MU, _IS_MASK, level=level, mode=mode, cap=3.0)
+    torch.testing.assert_close(weights, torch.tensor(expected, dtype=torch.float32), atol=1e-6, rtol=0)
+    assert float(m["rollout/is_ratio_mean"]) == pytest.approx(ratio_mean, rel=1e-6)
+    assert float(m["rollout/is_ratio_max"]) == pytest.approx(ratio_max, rel=1e-6)
+    assert float(m["rollout/is_masked_frac"]) == pytest.approx(masked)
+    assert float(m["rollout/mismatch_kl"]) == pytest.approx(_IS_K3, rel=1e-6)
+
+
+def test_is_correction_on_policy_and_unscored_tokens():
+    """Equal log-probs give weight 1 and KL 0 everywhere counted; a NaN sampler log-prob counts as no mismatch;
+    an extreme ratio stays finite (clamped log-ratio) and is masked."""
+    lp = torch.tensor([[-0.3, -2.0, -1.0]])
+    weights, m = is_correction(lp, lp.clone(), None, level="token", mode="mask")
+    assert weights.tolist() == [[1.0, 1.0, 1.0]] and float(m["rollout/mismatch_kl"]) == 0.0
+    mu = torch.tensor([[float("nan"), -2.0, -1000.0]])
+    weights, m = is_correction(lp, mu, None, level="token", mode="mask")
+    assert weights.tolist() == [[1.0, 1.0, 0.0]] and torch.isfinite(m["rollout/is_ratio_max"])
+    with pytest.raises(ValueError, match="level must be one of"):
+        is_correction(lp, lp, None, level="tokens")
+
+
+def test_ppo_clip_loss_weights_scale_each_token():
+    """L = token-mean(-w * min(r A, clip(r) A)): weights 0.5 and 0 on two of three tokens, the normaliser still 3."""
+    logp = torch.tensor([[-1.0, -1.0, -1.0]])
+    old = logp + torch.tensor([[0.0, 0.5, 0.0]])  # ratios 1, e^-0.5 (min picks the unclipped r A), 1
+    adv = torch.tensor([2.0])
+    w = torch.tensor([[1.0, 0.5, 0.0]])
+    loss, _ = ppo_clip_loss(logp, old, adv, torch.ones(1, 3), clip_eps=0.2, weights=w)
+    r = math.exp(-0.5)
+    expected = -(1.0 * 2.0 + 0.5 * min(r * 2.0, 0.8 * 2.0) + 0.0) / 3
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
 
 
 def test_kl_estimators_hand_computed():
