@@ -9,13 +9,18 @@ Shao et al. (2024), DeepSeekMath, eq. 3, with the variants used since:
 
 ``agg`` is the loss aggregation: "token" (DAPO: mean over every counted token of the batch),
 "sequence" (the original: mean per completion, then over completions), "dr_grpo" (sum / (N * max_len)).
+With top-k / top-p sampling, pi_theta and pi_old are the truncated, renormalised distributions sampled
+from (``align.generation.sampling_logprobs``); the KL compares the untruncated models. With
+``is_correction`` on (a vLLM sampler, mu), each token's clipped term is multiplied by the capped weight
+pi_old / mu (``align.losses.is_correction``), pi_old being the trainer's own forward at rollout time.
 
 Everything algorithmic is a call into ``align.losses`` and ``align.advantages``: the same
 ``ppo_clip_loss`` trains CartPole in ``align.rl``. This file only arranges the data:
 
 1. ``plan_updates`` (``align.trainers.rollout``) draws the next prompts from the dataset; ``_make_plan``
    samples G completions each (``align.generation``), scores them (``align.rewards``), computes group
-   advantages, reference log-probs when beta > 0 and old log-probs when mu > 1, and returns mu optimizer
+   advantages, reference log-probs when beta > 0, old log-probs when mu > 1 or is_correction is on (and
+   then the importance weights), and returns mu optimizer
    steps (``UpdateStep``), each over ``gradient_accumulation_steps`` micro-batches.
 2. Groups whose rewards are all equal have zero advantage, so with beta = 0 they carry no gradient at all:
    we drop them before the policy forward pass (they still count in the step's normaliser, so the update
@@ -34,7 +39,7 @@ import torch
 from align.advantages import group_advantages, group_std
 from align.config import ConfigError, ModelConfig, TrainConfig, check_range
 from align.forward import completion_logits
-from align.generation import Rollout
+from align.generation import Rollout, sampling_logprobs, truncates
 from align.losses import (
     aggregate,
     entropy_from_logits,
@@ -129,6 +134,8 @@ class MicroBatch:
     advantages: torch.Tensor
     old_logprobs: torch.Tensor | None
     ref_logprobs: torch.Tensor | None
+    is_weights: torch.Tensor | None = None
+    """(B, C) importance weights pi_old / mu of the policy loss (``is_correction``), None when off."""
 
 
 class GRPOTrainer(RolloutMixin, Trainer):
@@ -189,8 +196,8 @@ class GRPOTrainer(RolloutMixin, Trainer):
 
     @property
     def _sampler_logprobs(self) -> bool:
-        # Old log-probs come from the sampler only when a second pass needs them.
-        return self.config.num_epochs > 1
+        # The sampler's log-probs: old log-probs when a second pass needs them, mu for is_correction.
+        return self.config.num_epochs > 1 or self.config.is_correction_mode is not None
 
     @torch.no_grad()
     def _plan_rollout(
@@ -232,18 +239,49 @@ class GRPOTrainer(RolloutMixin, Trainer):
                 [0.0],
                 [idx.new_zeros(1)],
             )
+        correct = cfg.is_correction_mode is not None
+        trainer_lps, sampler_lps = [], []
         for mb, rows_idx in zip(batches, chunks):
             if cfg.kl_coef > 0:
                 mb.ref_logprobs = self._logprobs(mb, reference=True)
+            sampled = (
+                None
+                if rollout.logprobs is None
+                else rollout.logprobs[rows_idx][:, : mb.completion_ids.shape[1]]
+            )
+            # With the correction, pi_old is the trainer's own forward (mu only enters the weights).
+            own = self._logprobs(mb) if correct or (cfg.num_epochs > 1 and sampled is None) else None
             if cfg.num_epochs > 1:
-                mb.old_logprobs = (
-                    rollout.logprobs[rows_idx][:, : mb.completion_ids.shape[1]]
-                    if rollout.logprobs is not None
-                    else self._logprobs(mb)
-                )
+                mb.old_logprobs = own if own is not None else sampled
+            trainer_lps.append(own)
+            sampler_lps.append(sampled)
+        if correct:
+            metrics.update(self._set_is_weights(batches, trainer_lps, sampler_lps))
         micro = list(zip(batches, weights))
         # Later passes reuse the tensors; generation metrics are logged once, with the pass that sampled.
         return [UpdateStep(micro, metrics if i == 0 else {}, total) for i in range(cfg.num_epochs)]
+
+    def _set_is_weights(
+        self,
+        batches: list[MicroBatch],
+        trainer_lps: list[torch.Tensor],
+        sampler_lps: list[torch.Tensor | None],
+    ) -> dict[str, float]:
+        """Importance weights of every micro-batch from one call over the rollout's trained rows (each padded to
+        the longest completion), so the ``rollout/*`` metrics are those of the whole rollout."""
+        if any(lp is None for lp in sampler_lps):
+            sampler_lps = [None]  # _importance_weights names the missing log-probs
+        C = max(lp.shape[1] for lp in trainer_lps)
+
+        def rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([torch.nn.functional.pad(t, (0, C - t.shape[1])) for t in tensors])
+
+        mu = rows(sampler_lps) if sampler_lps[0] is not None else None
+        masks = [mb.completion_mask for mb in batches]
+        weights, metrics = self._importance_weights(rows(trainer_lps), mu, rows(masks))
+        for mb, w in zip(batches, weights.split([len(m) for m in masks])):
+            mb.is_weights = w[:, : mb.completion_ids.shape[1]]
+        return metrics
 
     def _rollout_metrics(
         self, rollout: Rollout, zero_std: torch.Tensor, keep: torch.Tensor
@@ -297,20 +335,25 @@ class GRPOTrainer(RolloutMixin, Trainer):
         )
         return logits / self.config.temperature
 
+    def _sampled_logprobs(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(B, C) log-probs under the distribution sampled from: renormalised over the top-k / top-p set."""
+        return sampling_logprobs(logits.float(), ids, top_k=self.config.top_k, top_p=self.config.top_p)
+
     @torch.no_grad()
     def _logprobs(self, mb: MicroBatch, reference: bool = False) -> torch.Tensor:
+        """The policy's log-probs of the sampled distribution (pi_old), or the reference's over its whole
+        vocabulary (the KL penalty compares the untruncated models: the reference has no kept set)."""
         if reference:
             with reference_model(self.model, self.ref_model) as ref:
                 logits = self._forward(ref, mb)
-        else:
-            logits = self._forward(self.model, mb)
-        return selective_log_softmax(logits.float(), mb.completion_ids)
+            return selective_log_softmax(logits.float(), mb.completion_ids)
+        return self._sampled_logprobs(self._forward(self.model, mb), mb.completion_ids)
 
     def compute_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         """agg(-min(r A, clip(r) A)) + beta agg(KL) over one micro-batch (see the module docstring)."""
         cfg = self.config
         logits = self._forward(self.model, mb)
-        logprobs = selective_log_softmax(logits.float(), mb.completion_ids)  # (B, C)
+        logprobs = self._sampled_logprobs(logits, mb.completion_ids)  # (B, C)
         old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
         mask = mb.completion_mask
         pg_loss, m = ppo_clip_loss(
@@ -322,12 +365,18 @@ class GRPOTrainer(RolloutMixin, Trainer):
             clip_eps_high=cfg.clip_eps_high,
             aggregation=cfg.loss_type,
             max_len=cfg.max_new_tokens,
+            weights=mb.is_weights,
         )
         loss = pg_loss
         metrics: dict[str, Any] = dict(m)
         if cfg.kl_coef > 0:
             assert mb.ref_logprobs is not None
-            kl = kl_estimate(logprobs, mb.ref_logprobs, cfg.kl_estimator)
+            full = (
+                selective_log_softmax(logits.float(), mb.completion_ids)
+                if truncates(cfg.top_k, cfg.top_p)
+                else logprobs
+            )
+            kl = kl_estimate(full, mb.ref_logprobs, cfg.kl_estimator)
             kl_loss = aggregate(kl, mask, cfg.loss_type, cfg.max_new_tokens)
             loss = loss + cfg.kl_coef * kl_loss
             metrics["kl"] = masked_mean(kl.detach(), mask)

@@ -47,7 +47,7 @@ from torch import nn
 from align.advantages import explained_variance, gae, whiten
 from align.config import ConfigError, ModelConfig, TrainConfig, check_range
 from align.forward import base_model, position_ids, rollout_logprobs, whole_forward
-from align.generation import Rollout
+from align.generation import Rollout, sampling_logprobs, truncates
 from align.losses import (
     entropy_from_logits,
     kl_estimate,
@@ -353,6 +353,8 @@ class PPOMicroBatch:
     """(B, C) value targets."""
     ptx_scale: float = 0.0
     """Factor of the PPO-ptx term in this micro-batch's loss (see ``PPOTrainer._minibatch_plan``)."""
+    is_weights: torch.Tensor | None = None
+    """(B, C) importance weights pi_old / mu of the policy loss (``is_correction``), None when off."""
 
 
 def _check_inputs(config: PPOConfig, train_dataset: Any, value_model: Any, ptx_dataset: Any) -> None:
@@ -441,25 +443,33 @@ class PPOTrainer(RolloutMixin, Trainer):
         return self.config.rollout_batch_size // self.config.num_generations
 
     @torch.no_grad()
-    def _rollout_forward(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Old log-probs, values and reference log-probs of the rollout, ``(N, C)`` each, in micro-batches."""
+    def _rollout_forward(
+        self, rollout: Rollout
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Old log-probs of the sampled (top-k / top-p truncated) distribution, values, reference log-probs,
+        and the policy's untruncated log-probs (for the KL with the reference), ``(N, C)`` each."""
         cfg = self.config
         ids, attn = rollout.input_ids(), rollout.attention_mask()
         C = rollout.completion_ids.shape[1]
-        old, vals = [], []
+        old, full, vals = [], [], []
         with eval_mode(self.model):
             for s in range(0, len(rollout), cfg.per_device_train_batch_size):
                 sl = slice(s, s + cfg.per_device_train_batch_size)
                 logits, values = self.model(ids[sl], attn[sl], C)
-                old.append(
-                    selective_log_softmax(logits.float() / cfg.temperature, rollout.completion_ids[sl])
-                )
+                logits = logits.float() / cfg.temperature
+                old.append(self._sampled_logprobs(logits, rollout.completion_ids[sl]))
+                whole = truncates(cfg.top_k, cfg.top_p)
+                full.append(selective_log_softmax(logits, rollout.completion_ids[sl]) if whole else old[-1])
                 vals.append(values.float())
             with reference_model(self.policy, self.ref_model) as ref:
                 refs = rollout_logprobs(
                     ref, rollout, cfg.per_device_train_batch_size, temperature=cfg.temperature
                 )
-        return torch.cat(old), torch.cat(vals), refs
+        return torch.cat(old), torch.cat(vals), refs, torch.cat(full)
+
+    def _sampled_logprobs(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(B, C) log-probs under the distribution sampled from: renormalised over the top-k / top-p set."""
+        return sampling_logprobs(logits, ids, top_k=self.config.top_k, top_p=self.config.top_p)
 
     def _sum_over_processes(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over processes, so statistics (whitening) are those of the whole rollout."""
@@ -477,7 +487,9 @@ class PPOTrainer(RolloutMixin, Trainer):
     @torch.no_grad()
     def _make_plan(self, rows: list[dict[str, Any]], prompt_ids: list[list[int]]) -> list[UpdateStep]:
         self._start_clock()
-        rollout, out, timing = self.sample_and_score(rows, prompt_ids, self.policy, return_logprobs=False)
+        rollout, out, timing = self.sample_and_score(
+            rows, prompt_ids, self.policy, return_logprobs=self._sampler_logprobs
+        )
         return self._plan_rollout(rollout, out.total, {**self.reward.metrics(), **timing})
 
     def _start_clock(self) -> None:
@@ -491,7 +503,8 @@ class PPOTrainer(RolloutMixin, Trainer):
 
     @property
     def _sampler_logprobs(self) -> bool:
-        return False  # recomputed in the same forward as the values
+        # pi_old is recomputed in the same forward as the values; mu is needed only for is_correction.
+        return self.config.is_correction_mode is not None
 
     @torch.no_grad()
     def _plan_rollout(
@@ -514,11 +527,14 @@ class PPOTrainer(RolloutMixin, Trainer):
             scores = scores - cfg.missing_eos_penalty * (~rollout.is_eos).float()
 
         mask = rollout.train_mask * scored[:, None].to(rollout.completion_mask.dtype)
-        logprobs, values, ref_logprobs = self._rollout_forward(rollout)
+        logprobs, values, ref_logprobs, full_logprobs = self._rollout_forward(rollout)
         self._check_values(values, mask, "at rollout time")
+        is_weights, is_metrics = torch.ones_like(logprobs), {}
+        if cfg.is_correction_mode is not None:
+            is_weights, is_metrics = self._importance_weights(logprobs, rollout.logprobs, mask)
         beta = self.kl_ctl.value
         rewards, kl, non_score = per_token_rewards(
-            scores, logprobs, ref_logprobs, mask, kl_coef=beta, kl_estimator=cfg.kl_estimator
+            scores, full_logprobs, ref_logprobs, mask, kl_coef=beta, kl_estimator=cfg.kl_estimator
         )
         if cfg.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False, reduce=self._sum_over_processes)
@@ -537,6 +553,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         now = time.perf_counter()
         metrics = {
             **given,
+            **is_metrics,
             "score/mean": float(scores[scored].mean()) if scored.any() else float("nan"),
             "score/std": float(scores[scored].std()) if int(scored.sum()) > 1 else 0.0,
             "reward/non_score": float(non_score.sum(-1).mean()),
@@ -555,7 +572,8 @@ class PPOTrainer(RolloutMixin, Trainer):
         }
         self._iteration_start = now
 
-        return self._minibatch_plan(rollout, mask, (logprobs, values, advantages, returns), metrics, timing)
+        tensors = (logprobs, values, advantages, returns, is_weights)
+        return self._minibatch_plan(rollout, mask, tensors, metrics, timing)
 
     def _minibatch_plan(
         self,
@@ -608,6 +626,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         values: torch.Tensor,
         advantages: torch.Tensor,
         returns: torch.Tensor,
+        is_weights: torch.Tensor,
         mask: torch.Tensor,
     ) -> PPOMicroBatch:
         """Rows of the rollout, trimmed to their own longest completion and prompt (less padding to run)."""
@@ -626,6 +645,7 @@ class PPOTrainer(RolloutMixin, Trainer):
             old_values=values[rows][:, :c_len],
             advantages=advantages[rows][:, :c_len],
             returns=returns[rows][:, :c_len],
+            is_weights=is_weights[rows][:, :c_len] if self.config.is_correction_mode is not None else None,
         )
 
     def compute_loss(self, mb: PPOMicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -636,9 +656,15 @@ class PPOTrainer(RolloutMixin, Trainer):
         logits = logits.float() / cfg.temperature
         values = values.float()
         self._check_values(values, mb.mask, "in the loss")
-        logprobs = selective_log_softmax(logits, mb.completion_ids)
+        logprobs = self._sampled_logprobs(logits, mb.completion_ids)
         pg_loss, m_pg = ppo_clip_loss(
-            logprobs, mb.old_logprobs, mb.advantages, mb.mask, clip_eps=cfg.clip_eps, aggregation="token"
+            logprobs,
+            mb.old_logprobs,
+            mb.advantages,
+            mb.mask,
+            clip_eps=cfg.clip_eps,
+            aggregation="token",
+            weights=mb.is_weights,
         )
         v_loss, m_v = value_loss(
             values, mb.old_values, mb.returns, mb.mask, clip_eps=cfg.clip_eps_value, aggregation="token"

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from align.config import ConfigError, check_range
 from align.forward import base_model
 from align.generation import Rollout, SamplingParams, make_generator, stream_seed, tokenize_prompts
+from align.losses import is_correction
 from align.rewards import CombinedReward
 from align.rewards.combine import MissingRewardError
 from align.trainer import COMPLETIONS_FILE
@@ -148,6 +149,20 @@ class RolloutConfig:
     """Environment runs: the environment evaluated on (default env_id), e.g. align/MathToolsTest-v0 for
     held-out problems."""
 
+    # Off-policy correction between the sampler (mu) and the trainer's own forward (pi_old), issue 17.
+    is_correction: Literal[
+        "auto", "off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
+    ] = "auto"
+    """Importance-sampling correction of the policy loss by pi_old / mu, the trainer's log-probs of the
+    sampled tokens over the sampler's (align.losses.is_correction): <level>_<mode>, level token (a ratio
+    per token) or sequence (their product), mode truncate (min(ratio, is_cap), TIS) or mask (ratio above
+    is_cap weighs 0, MIS). auto = sequence_mask (TRL's default) with a vLLM backend, whose kernels give
+    another distribution than the trainer's forward, and off with hf, which samples with the trainer's
+    own weights and forward (the same policy up to float rounding; name a mode to correct anyway)."""
+    is_cap: float = 3.0
+    """C of is_correction: the largest importance ratio kept (truncate) or not rejected (mask); TRL's
+    default, loose enough that float-level mismatch never triggers it, tight enough to bound the variance."""
+
     def validate(self) -> None:
         """Check the shared fields, naming the field, after the checks later in the config's MRO."""
         parent = getattr(super(), "validate", None)
@@ -176,6 +191,7 @@ class RolloutConfig:
         check_range("max_turns", self.max_turns, 1)
         check_range("max_episode_tokens", self.max_episode_tokens, 1)
         check_range("eval_episodes", self.eval_episodes, 0)
+        check_range("is_cap", self.is_cap, 1.0)
         default_rewards = type(self).__dataclass_fields__["reward_funcs"].default_factory()
         if self.env_id is not None and list(self.reward_funcs) != default_rewards:
             raise ConfigError(
@@ -188,6 +204,18 @@ class RolloutConfig:
             raise ConfigError(
                 f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} reward_funcs"
             )
+
+    @property
+    def is_correction_mode(self) -> tuple[str, str] | None:
+        """``(level, mode)`` of the importance-sampling correction this run applies, or None (off): ``auto``
+        resolved by ``generation_backend``."""
+        name = self.is_correction
+        if name == "auto":
+            name = "off" if self.generation_backend == "hf" else "sequence_mask"
+        if name == "off":
+            return None
+        level, mode = name.split("_")
+        return level, mode
 
 
 def combined_reward(reward_funcs: Any, config: RolloutConfig) -> CombinedReward:
@@ -387,6 +415,23 @@ class RolloutMixin:
         self._check_some_reward(out)
         self._log_samples(rows, rollout, out.total)
         return rollout, out, timing
+
+    def _importance_weights(
+        self, trainer_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor | None, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The config's importance-sampling correction (``is_correction_mode``, ``is_cap``) of the trainer's
+        rollout-time log-probs against the sampler's, ``(B, C)`` each, over ``mask``: weights ``(B, C)`` for
+        the policy loss and the ``rollout/*`` mismatch metrics (:func:`align.losses.is_correction`)."""
+        cfg = self.config
+        if sampler_logprobs is None:
+            raise RuntimeError(
+                f"is_correction {cfg.is_correction!r} needs the sampler's log-probs, and the sampler returned none"
+            )
+        level, mode = cfg.is_correction_mode
+        weights, metrics = is_correction(
+            trainer_logprobs, sampler_logprobs, mask, level=level, mode=mode, cap=cfg.is_cap
+        )
+        return weights, {k: float(v) for k, v in metrics.items()}
 
     def _sync_sampler(self, policy: Any = None) -> None:
         """Hand the sampler the policy's weights once per optimizer step."""
