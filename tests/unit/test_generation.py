@@ -654,10 +654,10 @@ if current_platform.is_cpu():
 
     ops._supports_onednn = False
 
-from align.generation import SamplingParams, VLLMGenerator
+from align.generation import SamplingParams, VLLMGenerator, sampling_logprobs
 
 
-def max_diff(model, rollout, temperature):
+def max_diff(model, rollout, temperature, top_k=0, top_p=1.0):
     with torch.no_grad():
         logits = model(
             input_ids=rollout.input_ids().to(model.device),
@@ -665,9 +665,10 @@ def max_diff(model, rollout, temperature):
             position_ids=rollout.position_ids().to(model.device),
             logits_to_keep=rollout.logits_to_keep,
         ).logits[:, :-1]
-    expected = torch.log_softmax(logits.float() / temperature, -1).gather(-1, rollout.completion_ids.unsqueeze(-1))
+    ids = rollout.completion_ids.to(model.device)
+    expected = sampling_logprobs(logits.float() / temperature, ids, top_k=top_k, top_p=top_p)
     mask = rollout.completion_mask.bool()
-    return (rollout.logprobs[mask] - expected.squeeze(-1)[mask]).abs().max().item()
+    return (rollout.logprobs[mask] - expected.cpu()[mask]).abs().max().item()
 
 
 def main(path):
@@ -686,6 +687,12 @@ def main(path):
         "initial": max_diff(model, first, 0.8),
         "seeded_repeat": torch.equal(first.completion_ids, again.completion_ids),
     }
+    # top-k / top-p: vLLM's processed log-probs are over the kept set, renormalised, as the trainer's are
+    # (issue 17); a full-vocabulary log-softmax is off by the kept mass.
+    truncated = SamplingParams(max_new_tokens=16, num_generations=3, temperature=0.8, top_k=5, top_p=0.8, seed=0)
+    sampled = generator.generate(prompts, truncated)
+    result["truncated"] = max_diff(model, sampled, 0.8, top_k=5, top_p=0.8)
+    result["truncated_as_full"] = max_diff(model, sampled, 0.8)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.5)
@@ -726,6 +733,7 @@ def test_real_vllm_logprobs_and_weight_sync(tmp_path, tiny_tokenizer):
     tolerance = 1e-3 if not torch.cuda.is_available() else 2e-2  # GPU kernels may use TF32
     assert result["rows"] == 6 and result["seeded_repeat"]
     assert result["initial"] < tolerance and result["synced"] < tolerance
+    assert result["truncated"] < tolerance and result["truncated_as_full"] > 10 * tolerance
     assert result["stale"] > 100 * tolerance  # the check can tell stale weights from synced ones
 
 

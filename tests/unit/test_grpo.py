@@ -277,3 +277,101 @@ def test_rollout_without_any_reward_stops(tmp_path):
         RuntimeError, match=r"rollout 1: no completion got a reward \(never_applies: 8 of 8 None"
     ):
         trainer.train()
+
+
+# Importance-sampling correction (issue 17): a sampler whose log-probs differ from the trainer's by a known
+# amount. d_t = log pi_old - log mu at completion position t; the fake sampler's rows are completions
+# [3, 5, 1, 4, 2, 3, 5, 1] tokens long (EOS counted), every one trained (no group dropped).
+_SHIFT = [0.6, -0.3, 0.1, 0.0, 0.2]
+
+
+class ShiftedSampler(FakeGenerator):
+    """FakeGenerator whose log-probs are the policy's own (a forward pass) minus `_SHIFT`, as a vLLM sampler
+    whose kernels give another distribution would return."""
+
+    model = None
+
+    def generate(self, prompts, params, *, prompt_ids=None):
+        from align.forward import rollout_logprobs
+
+        assert params.return_logprobs  # the correction needs mu
+        rollout = super().generate(prompts, params, prompt_ids=prompt_ids)
+        own = rollout_logprobs(self.model, rollout, temperature=params.temperature)
+        shift = torch.tensor(_SHIFT)[: own.shape[1]]
+        rollout.logprobs = (own - shift) * rollout.completion_mask
+        return rollout
+
+
+def _hand_weights(mode: str, cap: float, lengths: list[int]) -> list[list[float]]:
+    """Per-row, per-token weights by the formulas: min(e^d, C) or e^d [e^d <= C] per token, or the same on
+    the row's product e^(sum d) (sequence level)."""
+    rows = []
+    for n in lengths:
+        ratios = [math.exp(d) for d in _SHIFT[:n]]
+        if mode.startswith("sequence"):
+            ratios = [math.exp(sum(_SHIFT[:n]))] * n
+        rows.append([min(r, cap) if mode.endswith("truncate") else (r if r <= cap else 0.0) for r in ratios])
+    return rows
+
+
+@pytest.mark.parametrize("mode, cap", [("token_truncate", 1.5), ("sequence_mask", 1.6)])
+def test_is_correction_metrics_and_loss_by_hand(tmp_path, mode, cap):
+    """The rollout/* metrics equal their hand values, and the loss is the hand-weighted GRPO loss: on the first
+    pass the ratio is 1, so each token's term is -A_i * w_t, token-mean over the micro-batch."""
+    trainer = _trainer(
+        tmp_path, is_correction=mode, is_cap=cap, skip_zero_std_groups="false", gradient_accumulation_steps=1
+    )
+    sampler = ShiftedSampler(trainer.generator.tokenizer, trainer.generator.completions)
+    sampler.model = trainer.model
+    trainer.generator = sampler
+    (step,) = trainer.plan_updates()
+    lengths = [3, 5, 1, 4, 2, 3, 5, 1]
+    tokens = [d for n in lengths for d in _SHIFT[:n]]
+    hand = _hand_weights(mode, cap, lengths)
+    m = step.metrics
+    assert m["rollout/mismatch_kl"] == pytest.approx(
+        sum(math.exp(d) - 1 - d for d in tokens) / len(tokens), rel=1e-4
+    )
+    units = tokens if mode.startswith("token") else [sum(_SHIFT[:n]) for n in lengths]
+    assert m["rollout/is_ratio_mean"] == pytest.approx(sum(map(math.exp, units)) / len(units), rel=1e-4)
+    assert m["rollout/is_ratio_max"] == pytest.approx(max(map(math.exp, units)), rel=1e-4)
+    over = sum(w != math.exp(d) for row, n in zip(hand, lengths) for w, d in zip(row, _SHIFT[:n]))
+    if mode.startswith("sequence"):
+        over = sum(n for n in lengths if math.exp(sum(_SHIFT[:n])) > cap)
+    assert m["rollout/is_masked_frac"] == pytest.approx(over / len(tokens))
+
+    ((mb, _),) = step.micro_batches
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(mb.is_weights[i, :n], torch.tensor(hand[i]), atol=1e-4, rtol=0)
+    loss, metrics = trainer.compute_loss(mb)
+    expected = -sum(float(mb.advantages[i]) * w for i, row in enumerate(hand) for w in row) / len(tokens)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert float(metrics["clip/ratio_mean"]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_is_correction_auto_follows_the_backend():
+    """auto: sequence_mask with cap 3 for the vLLM backends (another engine), off for hf (the same forward)."""
+    cfg = parse_config(GRPOConfig, ["--num_generations", "4"])
+    assert cfg.is_correction == "auto" and cfg.is_cap == 3.0 and cfg.is_correction_mode is None
+    for backend in ("vllm", "vllm-server"):
+        cfg = parse_config(GRPOConfig, ["--num_generations", "4", "--generation_backend", backend])
+        assert cfg.is_correction_mode == ("sequence", "mask")
+    cfg = parse_config(GRPOConfig, ["--num_generations", "4", "--is_correction", "token_truncate"])
+    assert cfg.is_correction_mode == ("token", "truncate")
+    with pytest.raises(ConfigError, match="is_cap"):
+        parse_config(GRPOConfig, ["--num_generations", "4", "--is_cap", "0.5"])
+
+
+@pytest.mark.parametrize("top_k, top_p", [(5, 1.0), (0, 0.8)])
+def test_truncated_sampling_matches_the_trainer_end_to_end(tmp_path, top_k, top_p):
+    """Real HF sampling with top-k / top-p and the correction turned on: the sampler's log-probs (mu) and the
+    trainer's rollout-time ones (pi_old, over the same kept set) agree to float precision, so every ratio is
+    1 and nothing is masked. Full-vocabulary trainer log-probs would put every ratio at the kept mass < 1."""
+    from align.generation import HFGenerator
+
+    trainer = _trainer(tmp_path, is_correction="token_mask", top_k=top_k, top_p=top_p, temperature=1.0)
+    trainer.generator = HFGenerator(trainer.model, trainer.generator.tokenizer)
+    (step,) = trainer.plan_updates()
+    assert step.metrics["rollout/mismatch_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert step.metrics["rollout/is_ratio_max"] == pytest.approx(1.0, abs=1e-4)
+    assert step.metrics["rollout/is_masked_frac"] == 0.0

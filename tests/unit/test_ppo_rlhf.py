@@ -318,3 +318,62 @@ def test_skipped_nan_reward_is_out_of_the_loss_and_the_kl_controller(tmp_path):
     trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [nan_for_first], _dataset())
     with pytest.raises(ValueError, match="reward function 'nan_for_first' returned nan for completion 0"):
         trainer.plan_updates()
+
+
+class _ShiftedSampler:
+    """Wraps the trainer's HF sampler: its log-probs minus a known d_t per completion position, as a sampler
+    on another engine would return (d_t = log pi_old - log mu)."""
+
+    shift = torch.tensor([0.5, -0.2, 0.1, 0.3, -0.4, 0.0])
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def sync_weights(self, model):
+        self.inner.sync_weights(model)
+
+    def generate(self, prompts, params, **kwargs):
+        assert params.return_logprobs  # turned on by is_correction
+        rollout = self.inner.generate(prompts, params, **kwargs)
+        rollout.logprobs = (
+            rollout.logprobs - self.shift[: rollout.logprobs.shape[1]]
+        ) * rollout.completion_mask
+        return rollout
+
+
+def test_is_correction_weights_the_policy_loss_by_hand(tmp_path):
+    """PPO-RLHF with token_truncate, cap 1.3: pi_old is recomputed by the trainer, mu is the sampler's; the
+    weights are min(e^d_t, 1.3) on trained tokens, the metrics their hand values, and the first epoch's
+    policy loss (ratio 1) is token-mean(-A_t w_t)."""
+    tok = tiny_tokenizer()
+    cfg = _config(
+        tmp_path, "--value_model", "shared", "--num_ppo_epochs", "1", "--gradient_accumulation_steps", "1",
+        "--per_device_train_batch_size", "4", "--is_correction", "token_truncate", "--is_cap", "1.3",
+    )  # fmt: skip
+    trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [_length_reward], _dataset())
+    trainer.generator = _ShiftedSampler(trainer.generator)
+    (step,) = trainer.plan_updates()
+    ((mb, _),) = step.micro_batches
+    mask = mb.mask.bool()
+    d = _ShiftedSampler.shift[: mask.shape[1]].expand_as(mask)[mask].double()
+    assert step.metrics["rollout/mismatch_kl"] == pytest.approx(float((d.exp() - 1 - d).mean()), abs=1e-5)
+    assert step.metrics["rollout/is_ratio_max"] == pytest.approx(float(d.exp().max()), rel=1e-4)
+    assert step.metrics["rollout/is_masked_frac"] == pytest.approx(float((d.exp() > 1.3).double().mean()))
+    hand = d.exp().clamp(max=1.3)
+    torch.testing.assert_close(mb.is_weights[mask].double(), hand, atol=1e-4, rtol=0)
+    _, metrics = trainer.compute_loss(mb)
+    expected = -(mb.advantages[mask].double() * hand).mean()
+    assert float(metrics["loss/policy"]) == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+
+
+def test_truncated_sampling_gives_ratio_one_against_the_sampler(tmp_path):
+    """top_k 5: the HF sampler's log-probs and PPO's recomputed pi_old are over the same kept set, so with
+    the correction on the mismatch is 0 to float precision (a full-vocabulary pi_old would be off by the
+    kept mass)."""
+    tok = tiny_tokenizer()
+    cfg = _config(tmp_path, "--value_model", "shared", "--top_k", "5", "--is_correction", "token_mask")
+    trainer = PPOTrainer(cfg, tiny_causal_lm(tok), tok, [_length_reward], _dataset())
+    step = trainer.plan_updates()[0]
+    assert step.metrics["rollout/mismatch_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert step.metrics["rollout/is_ratio_max"] == pytest.approx(1.0, abs=1e-4)
+    assert step.metrics["rollout/is_masked_frac"] == 0.0
