@@ -344,6 +344,57 @@ class TrainConfig:
     disable_progress_bar: bool = False
     """Turn off the progress bar (logs still go to metrics.jsonl)."""
 
+    # Monitors (align.monitors): computed from every logged row, logged as monitor/<name>/*, with one warning
+    # the first time each fires. Windows count logged rows; a "change" is the mean of the last window minus
+    # the mean of the window before it.
+    monitors: bool = True
+    """Run the reward-hacking and pathology monitors of align.monitors on every logged row."""
+    monitor_window: int = 10
+    """Logged rows per monitor window (changes compare the last window with the one before)."""
+    monitor_length_change: float = 1.0
+    """Length monitor: fire when the mean completion length of the last window is more than (1 + this)
+    times, or less than 1 / (1 + this) times, that of the window before (1.0: doubled or halved)."""
+    monitor_clipped_ratio: float = 0.2
+    """Clipped monitor: fire when more than this fraction of completions hit max_new_tokens (window mean
+    of completions/clipped_ratio, or 1 - completions/eos_fraction)."""
+    monitor_rise: float = 0.1
+    """Reward-vs-eval and proxy-vs-gold monitors: a reward is rising when its change (window means, or
+    between evaluations for the training reward) is at least this, in reward units (rewards in [0, 1])."""
+    monitor_flat: float = 0.0
+    """Reward-vs-eval and proxy-vs-gold monitors: the held-out metric or gold reward is flat or falling
+    when its change is at most this."""
+    monitor_gold_rewards: list[str] = field(default_factory=lambda: ["reward/math/mean", "reward/*/correct"])
+    """Proxy-vs-gold monitors: metric-key globs (* = one path segment) of the correctness reward; the first
+    present is the gold (the math verifier, or a rubric's verifier criterion named 'correct')."""
+    monitor_proxy_rewards: list[str] = field(default_factory=lambda: ["reward/*/mean", "reward/*/*"])
+    """Proxy-vs-gold monitor: metric-key globs of the proxies watched against the gold. The default is
+    every reward function (reward/<name>/mean: boxed_format, tags_format, length, rubrics) and every rubric
+    criterion (reward/<rubric>/<criterion>), less the gold, the reward models and count/spread statistics."""
+    monitor_reward_models: list[str] = field(default_factory=lambda: ["reward/reward_model/mean"])
+    """Reward-model monitor: metric-key globs of learned reward models' scores, watched against the gold
+    on the same completions (Gao et al. 2022)."""
+    monitor_rm_rise: float = 0.5
+    """Reward-model monitor: the reward model's score is rising when its window change is at least this
+    (in its own units: a Bradley-Terry model's logits)."""
+    monitor_repetition: float = 0.3
+    """Repetition monitor: fire when the window mean of completions/repeated_ngram_rate (the fraction of a
+    completion's word 4-grams that repeat an earlier one) exceeds this."""
+    monitor_entropy_fraction: float = 0.1
+    """Entropy monitor: fire when the window mean of the token entropy falls below this fraction of its
+    mean over the run's first window."""
+    monitor_entropy_floor: float = 0.01
+    """Entropy monitor: fire when the window mean of the token entropy falls below this (nats)."""
+    monitor_kl_spike: float = 5.0
+    """KL monitor: fire when a row's kl exceeds this many times the median kl of the previous window."""
+    monitor_kl_floor: float = 0.01
+    """KL monitor: a spike must also exceed this kl (the first steps' KL grows from ~0 by large factors)."""
+    monitor_zero_std_fraction: float = 0.75
+    """Zero-variance monitor: fire when the window mean of reward/zero_std_group_fraction (GRPO groups whose
+    completions all got the same reward) exceeds this."""
+    monitor_flagged_fraction: float = 0.05
+    """Injection monitor: fire when the fraction of completions a rubric's injection detector flagged
+    (reward/<rubric>/flagged over completions/count) exceeds this."""
+
     def __post_init__(self) -> None:
         check_types(self)
         self.validate()
@@ -370,6 +421,19 @@ class TrainConfig:
                 f"metric_for_best_model={self.metric_for_best_model!r} needs eval_steps > 0 (evaluations to compare)"
             )
         check_range("max_consecutive_nonfinite", self.max_consecutive_nonfinite, 1)
+        check_range("monitor_window", self.monitor_window, 1)
+        for name in ("monitor_length_change", "monitor_rm_rise", "monitor_entropy_floor", "monitor_kl_floor"):
+            check_range(name, getattr(self, name), 0.0)
+        check_range("monitor_rise", self.monitor_rise, 0.0, low_inclusive=False)
+        check_range("monitor_kl_spike", self.monitor_kl_spike, 1.0)
+        for name in (
+            "monitor_clipped_ratio",
+            "monitor_repetition",
+            "monitor_entropy_fraction",
+            "monitor_zero_std_fraction",
+            "monitor_flagged_fraction",
+        ):
+            check_range(name, getattr(self, name), 0.0, 1.0)
         check_choice("mixed_precision", self.mixed_precision, ["auto", "no", "bf16", "fp16"])
         from transformers import SchedulerType
 

@@ -50,6 +50,7 @@ from torch import nn
 
 from align import checkpoint as ckpt
 from align.config import TrainConfig, config_to_dict, save_config
+from align.monitors import Monitors
 
 METRICS_FILE = "metrics.jsonl"
 COMPLETIONS_FILE = "completions.jsonl"
@@ -108,6 +109,8 @@ class TrainerState:
     counters: dict[str, float] = field(default_factory=dict)
     # Running sums for the current logging window: key -> [sum, count].
     log_window: dict[str, list[float]] = field(default_factory=dict)
+    # The monitors' state (align.monitors), plain JSON, as of the last logged row.
+    monitors: dict[str, Any] = field(default_factory=dict)
 
 
 def _to_float(v: Any) -> float:
@@ -174,6 +177,8 @@ class Trainer:
         self._best_state: dict[str, torch.Tensor] | None = None
         self._metric_weights: dict[str, float] = {}
         self._pbar: Any = None
+        # Fed every logged row in log(); identical on every process (the row is), warning on the main one.
+        self.monitors = Monitors.from_config(config, verbose=self.accelerator.is_main_process)
 
     def _make_accelerator(self, config: TrainConfig) -> Accelerator:
         mixed = config.mixed_precision
@@ -545,6 +550,9 @@ class Trainer:
             total, weight = (sum(d[k][i] for d in window if k in d) for i in (0, 1))
             local[k] = total / weight if weight > 0 else float("nan")
         logs = {"step": self.state.step, **local, **self.state.counters, **(extra or {})}
+        if self.monitors:
+            logs.update(self.monitors.update(self.state.step, logs))
+            self.state.monitors = self.monitors.state_dict()
         if acc.is_main_process:
             with open(self.output_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps({k: _json_safe(v) for k, v in logs.items()}) + "\n")
@@ -697,6 +705,7 @@ class Trainer:
         self.state = TrainerState(**state["loop"])
         ckpt.set_rng_state(state["rng"])
         self.load_extra_state_dict(state["extra"] or {})
+        self.monitors.load_state_dict(self.state.monitors)
         self._pending = deque(
             UpdateStep(list(map(tuple, m)), metrics, total) for m, metrics, total in state["pending"]
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from align.config import ConfigError
 from align.generation import eos_token_ids, stream_seed
+from align.monitors import repeated_ngram_rate
 from align.multiturn import Episode, EpisodeLimits, episodes_to_rollout, run_episodes
 from align.trainer import COMPLETIONS_FILE
 
@@ -121,7 +122,11 @@ class EnvRollouts:
             float(sum(e.turns for e in episodes))
         )
         self._log(episodes, scores, seeds)
-        return rollout, scores, episode_metrics(episodes, scores)
+        metrics = episode_metrics(episodes, scores)
+        # For align.monitors: repetition within each policy reply (a reply repeating the last is a policy).
+        replies = [m["content"] for ep in episodes for m in ep.messages if m.get("role") == "assistant"]
+        metrics["completions/repeated_ngram_rate"] = repeated_ngram_rate(replies)
+        return rollout, scores, metrics
 
     def _log(self, episodes: list[Episode], scores: list[float], seeds: list[int]) -> None:
         """The first ``log_completions`` episodes' conversations to completions.jsonl, on logging steps."""

@@ -29,6 +29,7 @@ from align.config import ConfigError, check_range
 from align.forward import base_model
 from align.generation import Rollout, SamplingParams, make_generator, stream_seed, tokenize_prompts
 from align.losses import is_correction
+from align.monitors import repeated_ngram_rate
 from align.rewards import CombinedReward
 from align.rewards.combine import MissingRewardError
 from align.trainer import COMPLETIONS_FILE
@@ -398,7 +399,7 @@ class RolloutMixin:
     ) -> tuple[Rollout, Any, dict[str, float]]:
         """Sample ``num_generations`` completions per row's prompt, given as its token ids ``prompt_ids``
         (from :meth:`next_prompts`; weights synced to the sampler once per optimizer step), and score them.
-        Returns the rollout, the ``RewardOutput`` and timing metrics."""
+        Returns the rollout, the ``RewardOutput`` and timing (and completion text) metrics."""
         G = self.config.num_generations
         t0 = time.perf_counter()
         self._sync_sampler(policy)
@@ -412,6 +413,9 @@ class RolloutMixin:
         t1 = time.perf_counter()
         out = self.reward(rollout.prompts, completions, **columns)
         timing = {"time/generation_seconds": t_gen, "time/reward_seconds": time.perf_counter() - t1}
+        # For align.monitors: repetition, and the denominator of the rubrics' flagged counts.
+        timing["completions/repeated_ngram_rate"] = repeated_ngram_rate(rollout.completion_texts)
+        timing["completions/count"] = float(len(rollout))
         self._check_some_reward(out)
         self._log_samples(rows, rollout, out.total)
         return rollout, out, timing
