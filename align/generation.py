@@ -774,7 +774,8 @@ def _colocated_llm(
         dtype=dtype,
         **engine_kwargs,
         distributed_executor_backend="external_launcher",
-        # Log-probs after temperature scaling (what PPO's old_logprobs must be), not the raw model's.
+        # Log-probs of the distribution sampled from (temperature, then top-k / top-p, renormalised): what
+        # the trainer's `sampling_logprobs` computes, not the raw model's.
         logprobs_mode="processed_logprobs",
         **(llm_kwargs or {}),
     )

@@ -14,6 +14,10 @@ action = next token), so that a value model and GAE can assign credit per token:
 
 and then the same clipped surrogate (``align.losses.ppo_clip_loss``), clipped value loss
 (``align.losses.value_loss``) and GAE (``align.advantages.gae``) that classic PPO runs on CartPole.
+With top-k / top-p sampling the policy's log-probs are those of the truncated, renormalised distribution
+sampled from (``align.generation.sampling_logprobs``; the KL reward compares the untruncated models); with
+``is_correction`` on (a vLLM sampler, mu) the policy loss is weighted per token by the capped pi_old / mu
+(``align.losses.is_correction``), pi_old being recomputed here at rollout time.
 
 One PPO *iteration* (TRL's old PPOTrainer, OpenRLHF): sample completions for ``rollout_batch_size``
 prompts; score them; compute old log-probs, reference log-probs and values with no gradient; assemble

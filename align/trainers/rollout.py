@@ -378,7 +378,8 @@ class RolloutMixin:
 
     def sampling_params(self, *, return_logprobs: bool) -> SamplingParams:
         """The config's sampling settings for one rollout; ``return_logprobs`` only where the algorithm uses them
-        (GRPO's old log-probs with several steps per rollout), since computing them slows sampling."""
+        (GRPO's old log-probs with several steps per rollout, mu for ``is_correction``), since computing them slows
+        sampling."""
         cfg = self.config
         rows = self.prompts_per_rollout * cfg.num_generations
         return SamplingParams(
