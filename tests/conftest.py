@@ -19,6 +19,27 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+# The longest files first: with two workers and whole files per worker (--dist loadfile), a long file that
+# starts late ends the run late (the GRPO learning check, about 22 minutes, used to start after every
+# integration file and set the suite's wall time). Known costs on CI's 2 cores, longest first.
+_LONG_FILES = (
+    "slow/test_grpo_learning.py",
+    "slow/test_ppo_learning.py",
+    "slow/test_rl_learning.py",
+    "slow/test_dt_learning.py",
+    "slow/test_pref_learning.py",
+    "slow/test_judge_injection.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid.split("::")[0]
+        return next((i for i, name in enumerate(_LONG_FILES) if path.endswith(name)), len(_LONG_FILES))
+
+    items.sort(key=rank)  # stable: the order within each file and among the other files is kept
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """SmolLM2's tokenizer (left padding, pad = eos = ``<|im_end|>``). Shared by all tests: do not mutate."""
