@@ -290,7 +290,9 @@ def _run_part(part: str, args: argparse.Namespace, timeout: float) -> dict:
         cmd += [f"--{key}", str(getattr(args, key))]
     cmd += ["--model", args.model] if args.model else []
     cmd += ["--dry-run"] if args.dry_run else []
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    # The repository first, then whatever PYTHONPATH already holds (packages carried to a GPU machine, say).
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": pythonpath, "TQDM_DISABLE": "1"}
     if args.dry_run:
         env["CUDA_VISIBLE_DEVICES"] = ""  # a dry run is a CPU run, on any machine
     t0 = time.perf_counter()
