@@ -510,6 +510,26 @@ class PPOTrainer(RolloutMixin, Trainer):
         # pi_old is recomputed in the same forward as the values; mu is needed only for is_correction.
         return self.config.is_correction_mode is not None
 
+    def _scores(self, score_list: list[float], rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores, scored)`` ``(N,)``: a completion without a reward (NaN: see align.rewards.combine) is
+        masked out of the loss, its normaliser, the whitening and GAE; its score is set to 0 only so that the
+        arithmetic stays finite. The EOS penalty is applied here."""
+        scores = torch.tensor(score_list, dtype=torch.float32, device=rollout.completion_ids.device)
+        scored = ~torch.isnan(scores)
+        scores = torch.where(scored, scores, torch.zeros_like(scores))
+        if self.config.missing_eos_penalty is not None:
+            scores = scores - self.config.missing_eos_penalty * (~rollout.is_eos).float()
+        return scores, scored
+
+    def _update_kl_controller(self, seq_kl: torch.Tensor, scored: torch.Tensor) -> float:
+        """Feed the KL controller the mean sequence KL of every process's scored completions; returns it."""
+        acc = self.accelerator
+        stats = torch.tensor([float(seq_kl[scored].sum()), float(scored.sum())], device=acc.device)
+        stats = acc.reduce(stats, "sum") if acc.num_processes > 1 else stats
+        mean_seq_kl = float(stats[0] / stats[1])
+        self.kl_ctl.update(mean_seq_kl, int(stats[1]))
+        return mean_seq_kl
+
     @torch.no_grad()
     def _plan_rollout(
         self, rollout: Rollout, score_list: list[float], given: dict[str, float]
@@ -518,18 +538,10 @@ class PPOTrainer(RolloutMixin, Trainer):
         trained token, so an episode's return comes after its last turn), values, GAE over the trained tokens
         (an episode's observation tokens are skipped, so GAE runs across turns over the policy's own tokens),
         and the minibatch steps. ``given`` (rewards, timings) joins the first step's metrics."""
-        cfg, acc = self.config, self.accelerator
+        cfg = self.config
         self._start_clock()
         timing = {k: v for k, v in given.items() if k.startswith("time/")}
-        device = rollout.completion_ids.device
-        scores = torch.tensor(score_list, dtype=torch.float32, device=device)
-        # A completion without a reward (NaN: see align.rewards.combine) is masked out of the loss, its
-        # normaliser, the whitening and GAE; its score is set to 0 only so that the arithmetic stays finite.
-        scored = ~torch.isnan(scores)
-        scores = torch.where(scored, scores, torch.zeros_like(scores))
-        if cfg.missing_eos_penalty is not None:
-            scores = scores - cfg.missing_eos_penalty * (~rollout.is_eos).float()
-
+        scores, scored = self._scores(score_list, rollout)
         mask = rollout.train_mask * scored[:, None].to(rollout.completion_mask.dtype)
         logprobs, values, ref_logprobs, full_logprobs = self._rollout_forward(rollout)
         self._check_values(values, mask, "at rollout time")
@@ -546,13 +558,7 @@ class PPOTrainer(RolloutMixin, Trainer):
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask, reduce=self._sum_over_processes)
 
-        seq_kl = kl.sum(-1)
-        # The controller sees the KL of every process's completions.
-        stats = torch.tensor([float(seq_kl.sum()), float(scored.sum())], device=acc.device)
-        stats = acc.reduce(stats, "sum") if acc.num_processes > 1 else stats
-        mean_seq_kl = float(stats[0] / stats[1])
-        self.kl_ctl.update(mean_seq_kl, int(stats[1]))
-
+        mean_seq_kl = self._update_kl_controller(kl.sum(-1), scored)
         lengths = rollout.completion_lengths.float()
         now = time.perf_counter()
         metrics = {
