@@ -345,12 +345,13 @@ class TrainConfig:
     """Turn off the progress bar (logs still go to metrics.jsonl)."""
 
     # Monitors (align.monitors): computed from every logged row, logged as monitor/<name>/*, with one warning
-    # the first time each fires. Windows count logged rows; a "change" is the mean of the last window minus
-    # the mean of the window before it.
+    # the first time each fires. Windows count the logged rows that carry a monitor's input; a "change" is
+    # the mean of the last window minus the mean of the window before it.
     monitors: bool = True
     """Run the reward-hacking and pathology monitors of align.monitors on every logged row."""
     monitor_window: int = 10
-    """Logged rows per monitor window (changes compare the last window with the one before)."""
+    """Logged rows (that carry the monitor's input) per monitor window; changes compare the last window
+    with the one before."""
     monitor_length_change: float = 1.0
     """Length monitor: fire when the mean completion length of the last window is more than (1 + this)
     times, or less than 1 / (1 + this) times, that of the window before (1.0: doubled or halved)."""

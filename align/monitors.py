@@ -13,10 +13,11 @@ The first time a monitor fires it writes one warning (``logging``, logger ``alig
 step, the statistic, the threshold and what to do; after that it only counts. A monitor whose inputs are
 not in the row (no ``kl`` without a KL term, no held-out evaluation configured) returns nothing.
 
-Windows count logged rows (``logging_steps`` apart), not optimizer steps: ``monitor_window`` rows. A
-"change over a window" is the mean of the last ``monitor_window`` values minus the mean of the
-``monitor_window`` values before them, so it needs ``2 x monitor_window`` rows. Values that are not
-finite are skipped.
+Windows count the logged rows that carry the monitor's input (``logging_steps`` apart; a rollout's
+metrics sit on the first optimizer step of its plan in GRPO, on every step of it in PPO-RLHF), not
+optimizer steps: ``monitor_window`` such rows. A "change over a window" is the mean of the last
+``monitor_window`` values minus the mean of the ``monitor_window`` values before them, so it needs
+``2 x monitor_window`` rows. Values that are not finite are skipped.
 
 Everything is pure Python on floats. A monitor's state is a small JSON tree (the fired count and bounded
 histories), saved in the trainer's checkpoint with the loop state, so a resumed run logs the same
@@ -254,11 +255,13 @@ class ClippedMonitor(Monitor):
             if eos is None:
                 return None
             v = 1.0 - eos
-        ratio = self.recent(self.push("clipped", v))
+        hist = self.push("clipped", v)
+        ratio = self.recent(hist)
         message = None
         if ratio > self.threshold:
             message = (
-                f"{ratio:.1%} of completions were cut at max_new_tokens over the last {self.window} logged rows "
+                f"{ratio:.1%} of completions were cut at max_new_tokens over the last {len(hist[-self.window :])} "
+                "logged rows "
                 f"(threshold {self.threshold:.1%})"
             )
         return {"ratio": ratio}, message
@@ -399,12 +402,13 @@ class RepetitionMonitor(Monitor):
         v = _value(metrics, "completions/repeated_ngram_rate")
         if v is None:
             return None
-        rate = self.recent(self.push("rate", v))
+        hist = self.push("rate", v)
+        rate = self.recent(hist)
         message = None
         if rate > self.threshold:
             message = (
-                f"{rate:.1%} of the completions' 4-grams repeat an earlier one over the last {self.window} "
-                f"logged rows (threshold {self.threshold:.1%})"
+                f"{rate:.1%} of the completions' 4-grams repeat an earlier one over the last "
+                f"{len(hist[-self.window :])} logged rows (threshold {self.threshold:.1%})"
             )
         return {"rate": rate}, message
 
@@ -431,13 +435,14 @@ class EntropyCollapseMonitor(Monitor):
         early = self.data.setdefault("early", [])
         if len(early) < self.window:
             early.append(v)
-        now = self.recent(self.push("entropy", v))
+        hist = self.push("entropy", v)
+        now = self.recent(hist)
         start = _mean(early)
         fraction = now / start if start > 0 else 1.0
         message = None
         if now < self.floor or (len(early) >= self.window and fraction < self.fraction):
             message = (
-                f"token entropy fell to {now:.4g} nats (mean of the last {self.window} logged rows), "
+                f"token entropy fell to {now:.4g} nats (mean of the last {len(hist[-self.window :])} logged rows), "
                 f"{fraction:.1%} of its early {start:.4g} (limits: {self.fraction:.0%} of early, floor "
                 f"{self.floor:g})"
             )
