@@ -234,9 +234,11 @@ class LengthChangeMonitor(Monitor):
 
 
 class ClippedMonitor(Monitor):
-    """Completions hitting ``max_new_tokens``: ``ratio`` = mean over the last window of
+    """Completions hitting ``max_new_tokens`` more and more: ``ratio`` = mean over the last window of
     ``completions/clipped_ratio`` (GRPO; PPO-RLHF logs ``completions/eos_fraction``, read as 1 minus it).
-    Fires when ``ratio > threshold``."""
+    Fires when ``ratio > threshold`` and above its mean over the first window of the run: an untrained
+    model that rambles past the limit and learns to stop (the main job: 66% clipped at step 1, 3% at
+    step 16) is learning, not gaming; a policy that grows into the limit is the pathology."""
 
     name = "clipped"
     advice = (
@@ -257,12 +259,14 @@ class ClippedMonitor(Monitor):
             v = 1.0 - eos
         hist = self.push("clipped", v)
         ratio = self.recent(hist)
+        start = self.data.get("start")
+        if start is None and len(hist) >= self.window:
+            start = self.data["start"] = _mean(hist[: self.window])
         message = None
-        if ratio > self.threshold:
+        if start is not None and ratio > self.threshold and ratio > start:
             message = (
                 f"{ratio:.1%} of completions were cut at max_new_tokens over the last {len(hist[-self.window :])} "
-                "logged rows "
-                f"(threshold {self.threshold:.1%})"
+                f"logged rows, up from {start:.1%} in the first {self.window} (threshold {self.threshold:.1%})"
             )
         return {"ratio": ratio}, message
 

@@ -59,16 +59,26 @@ def test_length_change_explodes_collapses_or_not():
 
 
 def test_clipped_ratio():
-    hot = _feed(M.ClippedMonitor(0.2, window=3), [{"completions/clipped_ratio": 0.5}] * 2)
-    assert hot[-1] == {
-        "monitor/clipped/ratio": 0.5,
+    def rows(*values):
+        return [{"completions/clipped_ratio": v} for v in values]
+
+    growing = _feed(M.ClippedMonitor(0.2, window=3), rows(0.1, 0.1, 0.1, 0.5, 0.6, 0.7))
+    assert growing[-1] == {
+        "monitor/clipped/ratio": pytest.approx(0.6),
         "monitor/clipped/firing": 1.0,
-        "monitor/clipped/fired": 2.0,
+        "monitor/clipped/fired": 3.0,  # rows 4-6: the last window's mean above 0.2 and the first's (0.1)
     }
-    calm = _feed(M.ClippedMonitor(0.2, window=3), [{"completions/clipped_ratio": 0.1}] * 5)
+    assert "firing" in str(growing[1]) and growing[1]["monitor/clipped/firing"] == 0.0  # no first window yet
+    # The main job: an untrained model rambles past the limit and learns to stop. Not a firing.
+    learning = _feed(M.ClippedMonitor(0.2, window=3), rows(0.66, 0.6, 0.5, 0.4, 0.3, 0.25, 0.1))
+    assert _fired(learning, "clipped") == 0.0
+    calm = _feed(M.ClippedMonitor(0.2, window=3), rows(0.1, 0.1, 0.1, 0.1, 0.1))
     assert _fired(calm, "clipped") == 0.0
-    ppo = _feed(M.ClippedMonitor(0.2, window=3), [{"completions/eos_fraction": 0.4}])  # PPO: 1 - eos
-    assert ppo[0]["monitor/clipped/ratio"] == pytest.approx(0.6) and ppo[0]["monitor/clipped/firing"] == 1.0
+    ppo = _feed(
+        M.ClippedMonitor(0.2, window=1),
+        [{"completions/eos_fraction": 0.9}, {"completions/eos_fraction": 0.4}],
+    )
+    assert ppo[-1]["monitor/clipped/ratio"] == pytest.approx(0.6) and ppo[-1]["monitor/clipped/firing"] == 1.0
 
 
 def _eval_run(final_eval: float) -> list[dict]:
@@ -231,13 +241,13 @@ def test_judge_injection_flagged_fraction():
 
 
 def test_warns_once_then_counts(caplog):
-    rows = [{"completions/clipped_ratio": 0.9}] * 4
+    rows = [{"completions/clipped_ratio": v} for v in (0.1, 0.1, 0.9, 0.9, 0.9, 0.9)]
     with caplog.at_level(logging.WARNING, logger="align.monitors"):
         outs = _feed(M.ClippedMonitor(0.2, window=2), rows)
-    assert [o["monitor/clipped/fired"] for o in outs] == [1.0, 2.0, 3.0, 4.0]
+    assert [o["monitor/clipped/fired"] for o in outs] == [0.0, 0.0, 1.0, 2.0, 3.0, 4.0]
     assert len(caplog.records) == 1
     msg = caplog.records[0].getMessage()
-    assert "monitor clipped fired at step 1" in msg and "max_new_tokens" in msg and "\n" not in msg
+    assert "monitor clipped fired at step 3" in msg and "max_new_tokens" in msg and "\n" not in msg
     caplog.clear()
     quiet = M.ClippedMonitor(0.2)
     quiet.verbose = False
@@ -310,7 +320,7 @@ class _Rollout(Callback):
         if s == self.interrupt_at:
             raise KeyboardInterrupt
         metrics["completions/mean_length"] = 20.0 if s <= 6 else 60.0
-        metrics["completions/clipped_ratio"] = 0.5
+        metrics["completions/clipped_ratio"] = 0.1 if s <= 2 else 0.5
         metrics["kl"] = 0.02 if s != 10 else 0.4
         metrics["entropy"] = 1.0 if s <= 4 else 0.05
 
@@ -334,7 +344,7 @@ def test_trainer_logs_monitors_and_resume_keeps_them(tmp_path, caplog):
     try:
         with caplog.at_level(logging.WARNING, logger="align.monitors"):
             full = _tiny_run(tmp_path / "full")
-        assert full[-1]["monitor/clipped/fired"] == 12.0
+        assert full[-1]["monitor/clipped/fired"] == 10.0  # steps 3-12: above 0.2 and the first window's 0.1
         assert full[-1]["monitor/length_change/fired"] >= 1.0
         assert full[9]["monitor/kl_spike/firing"] == 1.0  # step 10
         assert full[-1]["monitor/entropy_collapse/firing"] == 1.0
