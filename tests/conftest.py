@@ -28,6 +28,7 @@ _LONG_FILES = (
     "slow/test_rl_learning.py",
     "slow/test_dt_learning.py",
     "slow/test_pref_learning.py",
+    "slow/test_monitor_learning.py",
     "slow/test_judge_injection.py",
 )
 

@@ -33,3 +33,6 @@ def test_grpo_raises_heldout_accuracy(tmp_path, embedded_model_dir):
     first = sum(r["reward/mean"] for r in rows[:10]) / 10
     last = sum(r["reward/mean"] for r in rows[-10:]) / 10
     assert last > first, (first, last)
+    # The honest main job fires no monitor (tests/slow/test_monitor_learning.py shows one firing).
+    fired = {k: v for k, v in rows[-1].items() if k.startswith("monitor/") and k.endswith("/fired") and v}
+    assert not fired, fired
