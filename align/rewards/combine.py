@@ -18,8 +18,11 @@ sample 0.0, which biases the group's baseline without a trace.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -64,6 +67,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))  # population std
 
 
+_TIMED_OUT = object()
+
+
+def _is_async(func: Callable) -> bool:
+    # an `async def` function, or an object whose __call__ is one
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
+
+
 def _as_score(value: Any) -> float | None:
     return (
         None if value is None else float(value)
@@ -76,7 +87,8 @@ class CombinedReward:
     `nonfinite`: "error" (NaN or inf from a function stops, naming it) or "skip" (the sample's reward is
     missing, counted in `reward/<name>/nonfinite`). `timeout_s`: a bound on each function's call for a
     batch, in this process (Python code only; `math` bounds each check in a worker process of its own);
-    an overrun makes the batch's rewards missing and is counted in `reward/<name>/timeouts`."""
+    an overrun makes the batch's rewards missing and is counted in `reward/<name>/timeouts`. `async def`
+    functions (TRL's contract allows them) are awaited concurrently, each under `timeout_s`."""
 
     def __init__(
         self,
@@ -122,19 +134,58 @@ class CombinedReward:
         self._missing = 0
 
     def _call(self, name: str, func: Callable, prompts: list, completions: list, columns: dict) -> list:
-        """One function's scores, None where not applicable and NaN where failed (timeout, skipped NaN)."""
-        n = len(completions)
+        """One (synchronous) function's scores: see :meth:`_check`."""
         try:
             raw = run_with_timeout(
                 lambda: func(prompts=prompts, completions=completions, **columns), self.timeout_s
             )
+        except RewardTimeout:
+            raw = _TIMED_OUT
+        except Exception as e:
+            raise RuntimeError(f"reward function {name!r} failed: {type(e).__name__}: {e}") from e
+        return self._check(name, raw, len(completions))
+
+    async def _call_async(
+        self, name: str, func: Callable, prompts: list, completions: list, columns: dict
+    ) -> Any:
+        try:
+            return await asyncio.wait_for(
+                func(prompts=prompts, completions=completions, **columns), self.timeout_s
+            )
+        except asyncio.TimeoutError:
+            return _TIMED_OUT
+        except Exception as e:
+            raise RuntimeError(f"reward function {name!r} failed: {type(e).__name__}: {e}") from e
+
+    def _gather_async(
+        self, calls: list[tuple[str, Callable]], prompts: list, completions: list, columns: dict
+    ) -> list:
+        """The async functions (TRL's contract allows ``async def`` rewards: a judge or a sandbox behind a
+        network call) awaited concurrently, each under ``timeout_s``. In a thread of its own when this
+        thread already runs an event loop (a notebook)."""
+
+        async def gather() -> list:
+            return await asyncio.gather(
+                *(self._call_async(n, f, prompts, completions, columns) for n, f in calls)
+            )
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(gather())
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, gather()).result()
+
+    def _check(self, name: str, raw: Any, n: int) -> list:
+        """``raw`` as scores: None where not applicable, NaN where failed (a timeout, a skipped NaN)."""
+        if raw is _TIMED_OUT:
+            self._failed[name]["timeouts"] += 1
+            return [math.nan] * n
+        try:
             if raw is None or len(raw) != n:
                 got = "None" if raw is None else f"{len(raw)} values"
                 raise ValueError(f"returned {got} for {n} completions")
             scores = [_as_score(v) for v in raw]
-        except RewardTimeout:
-            self._failed[name]["timeouts"] += 1
-            return [math.nan] * n
         except Exception as e:
             raise RuntimeError(f"reward function {name!r} failed: {type(e).__name__}: {e}") from e
         bad = [i for i, v in enumerate(scores) if v is not None and not math.isfinite(v)]
@@ -152,8 +203,14 @@ class CombinedReward:
     def __call__(self, prompts: list, completions: list, **columns) -> RewardOutput:
         n = len(completions)
         per_func: dict[str, list[float | None]] = {}
+        pending = [(name, f) for name, f in zip(self.names, self.funcs) if _is_async(f)]
+        if pending:
+            for (name, _), raw in zip(pending, self._gather_async(pending, prompts, completions, columns)):
+                per_func[name] = self._check(name, raw, n)
         for name, func in zip(self.names, self.funcs):
-            per_func[name] = self._call(name, func, prompts, completions, columns)
+            if name not in per_func:
+                per_func[name] = self._call(name, func, prompts, completions, columns)
+        per_func = {name: per_func[name] for name in self.names}
         total: list[float] = []
         for i in range(n):
             scores = [(w, per_func[name][i]) for name, w in zip(self.names, self.weights)]

@@ -382,3 +382,51 @@ def test_trl_extra_keyword_arguments_are_ignored():
     )
     assert per_func == {"math": [1.0, 0.0], "boxed_format": [1.0, 0.0], "choice": [0.0, 1.0], "r": [1.0, 0.0]}
     assert total == [3.0, 1.0]
+
+
+# --- async reward functions ----------------------------------------------------------------------
+
+
+async def slow_judge(prompts, completions, **kw):
+    import asyncio
+
+    await asyncio.sleep(0.5)
+    return [float(len(c)) for c in completions]
+
+
+async def other_slow_judge(prompts, completions, **kw):
+    import asyncio
+
+    await asyncio.sleep(0.5)
+    return [1.0 for _ in completions]
+
+
+def test_async_rewards_run_concurrently_in_order_with_sync_ones():
+    combined = CombinedReward([boxed_format_reward, slow_judge, other_slow_judge])
+    start = time.monotonic()
+    total, per_func = combined(["", ""], [r"\boxed{1}", "ab"])
+    assert time.monotonic() - start < 0.9  # two 0.5 s calls awaited together
+    assert list(per_func) == ["boxed_format", "slow_judge", "other_slow_judge"]
+    assert per_func["slow_judge"] == [9.0, 2.0] and total == [1.0 + 9.0 + 1.0, 0.0 + 2.0 + 1.0]
+
+
+def test_async_reward_timeout_and_failure():
+    combined = CombinedReward([slow_judge, boxed_format_reward], timeout_s=0.1)
+    total = combined([""], ["x"]).total
+    assert math.isnan(total[0]) and combined.metrics()["reward/slow_judge/timeouts"] == 1.0
+
+    async def broken(prompts, completions, **kw):
+        raise KeyError("answer")
+
+    with pytest.raises(RuntimeError, match="reward function 'broken' failed: KeyError"):
+        CombinedReward([broken])([""], ["x"])
+
+
+def test_async_rewards_inside_a_running_event_loop():
+    """A notebook runs an event loop in the caller's thread: the rewards are awaited in a thread of their own."""
+    import asyncio
+
+    async def main():
+        return CombinedReward([other_slow_judge])([""], ["x"]).total
+
+    assert asyncio.run(main()) == [1.0]
