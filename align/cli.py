@@ -5,6 +5,7 @@
     align info                    # versions, devices, the embedded model's cache
     align prepare-embedded        # convert the embedded SmolLM2 GGUF to safetensors once
     align eval --task math500 arc_easy --model PATH [--adapter PATH]   # see align eval --help
+    align report RUN_DIR [RUN_DIR ...] -o report.html   # one self-contained HTML page; see --help
 
 ``align train NAME`` runs ``recipes/NAME.py`` in this process, so ``accelerate launch`` works on the
 recipe file itself for multi-process runs.
@@ -87,6 +88,10 @@ def _main(argv: list[str]) -> int:
         from align.eval.cli import main as eval_main
 
         return eval_main(argv[1:])
+    if argv and argv[0] == "report":
+        from align.report import main as report_main
+
+        return report_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="align", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -97,6 +102,7 @@ def _main(argv: list[str]) -> int:
     sub.add_parser("recipes", help="list recipes")
     sub.add_parser("info", help="versions, devices and the embedded model")
     sub.add_parser("prepare-embedded", help="convert the embedded model once and print its cache path")
+    sub.add_parser("report", help="an HTML report of run directories: align report RUN_DIR ... -o FILE")
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
         return _train(args.name, rest)

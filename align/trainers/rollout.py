@@ -418,7 +418,7 @@ class RolloutMixin:
         timing["completions/repeated_ngram_rate"] = repeated_ngram_rate(rollout.completion_texts)
         timing["completions/count"] = float(len(rollout))
         self._check_some_reward(out)
-        self._log_samples(rows, rollout, out.total)
+        self._log_samples(rows, rollout, out)
         return rollout, out, timing
 
     def _importance_weights(
@@ -459,11 +459,15 @@ class RolloutMixin:
             "dataset has the columns the rewards read (answer, solution, answerKey) and that they parse"
         )
 
-    def _log_samples(self, rows: list[dict], rollout: Rollout, totals: list[float]) -> None:
+    def _log_samples(self, rows: list[dict], rollout: Rollout, out: Any) -> None:
+        """The first ``log_completions`` samples of the rollout: step, group (the prompt's index in this
+        process's rollout), prompt, completion, total reward and each reward function's score (what
+        ``align report``'s samples browser shows)."""
         n = self.config.log_completions
         if not n or (self.state.step + 1) % self.config.logging_steps:
             return
         G = rollout.num_generations
+        totals = out.total
         self.log_step_record(
             COMPLETIONS_FILE,
             [
@@ -471,7 +475,9 @@ class RolloutMixin:
                     "step": self.state.step + 1,
                     "prompt": rows[i // G]["prompt"],
                     "completion": rollout.completion_texts[i],
+                    "group": i // G,
                     "reward": totals[i] if totals[i] == totals[i] else None,  # NaN = missing
+                    "rewards": {name: scores[i] for name, scores in out.per_func.items()},
                     **{k: v for k, v in rows[i // G].items() if k in ("answer", "answerKey")},
                 }
                 for i in range(min(n, len(rollout)))
