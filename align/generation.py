@@ -621,6 +621,10 @@ class HFGenerator:
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
             use_cache=True,  # even where gradient checkpointing turned it off in the config
+            # FSDP2 gathers parameters in every forward, so every rank must run as many forward calls as the
+            # slowest: a rank whose rows all stopped keeps stepping (transformers 5 detects only its own
+            # FSDP2, not accelerate's). None lets transformers decide (DeepSpeed ZeRO-3).
+            synced_gpus=True if _fsdp_sharded(model) else None,
         )
         hook = None
         if raw is not None:
@@ -644,6 +648,17 @@ class HFGenerator:
         # One (n,) entry per step; `generate` may have run (and then undone) a step past the end.
         chosen = torch.stack(sampler.logprobs[: completion.shape[1]], dim=1).masked_fill(~mask, 0.0)
         return ids, [row[:length] for row, length in zip(chosen.tolist(), lengths)]
+
+
+def _fsdp_sharded(model: nn.Module) -> bool:
+    """True for a model sharded by FSDP2 (``fully_shard``) over more than one process."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return (
+        isinstance(model, FSDPModule)
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
 
 
 def _counted(completion_ids: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:

@@ -552,14 +552,32 @@ def make_reference(model):
     """The frozen reference model for KL penalties and DPO: ``None`` for a LoRA model (the policy with its
     adapter disabled, :func:`reference_model`), else a frozen deep copy. Call it before training starts."""
     from peft import PeftModel
+    from torch.distributed.fsdp import FSDPModule
 
     inner = unwrap_model(model)
     if isinstance(inner, PeftModel):
         return None
-    reference = copy.deepcopy(inner)
+    reference = _unsharded_copy(inner) if isinstance(inner, FSDPModule) else copy.deepcopy(inner)
     reference.eval()
     reference.requires_grad_(False)
     return reference
+
+
+def _unsharded_copy(model):
+    """A plain copy of a transformers model sharded by FSDP2, which refuses ``deepcopy``: the model's class
+    (without FSDP's wrapper class) built from its config, loaded with the full state dict gathered from every
+    process (a collective: every process calls it). Each process then holds the whole reference, unsharded,
+    so its forwards need no collectives (ranks may run different numbers of them)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    reference = cls(copy.deepcopy(model.config))
+    reference.load_state_dict(state)
+    if getattr(model, "generation_config", None) is not None:
+        reference.generation_config = copy.deepcopy(model.generation_config)
+    return reference.to(dtype=next(iter(state.values())).dtype)
 
 
 @contextlib.contextmanager

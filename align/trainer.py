@@ -184,10 +184,18 @@ class Trainer:
         mixed = config.mixed_precision
         if mixed == "auto":
             mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        return Accelerator(
+        cpu = not (torch.cuda.is_available() or _has_other_accelerator())
+        if cpu and _env_flag("ACCELERATE_USE_DEEPSPEED"):
+            # accelerate 1.16 on a machine without GPUs: with cpu=True it drops the DeepSpeed config and runs
+            # DDP; with cpu=False DeepSpeed starts gloo but accelerate sees num_processes=1 on every rank.
+            raise RuntimeError(
+                "DeepSpeed through accelerate needs a GPU (accelerate 1.16 runs no DeepSpeed on CPU); for "
+                "sharded training on CPU use accelerate_configs/cpu_fsdp2.yaml (FSDP2 over gloo)"
+            )
+        acc = Accelerator(
             # Without a GPU, accelerate only takes the multi-process CPU path (gloo) when told cpu=True;
             # otherwise `accelerate launch`/torchrun start N processes that each train alone.
-            cpu=not (torch.cuda.is_available() or _has_other_accelerator()),
+            cpu=cpu,
             mixed_precision=mixed,
             # Every UpdateStep is padded to this many micro-batches, so accelerate's (and DeepSpeed's)
             # accumulation boundary is the step's last micro-batch.
@@ -202,6 +210,9 @@ class Trainer:
             log_with=config.report_to or None,
             project_dir=str(self.output_dir),
         )
+        if acc.distributed_type == DistributedType.MULTI_CPU and _env_flag("ACCELERATE_USE_FSDP"):
+            _fsdp_on_cpu(mixed)
+        return acc
 
     # --- Hooks for subclasses.
 
@@ -321,7 +332,16 @@ class Trainer:
         if self.model is None:
             return path
         unwrapped = self.accelerator.unwrap_model(self.model)
+        # Under FSDP a collective: every process gathers, the main one gets the full tensors.
         state_dict = self.accelerator.get_state_dict(self.model)
+        if self.accelerator.distributed_type == DistributedType.FSDP and state_dict:
+            # FSDP's full state dict holds tied weights (tied embeddings) as separate tensors, so
+            # save_pretrained would write both: keep the first name of each tied parameter, as DDP's save does.
+            seen: set[int] = set()
+            for name, param in unwrapped.named_parameters(remove_duplicate=False):
+                if id(param) in seen:
+                    state_dict.pop(name, None)
+                seen.add(id(param))
         if self.accelerator.is_main_process:
             path.mkdir(parents=True, exist_ok=True)
             if hasattr(unwrapped, "save_pretrained"):
@@ -442,6 +462,13 @@ class Trainer:
         """Run until ``max_steps``; return the last logged metrics."""
         cfg = self.config
         acc = self.accelerator
+        if acc.distributed_type == DistributedType.FSDP and (cfg.save_steps or cfg.resume_from_checkpoint):
+            # Checkpoints save the main process's module and optimizer as they are: under FSDP those hold only
+            # its shards. The final model (save_model) is gathered and complete.
+            raise ckpt.CheckpointError(
+                "save_steps / resume_from_checkpoint are not supported under FSDP yet (a checkpoint would hold "
+                "one process's shards); set save_steps 0, the final model is saved whole"
+            )
         if cfg.resume_from_checkpoint:
             self.resume(cfg.resume_from_checkpoint)
         if acc.is_main_process:
@@ -827,6 +854,36 @@ def cut_step_log(path: Path, step: int) -> None:
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
     path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def _env_flag(name: str) -> bool:
+    import os
+
+    return os.environ.get(name, "false").lower() in ("true", "1", "yes")
+
+
+def _fsdp_on_cpu(mixed_precision: str) -> None:
+    """Turn accelerate's state from gloo DDP into FSDP2 (``accelerate_configs/cpu_fsdp2.yaml``).
+
+    accelerate 1.16 switches to FSDP only from its GPU-like distributed types, so on CPU an FSDP config
+    silently runs DDP. torch's FSDP2 (``fully_shard``) itself works on CPU over gloo, and accelerate's FSDP2
+    path (prepare, backward, clipping, full state dict) does not care about the device, so we set the state
+    as accelerate sets it on a GPU: distributed type FSDP in both shared states (``AcceleratorState()``
+    re-reads ``PartialState``'s), and the plugin built from the launcher's ``FSDP_*`` variables.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise RuntimeError(
+            "FSDP on CPU: set fsdp_version: 2 in the accelerate config (FSDP1 is not supported)"
+        )
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
 
 
 def _has_other_accelerator() -> bool:

@@ -34,13 +34,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def launch_two(script: str | Path, args: list[str]) -> None:
+def launch_two(
+    script: str | Path, args: list[str], config: str = "accelerate_configs/cpu.yaml"
+) -> subprocess.CompletedProcess:
     """``accelerate launch`` of ``script`` (a path under the repository root) with 2 CPU processes (gloo DDP,
-    ``accelerate_configs/cpu.yaml``), one torch thread each."""
+    ``accelerate_configs/cpu.yaml``, or another ``config``, e.g. ``cpu_fsdp2.yaml``), one torch thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs/cpu.yaml"),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / config),
         "--main_process_port", "0", str(ROOT / script), *args,
     ]  # fmt: skip
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
+    return res
