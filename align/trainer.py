@@ -49,7 +49,7 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, GradientA
 from torch import nn
 
 from align import checkpoint as ckpt
-from align.config import TrainConfig, config_to_dict, save_config
+from align.config import ConfigError, TrainConfig, config_to_dict, save_config
 from align.monitors import Monitors
 
 METRICS_FILE = "metrics.jsonl"
@@ -188,7 +188,7 @@ class Trainer:
         if cpu and _env_flag("ACCELERATE_USE_DEEPSPEED"):
             # accelerate 1.16 on a machine without GPUs: with cpu=True it drops the DeepSpeed config and runs
             # DDP; with cpu=False DeepSpeed starts gloo but accelerate sees num_processes=1 on every rank.
-            raise RuntimeError(
+            raise ConfigError(
                 "DeepSpeed through accelerate needs a GPU (accelerate 1.16 runs no DeepSpeed on CPU); for "
                 "sharded training on CPU use accelerate_configs/cpu_fsdp2.yaml (FSDP2 over gloo)"
             )
@@ -876,7 +876,7 @@ def _fsdp_on_cpu(mixed_precision: str) -> None:
 
     plugin = FullyShardedDataParallelPlugin()
     if plugin.fsdp_version != 2:
-        raise RuntimeError(
+        raise ConfigError(
             "FSDP on CPU: set fsdp_version: 2 in the accelerate config (FSDP1 is not supported)"
         )
     if mixed_precision != "no":
