@@ -18,6 +18,8 @@ data is in the page, and the samples browser's filter is a few lines of inline s
 * **Evaluation**: ``align eval`` outputs (``summary.json`` with ``tasks``), given as a RUN_DIR or found in
   a run's subfolders: accuracy with 95% intervals, pass@k, maj@k, acc_norm per task, and accuracy by level
   (with Wilson intervals) from ``<task>/samples.jsonl`` where problems have a level.
+* **Verifier agreement**: ``agreement.json`` of a run dir or of an eval's math task (``align eval`` writes
+  ``<task>/agreement.json``): the training reward, the eval scorer and lm-eval's MATH checker compared.
 * **Classic RL** (runs with ``episode/*`` metrics, a Q table or a Decision Transformer summary): episode
   returns and lengths, evaluation returns, value loss, explained variance, TD error, exploration; the
   final greedy evaluation from ``summary.json``; the greedy policy of a grid world drawn from the saved Q
@@ -72,6 +74,8 @@ class EvalResult:
     path: Path
     tasks: dict[str, dict[str, Any]]
     by_level: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Task -> its ``agreement.json`` (align.eval.agreement), where ``align eval`` wrote one."""
 
 
 @dataclass
@@ -86,6 +90,8 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     evals: list[EvalResult] = field(default_factory=list)
     q_table: list[list[float]] | None = None
+    agreement: dict[str, Any] = field(default_factory=dict)
+    """The run directory's own ``agreement.json`` (align.eval.agreement), if any."""
 
     def metric_keys(self) -> set[str]:
         return {k for row in self.metrics for k, v in row.items() if _is_number(v)} - {"step"}
@@ -176,7 +182,8 @@ def _level_breakdown(samples_path: Path) -> list[dict[str, Any]]:
 def _load_eval(path: Path) -> EvalResult:
     tasks = _read_json(path / "summary.json").get("tasks", {})
     by_level = {task: rows for task in tasks if (rows := _level_breakdown(path / task / "samples.jsonl"))}
-    return EvalResult(path=path, tasks=tasks, by_level=by_level)
+    agreement = {task: a for task in tasks if (a := _read_json(path / task / "agreement.json"))}
+    return EvalResult(path=path, tasks=tasks, by_level=by_level, agreement=agreement)
 
 
 def _load_q_table(path: Path) -> list[list[float]] | None:
@@ -242,6 +249,8 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
         if _is_eval_dir(sub):
             run.evals.append(_load_eval(sub))
     run.q_table = _load_q_table(path)
+    if not _is_eval_dir(path):
+        run.agreement = _read_json(path / "agreement.json")
     return run
 
 
@@ -753,6 +762,21 @@ FROZENLAKE_ARROWS = ["←", "↓", "→", "↑"]  # LEFT, DOWN, RIGHT, UP
 CLIFF_ARROWS = ["↑", "→", "↓", "←"]  # UP, RIGHT, DOWN, LEFT
 
 
+def _agreement_section(runs: Sequence[Run]) -> str | None:
+    """Each verifier-agreement table (train reward, eval scorer, lm-eval) found in the runs' folders."""
+    from align.eval.agreement import AgreementTable
+
+    found = [(run.name, run.agreement) for run in runs if run.agreement]
+    found += [
+        (f"{run.name} / {task}", a) for run in runs for ev in run.evals for task, a in ev.agreement.items()
+    ]
+    parts = []
+    for label, data in found:
+        table = AgreementTable.from_dict(data)
+        parts.append(f"<h3>{e(label)} ({table.n} samples)</h3>{table.to_html()}")
+    return "".join(parts) or None
+
+
 def _grid_layout(run: Run, num_states: int) -> tuple[list[list[str]] | None, tuple[int, int] | None]:
     """The grid world's tiles (rows of letters, as FrozenLake's desc) and shape, from the run's env."""
     env_id = str(run.config.get("env_id") or run.summary.get("env_id") or "")
@@ -958,6 +982,7 @@ def build_report(runs: Sequence[Run], *, title: str = "align report") -> str:
         ("monitors", "Monitors", _monitors_section(page, runs)),
         ("samples", "Samples", _samples_section(runs)),
         ("evaluation", "Evaluation", _evaluation_section(page, runs)),
+        ("agreement", "Verifier agreement", _agreement_section(runs)),
         ("classic", "Classic RL", _classic_section(page, runs, classic_keys) if classic else None),
     ]
     present = [(sid, name, body) for sid, name, body in sections if body]

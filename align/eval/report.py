@@ -9,6 +9,7 @@ Layout of `output_dir` (one folder per task, so several tasks fit in one call):
                              the problems whose gold cannot be parsed (left out of the metrics)
       <task>/samples.jsonl   one line per (problem, sample): prompt, completion, extracted, gold, correct, ...
       <task>/summary.json    that task's summary with model and settings
+      <task>/agreement.json  math tasks: train reward vs eval scorer vs lm-eval (align.eval.agreement)
       <task>/accuracy_by_level.png   tasks with a `level` column (MATH500)
 """
 

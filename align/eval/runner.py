@@ -82,6 +82,9 @@ class EvalConfig:
     """Seconds the math verifier may spend on one completion; a timeout counts as wrong and is counted."""
     system_prompt: str | None = None
     """An optional system message before each math problem."""
+    verifier_agreement: bool = True
+    """Math tasks: also score the completions with the training reward and lm-evaluation-harness's MATH
+    checker and write <task>/agreement.json (see `align.eval.agreement`); skipped, with a note, without lm-eval."""
     output_dir: str = "outputs/eval"
     """Where config.yaml, summary.json, report.md and one folder per task (samples.jsonl, ...) go."""
     overwrite_output_dir: bool = False
@@ -261,8 +264,30 @@ def run_eval(cfg: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> di
         results[name] = _run_task(cfg, name, modes[name], paths.get(name), model, tokenizer, generator)
         _print_result(name, results[name].summary)
     write_outputs(list(results.values()), out, _run_meta(cfg))
+    if cfg.verifier_agreement:
+        _write_agreements(results, out)
     print(f"outputs in {out}")
     return results
+
+
+def _write_agreements(results: dict[str, TaskResult], out: Path) -> None:
+    """<task>/agreement.json for each generate-mode math task, and one line of its rates."""
+    from align.eval.agreement import MATH_TASKS, LmEvalMath, verifier_agreement, write_agreement
+
+    math_results = [
+        r for r in results.values() if r.task in MATH_TASKS and r.mode == "generate" and r.samples
+    ]
+    if not math_results:
+        return
+    try:
+        lm_eval = LmEvalMath()
+    except ImportError as err:
+        print(f"verifier agreement skipped: {err}")
+        return
+    for result in math_results:
+        table = verifier_agreement(result.samples, lm_eval=lm_eval, task=result.task)
+        write_agreement(table, out / result.task / "agreement.json")
+        print(table.one_line())
 
 
 def _make_generator(cfg: EvalConfig, model: Any, tokenizer: Any) -> Any:

@@ -63,7 +63,7 @@ def test_sections_and_self_contained(tmp_path):
     for section in ("runs", "curves", "monitors", "samples"):
         assert f"<section id='{section}'>" in page, section
     assert "<section id='evaluation'>" not in page and "<section id='classic'>" not in page
-    assert "No data for: Evaluation, Classic RL." in page
+    assert "No data for: Evaluation, Verifier agreement, Classic RL." in page
     for heading in ("Reward", "Held-out evaluation", "KL", "Entropy", "Clipping", "Completions",
                     "Zero-variance groups", "Throughput and time"):  # fmt: skip
         assert f"<h3>{heading}</h3>" in page, heading
