@@ -229,3 +229,14 @@ def bare_trl_trainer(cls: type, model, **attributes):
     for name, value in {**common, **attributes}.items():
         object.__setattr__(trainer, name, value)
     return trainer
+
+
+def load_recipe(name: str):
+    """``recipes/<name>.py`` as a module (its ``main(args)`` runs the recipe in this process)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"align_recipe_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -12,7 +12,7 @@ from align import checkpoint as ckpt
 from align.config import ConfigError
 from align.trainer import read_metrics
 from tests.integration.exactness import Interrupt, launch_two, read_jsonl, stable
-from tests.support import reset_accelerate_state, save_tiny_model
+from tests.support import load_recipe, reset_accelerate_state, save_tiny_model
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -27,14 +27,7 @@ SMALL = ["--num_generations", "4", "--per_device_train_batch_size", "8", "--max_
 
 
 def _load(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "recipes" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe(name)
 
 
 def test_grpo_math_recipe_outputs_and_resume(tmp_path, tiny_dir):

@@ -12,6 +12,7 @@ import os
 import pytest
 
 from align.trainer import read_metrics
+from tests.support import load_recipe
 
 pytestmark = [
     pytest.mark.slow,
@@ -23,24 +24,13 @@ pytestmark = [
 ]
 
 
-def _recipe(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "recipes" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}_long", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 FROZENLAKE = ["--max_new_tokens", "8", "--max_turns", "6", "--num_generations", "4",
               "--per_device_train_batch_size", "8", "--max_steps", "15", "--learning_rate", "5e-5",
               "--eval_episodes", "8", "--disable_progress_bar", "true"]  # fmt: skip
 
 
 def test_frozenlake_text_learns_the_action_format(tmp_path, embedded_model_dir):
-    summary = _recipe("grpo_env").main(["--output_dir", str(tmp_path / "fl"), *FROZENLAKE])
+    summary = load_recipe("grpo_env").main(["--output_dir", str(tmp_path / "fl"), *FROZENLAKE])
     print(json.dumps(summary))
     rows = read_metrics(tmp_path / "fl")
     first = sum(r["env/invalid_action_rate"] for r in rows[:3]) / 3

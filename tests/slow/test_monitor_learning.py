@@ -11,19 +11,13 @@ import json
 import pytest
 
 from align.trainer import read_metrics
+from tests.support import load_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
 
 
 def test_format_without_correctness_fires_proxy_vs_gold(tmp_path, embedded_model_dir):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "recipes" / "grpo_math.py"
-    spec = importlib.util.spec_from_file_location("recipe_grpo_math_hack", path)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-
+    recipe = load_recipe("grpo_math")
     data = tmp_path / "never.jsonl"
     rows = [
         {"question": f"What is {a} + {b}?", "answer": "-987654321"}
