@@ -199,9 +199,10 @@ class MathToolEnv(gym.Env):
         return obs, reward, False, truncated, {**info, "success": False, **self._counts(before, not calls)}
 
     def _finish(self, action: str) -> tuple[str, float, bool, bool, dict]:
-        """The last step: the verifier's score of the answer (None, a gold it cannot read, scores 0)."""
+        """The last step: the verifier's score of the answer. A gold it cannot read gives a NaN reward: the
+        episode has no reward (trainers leave it out of its group's baseline and the loss), never 0."""
         score = self.reward_fn.score(action, answer=self.row.get("answer"), solution=self.row.get("solution"))
-        reward = float(score) if score is not None else 0.0
+        reward = float(score) if score is not None else float("nan")
         self.done = True
         info = {"role": "user", "success": reward == 1.0, "verifier_score": score, **self._counts()}
         return "", reward, True, False, info
@@ -217,4 +218,6 @@ def register_math_tools() -> None:
     if ENV_ID not in gym.registry:
         gym.register(id=ENV_ID, entry_point="align.envs.math_tools:MathToolEnv")
     if TEST_ENV_ID not in gym.registry:
-        gym.register(id=TEST_ENV_ID, entry_point="align.envs.math_tools:MathToolEnv", kwargs={"split": "test"})
+        gym.register(
+            id=TEST_ENV_ID, entry_point="align.envs.math_tools:MathToolEnv", kwargs={"split": "test"}
+        )

@@ -17,6 +17,7 @@ from align.config import ConfigError
 from align.generation import eos_token_ids, stream_seed
 from align.monitors import repeated_ngram_rate
 from align.multiturn import Episode, EpisodeLimits, episodes_to_rollout, run_episodes
+from align.rewards.combine import MissingRewardError
 from align.trainer import COMPLETIONS_FILE
 
 __all__ = ["EnvRollouts", "episode_metrics", "episode_scores", "evaluate_episodes", "reset_seeds"]
@@ -116,6 +117,11 @@ class EnvRollouts:
             episodes, tok, pad_id=t.generator.pad_id, num_generations=cfg.num_generations, device=acc.device
         )
         scores = episode_scores(episodes, cfg.episode_return)
+        if t._global_sum(float(sum(s == s for s in scores))) == 0:  # NaN != NaN: no reward
+            raise MissingRewardError(
+                f"rollout {count + 1}: no episode of {cfg.env_id} got a reward (the environment returned NaN "
+                "for all of them: e.g. gold answers its verifier cannot read)"
+            )
         counters = t.state.counters
         counters["env/episodes"] = counters.get("env/episodes", 0.0) + t._global_sum(float(len(episodes)))
         counters["env/steps"] = counters.get("env/steps", 0.0) + t._global_sum(

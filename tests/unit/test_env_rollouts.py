@@ -130,3 +130,34 @@ def test_episode_scores_and_metrics():
     m = episode_metrics([a, b], [1.0, -0.1])
     assert m["env/success_rate"] == 0.5 and m["env/turns"] == 1.5 and m["env/truncated_fraction"] == 0.5
     assert m["env/invalid_action_rate"] == pytest.approx(1 / 3)
+
+
+class _NoRewardEnv(_WordTextEnv):
+    """Ends after one turn with a NaN reward (an environment that cannot score, e.g. an unreadable gold)."""
+
+    def step(self, action):
+        return "", float("nan"), True, False, {"role": "user"}
+
+
+if "test/NoReward-v0" not in gym.registry:
+    gym.register("test/NoReward-v0", entry_point=_NoRewardEnv, disable_env_checker=True)
+
+
+def test_a_rollout_without_any_episode_reward_stops(tmp_path):
+    from align.rewards.combine import MissingRewardError
+
+    trainer, tok = _grpo(tmp_path, "--env_id", "test/NoReward-v0")
+    trainer.generator = ScriptedSampler(tok, _char_ids(tok, "left"))
+    with pytest.raises(MissingRewardError, match="rollout 1: no episode of test/NoReward-v0 got a reward"):
+        trainer.plan_updates()
+
+
+def test_math_tool_env_unreadable_gold_is_nan_not_zero():
+    import math
+
+    from align.envs.math_tools import MathToolEnv
+
+    env = MathToolEnv([{"question": "1 + 1?", "answer": "\\frac{"}])
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step("so \\boxed{2}")
+    assert terminated and math.isnan(reward) and info["verifier_score"] is None
