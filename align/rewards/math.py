@@ -246,7 +246,9 @@ class MathReward(RewardFunction):
         self._checker = _Checker(*options)
         self._worker = None
         if isolation == "process":  # one worker process per set of options, shared by the rewards using it
-            self._worker = _WORKERS.get(options) or _WORKERS.setdefault(options, IsolatedCaller(self._checker))
+            self._worker = _WORKERS.get(options) or _WORKERS.setdefault(
+                options, IsolatedCaller(self._checker)
+            )
 
     @property
     def fallbacks(self) -> bool:

@@ -407,7 +407,9 @@ def test_samples_jsonl_writes_json_types(tiny_tokenizer, tmp_path):
 
 def test_generate_harness_counts_timeouts(tiny_tokenizer, monkeypatch):
     task, rows = _rows("math500", limit=2)
-    rows = [rows[1]] * 2  # gold 4: sympy compares the tower with it (row 0's tuple gold is told apart at once)
+    rows = [
+        rows[1]
+    ] * 2  # gold 4: sympy compares the tower with it (row 0's tuple gold is told apart at once)
     task.reward.timeout_s = 0.5
     # A power tower: sympy computes it in one C call, which only killing the worker process stops.
     by_prompt = {task.build_prompt(r)[-1]["content"]: [r"\boxed{9^{9^{9^{9}}}}"] for r in rows}
