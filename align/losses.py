@@ -204,20 +204,32 @@ def ppo_clip_loss(
     if weights is not None:
         per_token_loss = per_token_loss * weights.detach()
     loss = aggregate(per_token_loss, mask, aggregation, max_len)
+    m = _bool_mask(per_token_loss, mask)
+    return loss, {
+        "loss/policy": loss.detach(),
+        **_clip_metrics(ratio, log_ratio, advantages, m, eps_low, eps_high),
+    }
 
-    with torch.no_grad():
-        m = _bool_mask(per_token_loss, mask)
-        low = ((ratio < 1.0 - eps_low) & (advantages < 0)).expand_as(m)
-        high = ((ratio > 1.0 + eps_high) & (advantages > 0)).expand_as(m)
-        metrics = {
-            "loss/policy": loss.detach(),
-            "clip/fraction": masked_mean((low | high).to(ratio.dtype), m),
-            "clip/low_fraction": masked_mean(low.to(ratio.dtype), m),
-            "clip/high_fraction": masked_mean(high.to(ratio.dtype), m),
-            "clip/ratio_mean": masked_mean(ratio, m),
-            "kl/old_approx": masked_mean((ratio - 1.0) - log_ratio, m),
-        }
-    return loss, metrics
+
+@torch.no_grad()
+def _clip_metrics(
+    ratio: torch.Tensor,
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    m: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+) -> Metrics:
+    """The clip fractions, mean ratio and k3 KL(old || new) of :func:`ppo_clip_loss` over the mask ``m``."""
+    low = ((ratio < 1.0 - eps_low) & (advantages < 0)).expand_as(m)
+    high = ((ratio > 1.0 + eps_high) & (advantages > 0)).expand_as(m)
+    return {
+        "clip/fraction": masked_mean((low | high).to(ratio.dtype), m),
+        "clip/low_fraction": masked_mean(low.to(ratio.dtype), m),
+        "clip/high_fraction": masked_mean(high.to(ratio.dtype), m),
+        "clip/ratio_mean": masked_mean(ratio, m),
+        "kl/old_approx": masked_mean((ratio - 1.0) - log_ratio, m),
+    }
 
 
 def policy_gradient_loss(

@@ -690,6 +690,36 @@ def _ci(v: Any) -> str:
     return f"[{100 * v[0]:.1f}, {100 * v[1]:.1f}]" if isinstance(v, list | tuple) and len(v) == 2 else "-"
 
 
+def _eval_label(run: Run, ev: Any) -> str:
+    return run.name if ev.path == run.path else f"{run.name}/{ev.path.name}"
+
+
+def _level_figure(title: str, levels: list[dict[str, Any]], color: str) -> Any:
+    """Accuracy (%) by difficulty level with 95% Wilson intervals, one bar per level."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(
+        go.Bar(
+            x=[str(g["level"]) for g in levels],
+            y=[100 * g["accuracy"] for g in levels],
+            text=[f"n={g['n']}" for g in levels],
+            marker_color=color,
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [100 * (g["ci95"][1] - g["accuracy"]) for g in levels],
+                "arrayminus": [100 * (g["accuracy"] - g["ci95"][0]) for g in levels],
+            },
+        )
+    )
+    fig.update_layout(
+        title=f"{title} accuracy (%) by level (95% Wilson interval)",
+        xaxis={"title": "level", "type": "category"},
+        yaxis={"range": [0, 100]},
+    )
+    return fig
+
+
 def _evaluation_section(page: _Page, runs: Sequence[Run]) -> str | None:
     import plotly.graph_objects as go
 
@@ -703,7 +733,7 @@ def _evaluation_section(page: _Page, runs: Sequence[Run]) -> str | None:
     )
     fig = go.Figure()
     for i, (run, ev) in enumerate(evals):
-        label = run.name if ev.path == run.path else f"{run.name}/{ev.path.name}"
+        label = _eval_label(run, ev)
         names, accs, lo, hi = [], [], [], []
         for task, s in ev.tasks.items():
             rows.append([e(label), e(task), e(str(s.get("mode", ""))), e(_fmt(s.get("n"))),
@@ -734,27 +764,8 @@ def _evaluation_section(page: _Page, runs: Sequence[Run]) -> str | None:
     parts.append(_table(header, rows))
     for i, (run, ev) in enumerate(evals):
         for task, levels in ev.by_level.items():
-            label = run.name if ev.path == run.path else f"{run.name}/{ev.path.name}"
-            lfig = go.Figure(
-                go.Bar(
-                    x=[str(g["level"]) for g in levels],
-                    y=[100 * g["accuracy"] for g in levels],
-                    text=[f"n={g['n']}" for g in levels],
-                    marker_color=COLORS[i % len(COLORS)],
-                    error_y={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": [100 * (g["ci95"][1] - g["accuracy"]) for g in levels],
-                        "arrayminus": [100 * (g["accuracy"] - g["ci95"][0]) for g in levels],
-                    },
-                )
-            )
-            lfig.update_layout(
-                title=f"{label}: {task} accuracy (%) by level (95% Wilson interval)",
-                xaxis={"title": "level", "type": "category"},
-                yaxis={"range": [0, 100]},
-            )
-            parts.append(page.figure(lfig, height=280))
+            fig = _level_figure(f"{_eval_label(run, ev)}: {task}", levels, COLORS[i % len(COLORS)])
+            parts.append(page.figure(fig, height=280))
     return "".join(parts)
 
 

@@ -278,6 +278,28 @@ def read_samples(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _three_verdicts(
+    sample: dict[str, Any], text: str, gold: str | None, train_reward: Any, lm_eval: LmEvalMath, tasks: dict
+) -> dict[str, dict[str, Any]]:
+    """One sample's verdict (True, False or None = cannot score) and extracted answer by each verifier."""
+    from align.eval.tasks import get_task
+    from align.rewards.math import extract_answer
+
+    score = train_reward.score(text, answer=gold) if gold is not None else None
+    train = {"verdict": None if score is None else score >= 1.0,
+             "answer": extract_answer(text, fallbacks=getattr(train_reward, "fallbacks", True))}  # fmt: skip
+    if "correct" in sample:
+        ev = {"verdict": sample["correct"], "answer": sample.get("extracted")}
+    else:  # not recorded: the task's own scorer
+        name = sample.get("task") if sample.get("task") in MATH_TASKS else "math500"
+        t = tasks.get(name) or tasks.setdefault(name, get_task(name))
+        row = {"answer": gold}
+        s = t.score(row, text) if gold is not None else None
+        ev = {"verdict": None if s is None else s >= 1.0, "answer": t.extract(row, text)}
+    verdict, answer = lm_eval.verdict(text, gold)
+    return {"train": train, "eval": ev, "lm_eval": {"verdict": verdict, "answer": answer}}
+
+
 def verifier_agreement(
     samples: Iterable[dict[str, Any]],
     *,
@@ -292,9 +314,8 @@ def verifier_agreement(
     `train_reward`: the training reward (default `make_math_reward()`, the grpo_math recipe's); `lm_eval`:
     the lm-eval verifier (default `LmEvalMath()`; ImportError naming the fix when lm-eval is missing).
     """
-    from align.eval.tasks import get_task
     from align.rewards.base import message_text
-    from align.rewards.math import extract_answer, make_math_reward
+    from align.rewards.math import make_math_reward
 
     train_reward = train_reward if train_reward is not None else make_math_reward()
     lm_eval = lm_eval if lm_eval is not None else LmEvalMath()
@@ -310,20 +331,7 @@ def verifier_agreement(
         text = message_text(sample.get("completion", ""))
         gold = sample.get("gold")
         gold = None if gold is None or not str(gold).strip() else str(gold)
-        score = train_reward.score(text, answer=gold) if gold is not None else None
-        train = {"verdict": None if score is None else score >= 1.0,
-                 "answer": extract_answer(text, fallbacks=getattr(train_reward, "fallbacks", True))}  # fmt: skip
-        if "correct" in sample:
-            ev = {"verdict": sample["correct"], "answer": sample.get("extracted")}
-        else:  # not recorded: the task's own scorer
-            name = sample.get("task") if sample.get("task") in MATH_TASKS else "math500"
-            t = tasks.get(name) or tasks.setdefault(name, get_task(name))
-            row = {"answer": gold}
-            s = t.score(row, text) if gold is not None else None
-            ev = {"verdict": None if s is None else s >= 1.0, "answer": t.extract(row, text)}
-        verdict, answer = lm_eval.verdict(text, gold)
-        lm = {"verdict": verdict, "answer": answer}
-        each = {"train": train, "eval": ev, "lm_eval": lm}
+        each = _three_verdicts(sample, text, gold, train_reward, lm_eval, tasks)
         verdicts = {v: each[v]["verdict"] for v in VERIFIERS}
         for v in VERIFIERS:
             if verdicts[v] is not None:
