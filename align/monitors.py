@@ -31,6 +31,7 @@ that metric like any other.
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import math
@@ -122,7 +123,7 @@ def _pattern(glob: str) -> re.Pattern[str]:
     return re.compile("[^/]+".join(re.escape(part) for part in glob.split("*")) + r"\Z")
 
 
-class Monitor:
+class Monitor(abc.ABC):
     """One monitor: :meth:`check` reads a row and says whether it fires; :meth:`update` adds the firing
     flag, the fired count and the one warning. Subclasses keep their state in ``self.data`` (JSON: lists
     and numbers), which :meth:`state_dict` saves with the fired count."""
@@ -140,6 +141,7 @@ class Monitor:
         self.data: dict[str, Any] = {}
         self.verbose = True
 
+    @abc.abstractmethod
     def check(self, step: int, metrics: dict[str, Any]) -> tuple[dict[str, float], str | None] | None:
         """``(statistics, message)``: the statistics to log (keys under ``monitor/<name>/``) and a message
         when the monitor fires (None when it does not); None when the row lacks the monitor's inputs."""

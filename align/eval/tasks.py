@@ -31,6 +31,7 @@ not among its labels.
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 
-class Task:
+class Task(abc.ABC):
     """One evaluation task. Subclasses set the class attributes and implement the methods."""
 
     name: ClassVar[str] = ""
@@ -86,15 +87,17 @@ class Task:
             self.check_row(row, i)
         return rows
 
-    def check_row(self, row: dict, index: int) -> None:
+    def check_row(self, row: dict, index: int) -> None:  # noqa: B027 - optional: no check by default
         """Raise ValueError naming the row if it cannot be evaluated (beyond missing columns)."""
 
     def row_id(self, row: dict, index: int) -> str:
         return str(row.get("unique_id") or row.get("id") or index)
 
+    @abc.abstractmethod
     def build_prompt(self, row: dict) -> list[dict[str, str]]:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def gold(self, row: dict) -> str | None:
         """The gold answer as a string (for samples.jsonl and the report)."""
         raise NotImplementedError
@@ -104,15 +107,18 @@ class Task:
         value = row.get(self.required_columns[0]) if self.required_columns else None
         return "" if value is None else str(value)
 
+    @abc.abstractmethod
     def raw_gold(self, row: dict) -> Any:
         """The gold answer as the row writes it, before extraction: what the report shows for a row whose
         gold cannot be parsed."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def extract(self, row: dict, completion: Any) -> str | None:
         """The answer the completion gives (None = none found)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def score(self, row: dict, completion: Any) -> float | None:
         """The reward of `completion` for `row`: 1.0 right, 0.0 wrong or no answer, None = gold unusable."""
         raise NotImplementedError
